@@ -1,0 +1,1 @@
+"""The actors of the screener; each module runs one kind, wired by `screener.app`."""

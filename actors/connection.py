@@ -1,0 +1,239 @@
+"""Connection actor: one WebSocket to MEXC carrying the kline subscriptions of one chunk.
+
+Inputs: `control`, the chunk's desired symbol set (a new frozenset whenever the universe
+changes; closing it retires the chunk). Output: decoded `Kline`s and `ConnStatus` changes into
+the window actor's inbox (an owned clone, closed on exit).
+
+Each attempt connects, subscribes (paced), pings every `ping_interval_s` on absolute
+deadlines, and treats `2 x ping_interval_s` without any frame (pongs included) as a dead
+socket. Failures of the named network exceptions restart the attempt with capped, jittered
+exponential backoff; a chunk's trouble never touches another chunk. On cancel the socket is
+closed with code 1000 under a short shielded deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Callable
+
+import trio
+import trio_websocket
+from loguru import logger
+
+from actors.mexc import (
+    PING,
+    DecodeError,
+    ErrorReply,
+    SubAck,
+    UnsubAck,
+    decode,
+    sub_kline,
+    unsub_kline,
+)
+from screener.config import ExchangeSettings
+from screener.logs import RateLimited
+from screener.metrics import Metrics
+from screener.models import ConnStatus, Kline, StatsRequest
+from screener.supervise import Backoff, Spell, run_supervised
+
+WindowInbox = Kline | ConnStatus | StatsRequest
+
+RETRY_ON: tuple[type[Exception], ...] = (
+    OSError,
+    trio.BrokenResourceError,
+    trio_websocket.HandshakeError,
+    trio_websocket.ConnectionClosed,
+)
+CLOSE_GRACE_S = 1.0
+
+
+class ConnectionDead(OSError):
+    """Nothing arrived for twice the ping interval: the socket only looks alive."""
+
+
+class _Chunk:
+    """The actor's own state, kept across attempts."""
+
+    def __init__(self, symbols: frozenset[str]) -> None:
+        self.desired = symbols
+        self.changed = trio.Event()
+
+    def update(self, symbols: frozenset[str]) -> None:
+        self.desired = symbols
+        self.changed.set()
+        self.changed = trio.Event()
+
+
+async def run_connection(
+    control: trio.MemoryReceiveChannel[frozenset[str]],
+    outbox: trio.MemorySendChannel[WindowInbox],
+    *,
+    conn_id: int,
+    settings: ExchangeSettings,
+    metrics: Metrics,
+    rand: Callable[[], float] = random.random,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    async with control, outbox:
+        chunk = _Chunk(await control.receive())
+        task_status.started()
+
+        async def follow_control(cancel: trio.CancelScope) -> None:
+            async for symbols in control:
+                chunk.update(symbols)
+            cancel.cancel()  # retired: the chunk no longer exists
+
+        async def attempt(spell: Spell) -> None:
+            await _connect_once(chunk, outbox, spell, conn_id, settings, metrics)
+
+        def on_failure(reason: str, delay: float) -> None:
+            metrics.reconnects.inc()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(follow_control, nursery.cancel_scope)
+            nursery.start_soon(
+                lambda: run_supervised(
+                    attempt,
+                    name=f"conn-{conn_id}",
+                    retry_on=RETRY_ON,
+                    backoff=Backoff(first_s=2.0, cap_s=60.0, rand=rand),
+                    healthy_after_s=60.0,
+                    on_failure=on_failure,
+                )
+            )
+
+
+async def _connect_once(
+    chunk: _Chunk,
+    outbox: trio.MemorySendChannel[WindowInbox],
+    spell: Spell,
+    conn_id: int,
+    settings: ExchangeSettings,
+    metrics: Metrics,
+) -> None:
+    log = logger.bind(actor="connection", conn=conn_id)
+    async with trio_websocket.open_websocket_url(
+        settings.ws_url,
+        max_message_size=settings.max_message_bytes,
+        connect_timeout=10,
+        disconnect_timeout=CLOSE_GRACE_S,
+    ) as ws:
+        link = _Link(ws, conn_id, metrics, outbox)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(link.read, chunk)
+                nursery.start_soon(link.watchdog, settings.dead_after_s)
+                nursery.start_soon(link.ping, settings.ping_interval_s)
+                await link.subscribe_all(chunk, settings)
+                spell.healthy()
+                await _send_status(outbox, ConnStatus(conn_id, up=True))
+                link.up = True
+                log.info("subscribed {n} symbols", n=len(link.subscribed))
+                await link.follow(chunk, settings)
+        finally:
+            metrics.subscriptions.dec(link.acked)
+            if link.up:
+                await _send_status(outbox, ConnStatus(conn_id, up=False))
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_GRACE_S):
+                await ws.aclose(1000)
+
+
+async def _send_status(outbox: trio.MemorySendChannel[WindowInbox], status: ConnStatus) -> None:
+    """Status changes matter for /health, so they wait for room, but never for long."""
+    with (
+        trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_GRACE_S),
+        contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+    ):
+        await outbox.send(status)
+
+
+class _Link:
+    """The tasks of one attempt, sharing the socket and its receive clock."""
+
+    def __init__(
+        self,
+        ws: trio_websocket.WebSocketConnection,
+        conn_id: int,
+        metrics: Metrics,
+        outbox: trio.MemorySendChannel[WindowInbox],
+    ) -> None:
+        self.ws = ws
+        self.conn_id = conn_id
+        self.metrics = metrics
+        self.outbox = outbox
+        self.log = logger.bind(actor="connection", conn=conn_id)
+        self.last_rx = trio.current_time()
+        self.subscribed: set[str] = set()
+        self.acked = 0
+        self.up = False
+        self.quiet = RateLimited(10.0)
+
+    async def read(self, chunk: _Chunk) -> None:
+        ws, outbox, metrics = self.ws, self.outbox, self.metrics
+        received = metrics.received
+        while True:
+            message = await ws.get_message()
+            self.last_rx = trio.current_time()
+            received.inc()
+            try:
+                frame = decode(message)
+            except DecodeError as exc:
+                self._rejected(exc.reason, str(exc))
+                continue
+            if type(frame) is Kline:
+                if frame.symbol in self.subscribed:
+                    await outbox.send(frame)
+            elif type(frame) is SubAck:
+                self.acked += 1
+                metrics.subscriptions.inc()
+            elif type(frame) is UnsubAck:
+                self.acked -= 1
+                metrics.subscriptions.dec()
+            elif type(frame) is ErrorReply:
+                metrics.rs_errors.inc()
+                if (n := self.quiet.allow("rs.error")) is not None:
+                    self.log.warning(
+                        "exchange answered rs.error: {msg} (+{n} suppressed)",
+                        msg=frame.message,
+                        n=n,
+                    )
+
+    def _rejected(self, reason: str, detail: str) -> None:
+        self.metrics.rejected.labels(reason).inc()
+        if (n := self.quiet.allow(reason)) is not None:
+            self.log.warning("rejected frame: {detail} (+{n} suppressed)", detail=detail, n=n)
+
+    async def watchdog(self, dead_after_s: float) -> None:
+        while True:
+            deadline = self.last_rx + dead_after_s
+            if trio.current_time() >= deadline:
+                raise ConnectionDead(f"no frame for {dead_after_s:g}s")
+            await trio.sleep_until(deadline)
+
+    async def ping(self, interval_s: float) -> None:
+        start = trio.current_time()
+        k = 0
+        while True:
+            k += 1
+            await trio.sleep_until(start + k * interval_s)
+            await self.ws.send_message(PING)
+
+    async def subscribe_all(self, chunk: _Chunk, settings: ExchangeSettings) -> None:
+        await self._sync(chunk.desired, settings)
+
+    async def follow(self, chunk: _Chunk, settings: ExchangeSettings) -> None:
+        """Subscribe or unsubscribe the difference whenever the chunk changes."""
+        while True:
+            await chunk.changed.wait()
+            await self._sync(chunk.desired, settings)
+            self.log.info("chunk now {n} symbols", n=len(self.subscribed))
+
+    async def _sync(self, desired: frozenset[str], settings: ExchangeSettings) -> None:
+        frames = [unsub_kline(s) for s in sorted(self.subscribed - desired)]
+        frames += [sub_kline(s) for s in sorted(desired - self.subscribed)]
+        self.subscribed = set(desired)
+        for i, frame in enumerate(frames):
+            if i and i % settings.subscribe_batch == 0:
+                await trio.sleep(settings.subscribe_pause_s)
+            await self.ws.send_message(frame)

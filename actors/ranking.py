@@ -1,0 +1,66 @@
+"""Ranking actor: top gainers and losers every `interval_s`, on absolute deadlines.
+
+It asks the window actor for the current per-symbol stats (a `StatsRequest` with a one-shot
+reply channel), ranks them with the pure `rank`, replaces the snapshot HTTP reads, logs one
+structured line and sends the ranking to the publisher. It owns clones of both channels and
+closes them on exit. Nothing here is retried.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+import trio
+from loguru import logger
+
+from actors.publisher import PublisherInbox
+from actors.window import WindowInbox
+from screener.metrics import Metrics
+from screener.models import Ranking, StatsRequest, SymbolStat
+from screener.snapshot import Latest
+
+
+def rank(stats: Iterable[SymbolStat], *, top_n: int, lookback_min: int, wall_ts: float) -> Ranking:
+    """Gainers by change descending, losers ascending; ties broken by symbol name."""
+    items = list(stats)
+    gainers = sorted(items, key=lambda s: (-s.change_pct, s.symbol))[:top_n]
+    losers = sorted(items, key=lambda s: (s.change_pct, s.symbol))[:top_n]
+    return Ranking(wall_ts, lookback_min, tuple(gainers), tuple(losers), len(items))
+
+
+async def run_ranking(
+    requests: trio.MemorySendChannel[WindowInbox],
+    outbox: trio.MemorySendChannel[PublisherInbox],
+    *,
+    interval_s: float,
+    top_n: int,
+    lookback_min: int,
+    snapshot: Latest[Ranking | None],
+    metrics: Metrics,
+    wall: Callable[[], float] = time.time,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    log = logger.bind(actor="ranking")
+    async with requests, outbox:
+        task_status.started()
+        start = trio.current_time()
+        k = 0
+        while True:
+            # The next deadline on the grid; a slow round skips ticks instead of drifting.
+            k = max(k + 1, int((trio.current_time() - start) // interval_s) + 1)
+            await trio.sleep_until(start + k * interval_s)
+            reply_send, reply_recv = trio.open_memory_channel[tuple[SymbolStat, ...]](1)
+            await requests.send(StatsRequest(reply_send))
+            async with reply_recv:
+                stats = await reply_recv.receive()
+            ranking = rank(stats, top_n=top_n, lookback_min=lookback_min, wall_ts=wall())
+            snapshot.set(ranking)
+            metrics.rankings.inc()
+            log.info(
+                "ranking",
+                ranked=ranking.ranked,
+                gainers=[(s.symbol, round(s.change_pct, 4)) for s in ranking.gainers],
+                losers=[(s.symbol, round(s.change_pct, 4)) for s in ranking.losers],
+            )
+            await outbox.send(ranking)

@@ -1,0 +1,161 @@
+"""Window actor: per-symbol rolling windows of 1-minute candles keyed by open time.
+
+Inputs (one inbox, fan-in from every connection actor and the ranking actor): `Kline`
+pushes, `ConnStatus` changes and `StatsRequest`s. Output: batches of `MarketData` to the
+publisher. It owns the windows; nobody else reads them except through a `StatsRequest`.
+It closes its outbox when the inbox ends, so shutdown cascades. Nothing is retried here:
+the core is pure, a bug is a crash.
+
+The window holds candles with `t > now_minute - lookback`, `now_minute` being the minute of
+the newest exchange push time seen, so a window is measured in minutes, never in messages.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Sequence
+
+import trio
+from loguru import logger
+
+from screener.metrics import Metrics
+from screener.models import (
+    ConnStatus,
+    FeedStatus,
+    Kline,
+    MarketData,
+    StatsRequest,
+    SymbolStat,
+)
+from screener.snapshot import Latest
+
+WindowInbox = Kline | ConnStatus | StatsRequest
+
+
+class Windows:
+    """The pure core: candles per symbol, the change over the window, expiry."""
+
+    def __init__(self, lookback_min: int) -> None:
+        self.lookback_s = lookback_min * 60
+        self.now_minute = 0
+        # Per symbol: open times ascending and the candles in the same order.
+        self._times: dict[str, list[int]] = {}
+        self._candles: dict[str, list[Kline]] = {}
+
+    @property
+    def cutoff(self) -> int:
+        """Candles with `t <= cutoff` are outside the window."""
+        return self.now_minute - self.lookback_s
+
+    def apply(self, k: Kline) -> MarketData | None:
+        """Merge one push; None when it is too old for the window (the caller counts it)."""
+        minute = k.ts_ms // 60_000 * 60
+        if minute > self.now_minute:
+            self.now_minute = minute
+        cutoff = self.now_minute - self.lookback_s
+        if k.t <= cutoff:
+            return None
+        times = self._times.get(k.symbol)
+        if times is None:
+            times = self._times[k.symbol] = []
+            self._candles[k.symbol] = []
+        candles = self._candles[k.symbol]
+        if not times or k.t > times[-1]:
+            times.append(k.t)
+            candles.append(k)
+            if times[0] <= cutoff:
+                drop = bisect_left(times, cutoff + 1)
+                del times[:drop], candles[:drop]
+        else:
+            i = bisect_left(times, k.t)
+            if times[i] == k.t:
+                candles[i] = k
+            else:
+                times.insert(i, k.t)
+                candles.insert(i, k)
+        oldest, newest = candles[0], candles[-1]
+        return MarketData(
+            k,
+            (newest.close / oldest.open - 1.0) * 100.0,
+            (newest.t - oldest.t) // 60 + 1,
+        )
+
+    def stats(self) -> tuple[SymbolStat, ...]:
+        """Every symbol with candles in the window; expired candles are dropped here."""
+        cutoff = self.cutoff
+        out: list[SymbolStat] = []
+        for symbol in list(self._times):
+            times, candles = self._times[symbol], self._candles[symbol]
+            if times[0] <= cutoff:
+                drop = bisect_left(times, cutoff + 1)
+                del times[:drop], candles[:drop]
+                if not times:
+                    del self._times[symbol], self._candles[symbol]
+                    continue
+            newest = candles[-1]
+            out.append(
+                SymbolStat(symbol, (newest.close / candles[0].open - 1.0) * 100.0, newest.close)
+            )
+        return tuple(out)
+
+    def candles(self, symbol: str) -> Sequence[Kline]:
+        return tuple(self._candles.get(symbol, ()))
+
+    def held(self) -> int:
+        """Candles held in all windows (memory bound checks)."""
+        return sum(len(c) for c in self._candles.values())
+
+
+async def run_window(
+    inbox: trio.MemoryReceiveChannel[WindowInbox],
+    outbox: trio.MemorySendChannel[list[MarketData]],
+    *,
+    lookback_min: int,
+    feed: Latest[FeedStatus],
+    metrics: Metrics,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    windows = Windows(lookback_min)
+    conns: dict[int, bool] = {}
+    log = logger.bind(actor="window")
+    task_status.started()
+    async with inbox, outbox:
+        while True:
+            try:
+                first = await inbox.receive()
+            except trio.EndOfChannel:
+                return
+            # Drain what is already queued: one batch downstream per wakeup, not per push.
+            batch: list[MarketData] = []
+            late = 0
+            item: WindowInbox = first
+            while True:
+                if type(item) is Kline:
+                    event = windows.apply(item)
+                    if event is None:
+                        late += 1
+                    else:
+                        batch.append(event)
+                elif type(item) is ConnStatus:
+                    if item.retired:
+                        conns.pop(item.conn_id, None)
+                    else:
+                        conns[item.conn_id] = item.up
+                    up = sum(conns.values())
+                    feed.set(feed.value._replace(conns_up=up, conns_total=len(conns)))
+                    metrics.connections_up.set(up)
+                elif type(item) is StatsRequest:
+                    try:
+                        item.reply.send_nowait(windows.stats())
+                    except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                        log.warning("stats requester went away")
+                    item.reply.close()
+                try:
+                    item = inbox.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            if late:
+                metrics.rejected.labels("late").inc(late)
+            if batch:
+                feed.set(feed.value._replace(last_push_at=trio.current_time()))
+                await outbox.send(batch)

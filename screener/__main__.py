@@ -1,0 +1,95 @@
+"""Command line: `screener` runs the service; `screener simulate` runs the fake exchange."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import trio
+from loguru import logger
+
+from screener.config import ConfigError, describe_variables, load_settings
+from screener.http import ListenError
+from screener.logs import setup_logging
+from screener.supervise import split_retryable
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="screener",
+        description="Stream MEXC perpetual-futures 1-minute candles, keep rolling windows, "
+        "publish events on Redis and serve /health, /top5 and /metrics.",
+        epilog=describe_variables(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("run", help="run the service (the default)")
+    sim = sub.add_parser("simulate", help="serve a MEXC-compatible exchange on loopback")
+    sim.add_argument("--symbols", type=int, default=50, help="live USDT perpetuals [50]")
+    sim.add_argument("--rate", type=float, default=50.0, help="kline pushes per second [50]")
+    sim.add_argument("--seed", type=int, default=1, help="random-walk seed [1]")
+    sim.add_argument("--host", default="127.0.0.1", help="bind address [127.0.0.1]")
+    sim.add_argument("--rest-port", type=int, default=8801, help="REST port [8801]")
+    sim.add_argument("--ws-port", type=int, default=8802, help="WebSocket port [8802]")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "simulate":
+        return _simulate(args)
+    try:
+        settings = load_settings(os.environ)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"screener: config error: {problem}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_format, settings.log_level)
+    from screener.app import run_until_signal
+
+    try:
+        trio.run(run_until_signal, settings)
+    except BaseException as exc:
+        listen = (
+            split_retryable(exc, (ListenError,)) if not isinstance(exc, KeyboardInterrupt) else None
+        )
+        if listen is None:
+            raise
+        logger.error("{err}", err=str(listen))
+        print(f"screener: {listen} (set WS_SCREENER_PORT)", file=sys.stderr)
+        return 1
+    logger.info("screener stopped")
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from screener.app import cancel_on_signal
+    from screener.simulator import FakeExchange, SimConfig
+
+    setup_logging(os.environ.get("LOG_FORMAT", "text").lower(), "INFO")
+    config = SimConfig(
+        symbols=args.symbols,
+        rate_per_s=args.rate,
+        seed=args.seed,
+        host=args.host,
+        rest_port=args.rest_port,
+        ws_port=args.ws_port,
+    )
+
+    async def serve() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(cancel_on_signal, nursery.cancel_scope)
+            address = await nursery.start(FakeExchange(config).serve)
+            logger.info(
+                "simulator: MEXC_BASE={rest} MEXC_WS_URL={ws}",
+                rest=address.rest_url,
+                ws=address.ws_url,
+            )
+
+    trio.run(serve)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

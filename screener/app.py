@@ -1,0 +1,124 @@
+"""Wiring: the channels, the root nursery of actors, and signal-driven shutdown.
+
+    universe --(control: frozenset)--> connection x N --(Kline, ConnStatus)--+
+                                                                             v
+    ranking --(StatsRequest)-------------------------------------------> window
+    ranking --(Ranking)--> publisher <--(list[MarketData])-------------- window
+
+Every channel is bounded; each sender is a clone owned by one actor, so closing cascades.
+"""
+
+from __future__ import annotations
+
+import signal
+from functools import partial
+
+import trio
+from loguru import logger
+
+from actors.publisher import PublisherInbox, run_publisher
+from actors.ranking import run_ranking
+from actors.universe import run_universe
+from actors.window import WindowInbox, run_window
+from screener.config import Settings
+from screener.http import Views, create_app, serve_http
+from screener.metrics import Metrics
+
+# Pushes queue here while the window actor works; 4096 covers a burst of every symbol
+# several times over, and backpressure beyond it slows the sockets, never loses data.
+INGEST_BUFFER = 4096
+# Batches (one per window wakeup) for the publisher, which drains them at once into its
+# own coalescing buffer; a small queue is enough.
+PUBLISH_QUEUE = 64
+
+
+class Service:
+    """What a running service exposes to its caller (tests, the CLI)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.views = Views.empty()
+        self.http_port = 0
+        self.metrics.watch_age(lambda: self.views.push_age(trio.current_time()))
+
+
+async def run_service(
+    settings: Settings, *, task_status: trio.TaskStatus[Service] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run every actor until cancelled; `started()` once HTTP is listening."""
+    svc = Service(settings)
+    metrics, views = svc.metrics, svc.views
+    ingest_send, ingest_recv = trio.open_memory_channel[WindowInbox](INGEST_BUFFER)
+    events_send, events_recv = trio.open_memory_channel[PublisherInbox](PUBLISH_QUEUE)
+    app = create_app(views, metrics, stale_after_s=settings.stale_after_s)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            partial(
+                run_publisher,
+                events_recv,
+                settings=settings.redis,
+                status=views.redis,
+                metrics=metrics,
+            )
+        )
+        await nursery.start(
+            partial(
+                run_ranking,
+                ingest_send.clone(),
+                events_send.clone(),
+                interval_s=settings.rank_interval_s,
+                top_n=settings.top_n,
+                lookback_min=settings.lookback_min,
+                snapshot=views.ranking,
+                metrics=metrics,
+            )
+        )
+        await nursery.start(
+            partial(
+                run_window,
+                ingest_recv,
+                events_send,
+                lookback_min=settings.lookback_min,
+                feed=views.feed,
+                metrics=metrics,
+            )
+        )
+        await nursery.start(
+            partial(
+                run_universe,
+                ingest_send,
+                settings=settings.exchange,
+                status=views.universe,
+                metrics=metrics,
+            )
+        )
+        svc.http_port = await nursery.start(serve_http, app, settings.http_host, settings.http_port)
+        logger.bind(actor="app").info(
+            "screener serving on {host}:{port}; exchange {ws}; redis {redis}",
+            host=settings.http_host,
+            port=svc.http_port,
+            ws=settings.exchange.ws_url,
+            redis=settings.redis.safe_target(),
+        )
+        task_status.started(svc)
+
+
+async def cancel_on_signal(
+    scope: trio.CancelScope, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """SIGTERM/SIGINT cancel the root scope; the actors' own cleanup does the rest."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()
+        async for signum in signals:
+            logger.bind(actor="app").info(
+                "{sig} received; shutting down", sig=signal.Signals(signum).name
+            )
+            scope.cancel()
+            return
+
+
+async def run_until_signal(settings: Settings) -> None:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(cancel_on_signal, nursery.cancel_scope)
+        await nursery.start(run_service, settings)

@@ -1,0 +1,308 @@
+"""Settings: one frozen tree built from the environment, validated at once.
+
+`os.environ` is read nowhere else. Every variable is declared once in `VARIABLES`, which
+also feeds `screener --help`, docs/operations.md and .env.example, so they cannot drift.
+A bad value raises `ConfigError` carrying one line per offending variable.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+SYMBOL_RE = re.compile(r"^[A-Z0-9_]{1,40}$")
+
+
+class ConfigError(ValueError):
+    """All configuration problems found, one line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    default: str
+    help: str
+    parse: Callable[[str], Any]
+    secret: bool = False
+
+
+def _int_range(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = int(raw)
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo} and {hi}")
+        return value
+
+    return parse
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError("must be a positive number")
+    return value
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in options:
+            raise ValueError(f"must be one of {', '.join(options)}")
+        return value
+
+    return parse
+
+
+def _url(*schemes: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().rstrip("/")
+        parts = urlsplit(value)
+        if parts.scheme not in schemes or not parts.netloc:
+            raise ValueError(f"must be a {'/'.join(schemes)} URL")
+        return value
+
+    return parse
+
+
+def _optional_url(*schemes: str) -> Callable[[str], str]:
+    strict = _url(*schemes)
+    return lambda raw: strict(raw) if raw.strip() else ""
+
+
+def _symbols(raw: str) -> frozenset[str]:
+    names = {part.strip().upper() for part in raw.split(",") if part.strip()}
+    bad = sorted(name for name in names if not SYMBOL_RE.match(name))
+    if bad:
+        raise ValueError(f"invalid symbol name(s): {', '.join(bad)} (expected e.g. BTC_USDT)")
+    return frozenset(names)
+
+
+def _text(raw: str) -> str:
+    return raw
+
+
+def _non_empty(raw: str) -> str:
+    if not raw.strip():
+        raise ValueError("must not be empty")
+    return raw.strip()
+
+
+VARIABLES: tuple[Variable, ...] = (
+    Variable(
+        "MEXC_BASE",
+        "https://api.mexc.com",
+        "REST base URL of the futures API",
+        _url("http", "https"),
+    ),
+    Variable(
+        "MEXC_WS_URL",
+        "wss://contract.mexc.com/edge",
+        "futures WebSocket endpoint",
+        _url("ws", "wss"),
+    ),
+    Variable(
+        "SYMBOL_WHITELIST",
+        "",
+        "comma list restricting the symbols (empty: all live USDT perpetuals)",
+        _symbols,
+    ),
+    Variable(
+        "CONTRACTS_REFRESH_S",
+        "3600",
+        "seconds between re-reads of contract/detail",
+        _positive_float,
+    ),
+    Variable(
+        "MAX_SYMBOLS_PER_CONN", "200", "symbols per WebSocket connection", _int_range(1, 1000)
+    ),
+    Variable(
+        "PING_INTERVAL_S",
+        "15",
+        "seconds between pings; silence for twice this closes and reconnects",
+        _positive_float,
+    ),
+    Variable("LOOKBACK_MIN", "15", "rolling window length in minutes", _int_range(1, 1440)),
+    Variable(
+        "STALE_AFTER_S",
+        "60",
+        "/health turns 503 when no push arrived for this long",
+        _positive_float,
+    ),
+    Variable("RANK_INTERVAL_S", "15", "seconds between rankings", _positive_float),
+    Variable("TOP_N", "5", "gainers and losers per ranking", _int_range(1, 100)),
+    Variable(
+        "REDIS_URL",
+        "",
+        "redis:// URL; when set, REDIS_HOST/PORT/PASSWORD are ignored",
+        _optional_url("redis", "rediss", "unix"),
+        secret=True,
+    ),
+    Variable("REDIS_HOST", "localhost", "Redis host", _non_empty),
+    Variable("REDIS_PORT", "6379", "Redis port", _int_range(1, 65535)),
+    Variable("REDIS_PASSWORD", "", "Redis password (empty: none)", _text, secret=True),
+    Variable("MARKET_DATA_CHANNEL", "market_data", "pub/sub channel of candle events", _non_empty),
+    Variable("TOP_MOVERS_CHANNEL", "top_movers", "pub/sub channel of rankings", _non_empty),
+    Variable(
+        "PUBLISH_BUFFER",
+        "20000",
+        "events held while Redis is slow or down; beyond it only the newest per symbol is kept",
+        _int_range(100, 10_000_000),
+    ),
+    Variable("HTTP_HOST", "0.0.0.0", "HTTP bind address", _non_empty),
+    Variable(
+        "WS_SCREENER_PORT", "8000", "HTTP port of /health, /top5, /metrics", _int_range(0, 65535)
+    ),
+    Variable(
+        "WS_MAX_MESSAGE_BYTES",
+        "1048576",
+        "largest WebSocket message accepted",
+        _int_range(1024, 64 * 1024 * 1024),
+    ),
+    Variable(
+        "SUBSCRIBE_BATCH",
+        "20",
+        "sub.kline requests sent back to back before a pause",
+        _int_range(1, 1000),
+    ),
+    Variable("SUBSCRIBE_PAUSE_S", "0.05", "pause between subscribe batches", _positive_float),
+    Variable(
+        "LOG_FORMAT", "json", "json (JSON lines) or text (for people)", _choice("json", "text")
+    ),
+    Variable(
+        "LOG_LEVEL",
+        "INFO",
+        "DEBUG, INFO, WARNING or ERROR",
+        lambda raw: _choice("debug", "info", "warning", "error")(raw).upper(),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class ExchangeSettings:
+    rest_base: str
+    ws_url: str
+    whitelist: frozenset[str]
+    contracts_refresh_s: float
+    max_symbols_per_conn: int
+    ping_interval_s: float
+    max_message_bytes: int
+    subscribe_batch: int
+    subscribe_pause_s: float
+
+    @property
+    def dead_after_s(self) -> float:
+        """Silence (pongs included) after which a connection counts as dead."""
+        return 2 * self.ping_interval_s
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    url: str
+    host: str
+    port: int
+    password: str
+    market_data_channel: str
+    top_movers_channel: str
+    buffer: int
+
+    def safe_target(self) -> str:
+        """Where Redis is, fit for logs: never the password."""
+        if not self.url:
+            return f"redis://{self.host}:{self.port}"
+        return redact_url(self.url)
+
+
+@dataclass(frozen=True)
+class Settings:
+    exchange: ExchangeSettings
+    redis: RedisSettings
+    lookback_min: int
+    stale_after_s: float
+    rank_interval_s: float
+    top_n: int
+    http_host: str
+    http_port: int
+    log_format: str
+    log_level: str
+
+
+def redact_url(url: str) -> str:
+    """Drop user and password from a URL."""
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, f"***@{netloc}", parts.path, parts.query, ""))
+
+
+def parse_env(env: Mapping[str, str]) -> dict[str, Any]:
+    """Parse every declared variable; collect all problems before failing."""
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for var in VARIABLES:
+        raw = env.get(var.name, var.default)
+        try:
+            values[var.name] = var.parse(raw)
+        except ValueError as exc:
+            shown = "<hidden>" if var.secret else repr(raw)
+            reason = (
+                str(exc)
+                if not str(exc).startswith(("invalid literal", "could not"))
+                else "not a number"
+            )
+            problems.append(f"{var.name}={shown}: {reason}")
+    if problems:
+        raise ConfigError(problems)
+    return values
+
+
+def load_settings(env: Mapping[str, str]) -> Settings:
+    v = parse_env(env)
+    return Settings(
+        exchange=ExchangeSettings(
+            rest_base=v["MEXC_BASE"],
+            ws_url=v["MEXC_WS_URL"],
+            whitelist=v["SYMBOL_WHITELIST"],
+            contracts_refresh_s=v["CONTRACTS_REFRESH_S"],
+            max_symbols_per_conn=v["MAX_SYMBOLS_PER_CONN"],
+            ping_interval_s=v["PING_INTERVAL_S"],
+            max_message_bytes=v["WS_MAX_MESSAGE_BYTES"],
+            subscribe_batch=v["SUBSCRIBE_BATCH"],
+            subscribe_pause_s=v["SUBSCRIBE_PAUSE_S"],
+        ),
+        redis=RedisSettings(
+            url=v["REDIS_URL"],
+            host=v["REDIS_HOST"],
+            port=v["REDIS_PORT"],
+            password=v["REDIS_PASSWORD"],
+            market_data_channel=v["MARKET_DATA_CHANNEL"],
+            top_movers_channel=v["TOP_MOVERS_CHANNEL"],
+            buffer=v["PUBLISH_BUFFER"],
+        ),
+        lookback_min=v["LOOKBACK_MIN"],
+        stale_after_s=v["STALE_AFTER_S"],
+        rank_interval_s=v["RANK_INTERVAL_S"],
+        top_n=v["TOP_N"],
+        http_host=v["HTTP_HOST"],
+        http_port=v["WS_SCREENER_PORT"],
+        log_format=v["LOG_FORMAT"],
+        log_level=v["LOG_LEVEL"],
+    )
+
+
+def describe_variables() -> str:
+    """The environment table for `screener --help`."""
+    width = max(len(var.name) for var in VARIABLES)
+    lines = ["environment variables (default in brackets):"]
+    for var in VARIABLES:
+        lines.append(f"  {var.name:<{width}}  {var.help} [{var.default}]")
+    return "\n".join(lines)

@@ -1,0 +1,86 @@
+"""Prometheus metrics, one registry per service instance (no module-level singletons).
+
+Counters are thread-safe and monotonic, so actors update them directly; the hot paths add
+per batch rather than per message where they can.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+REJECT_REASONS = (
+    "json",
+    "binary",
+    "shape",
+    "unknown_channel",
+    "missing_field",
+    "bad_symbol",
+    "bad_type",
+    "bad_value",
+    "interval",
+    "late",
+    "too_large",
+)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.received = Counter(
+            "screener_messages_received", "WebSocket messages received", registry=r
+        )
+        self.rejected = Counter(
+            "screener_messages_rejected",
+            "Messages or pushes rejected, by reason",
+            ["reason"],
+            registry=r,
+        )
+        for reason in REJECT_REASONS:
+            self.rejected.labels(reason)
+        self.published = Counter(
+            "screener_events_published", "Events published to Redis", ["channel"], registry=r
+        )
+        self.dropped = Counter(
+            "screener_events_dropped",
+            "Events dropped before Redis (superseded by a newer one of the same symbol)",
+            registry=r,
+        )
+        self.reconnects = Counter(
+            "screener_reconnects", "WebSocket reconnect attempts after a failure", registry=r
+        )
+        self.rs_errors = Counter(
+            "screener_subscribe_errors", "rs.error answers from the exchange", registry=r
+        )
+        self.rest_errors = Counter(
+            "screener_rest_errors", "Failed REST calls", ["endpoint"], registry=r
+        )
+        self.connections_up = Gauge(
+            "screener_connections_up", "WebSocket connections open and subscribed", registry=r
+        )
+        self.connections_total = Gauge(
+            "screener_connections", "WebSocket connections wanted (chunks)", registry=r
+        )
+        self.subscriptions = Gauge(
+            "screener_subscriptions", "kline subscriptions acknowledged", registry=r
+        )
+        self.symbols = Gauge("screener_symbols", "Symbols in the tracked universe", registry=r)
+        self.redis_up = Gauge("screener_redis_up", "1 when the last Redis call worked", registry=r)
+        self.publish_backlog = Gauge(
+            "screener_publish_backlog", "Events waiting for Redis", registry=r
+        )
+        self.last_push_age = Gauge(
+            "screener_last_push_age_seconds",
+            "Seconds since the last accepted push (-1 before any)",
+            registry=r,
+        )
+        self.rankings = Counter("screener_rankings", "Rankings computed", registry=r)
+
+    def watch_age(self, age: Callable[[], float | None]) -> None:
+        """Compute the last-push age at scrape time rather than on every push."""
+        self.last_push_age.set_function(lambda: -1.0 if (a := age()) is None else a)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import pytest
+
+from screener.config import VARIABLES, ConfigError, load_settings, redact_url
+
+
+def test_defaults_match_the_issue() -> None:
+    s = load_settings({})
+    assert s.exchange.rest_base == "https://api.mexc.com"
+    assert s.exchange.ws_url == "wss://contract.mexc.com/edge"
+    assert s.exchange.max_symbols_per_conn == 200
+    assert s.exchange.ping_interval_s == 15
+    assert s.exchange.dead_after_s == 30
+    assert s.exchange.contracts_refresh_s == 3600
+    assert (s.lookback_min, s.stale_after_s, s.rank_interval_s, s.top_n) == (15, 60, 15, 5)
+    assert s.redis.market_data_channel == "market_data"
+    assert s.redis.top_movers_channel == "top_movers"
+    assert (s.http_host, s.http_port) == ("0.0.0.0", 8000)
+    assert (s.log_format, s.log_level) == ("json", "INFO")
+
+
+def test_every_bad_value_is_reported_at_once_naming_the_variable() -> None:
+    env = {
+        "LOOKBACK_MIN": "0",
+        "WS_SCREENER_PORT": "http",
+        "MEXC_WS_URL": "http://x",
+        "LOG_FORMAT": "xml",
+        "PING_INTERVAL_S": "-1",
+        "SYMBOL_WHITELIST": "btc_usdt,B@D",
+    }
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    problems = info.value.problems
+    assert [p.split("=")[0] for p in problems] == [
+        "MEXC_WS_URL",
+        "SYMBOL_WHITELIST",
+        "PING_INTERVAL_S",
+        "LOOKBACK_MIN",
+        "WS_SCREENER_PORT",
+        "LOG_FORMAT",
+    ]
+    assert "LOOKBACK_MIN='0': must be between 1 and 1440" in problems
+    assert "WS_SCREENER_PORT='http': not a number" in problems
+
+
+def test_whitelist_is_normalized() -> None:
+    s = load_settings({"SYMBOL_WHITELIST": " btc_usdt, ETH_USDT ,,"})
+    assert s.exchange.whitelist == frozenset({"BTC_USDT", "ETH_USDT"})
+
+
+def test_secrets_never_echoed_in_errors() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"REDIS_URL": "http://user:hunter2@host"})
+    assert "hunter2" not in str(info.value)
+    assert "REDIS_URL=<hidden>" in str(info.value)
+
+
+def test_redis_target_is_redacted() -> None:
+    s = load_settings({"REDIS_URL": "redis://:hunter2@cache:6380/0"})
+    assert s.redis.safe_target() == "redis://***@cache:6380/0"
+    assert redact_url("redis://cache:6379") == "redis://cache:6379"
+    assert load_settings({"REDIS_PASSWORD": "pw"}).redis.safe_target() == "redis://localhost:6379"
+
+
+def test_every_variable_has_help_and_a_valid_default() -> None:
+    names = [v.name for v in VARIABLES]
+    assert len(names) == len(set(names))
+    for var in VARIABLES:
+        assert var.help
+        var.parse(var.default)
