@@ -16,10 +16,12 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 
 import trio
 import trio_websocket
 from loguru import logger
+from trio_websocket import WebSocketConnection
 
 from actors.mexc import (
     PING,
@@ -48,6 +50,21 @@ RETRY_ON: tuple[type[Exception], ...] = (
 CLOSE_GRACE_S = 1.0
 
 
+Connector = Callable[[ExchangeSettings], AbstractAsyncContextManager[WebSocketConnection]]
+
+
+def open_exchange_socket(
+    settings: ExchangeSettings,
+) -> AbstractAsyncContextManager[WebSocketConnection]:
+    """The real connector; tests inject one over in-memory streams for exact virtual time."""
+    return trio_websocket.open_websocket_url(
+        settings.ws_url,
+        max_message_size=settings.max_message_bytes,
+        connect_timeout=10,
+        disconnect_timeout=CLOSE_GRACE_S,
+    )
+
+
 class ConnectionDead(OSError):
     """Nothing arrived for twice the ping interval: the socket only looks alive."""
 
@@ -73,6 +90,7 @@ async def run_connection(
     settings: ExchangeSettings,
     metrics: Metrics,
     rand: Callable[[], float] = random.random,
+    connect: Connector = open_exchange_socket,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     async with control, outbox:
@@ -85,7 +103,7 @@ async def run_connection(
             cancel.cancel()  # retired: the chunk no longer exists
 
         async def attempt(spell: Spell) -> None:
-            await _connect_once(chunk, outbox, spell, conn_id, settings, metrics)
+            await _connect_once(connect, chunk, outbox, spell, conn_id, settings, metrics)
 
         def on_failure(reason: str, delay: float) -> None:
             metrics.reconnects.inc()
@@ -105,6 +123,7 @@ async def run_connection(
 
 
 async def _connect_once(
+    connect: Connector,
     chunk: _Chunk,
     outbox: trio.MemorySendChannel[WindowInbox],
     spell: Spell,
@@ -113,12 +132,7 @@ async def _connect_once(
     metrics: Metrics,
 ) -> None:
     log = logger.bind(actor="connection", conn=conn_id)
-    async with trio_websocket.open_websocket_url(
-        settings.ws_url,
-        max_message_size=settings.max_message_bytes,
-        connect_timeout=10,
-        disconnect_timeout=CLOSE_GRACE_S,
-    ) as ws:
+    async with connect(settings) as ws:
         link = _Link(ws, conn_id, metrics, outbox)
         try:
             async with trio.open_nursery() as nursery:
@@ -153,7 +167,7 @@ class _Link:
 
     def __init__(
         self,
-        ws: trio_websocket.WebSocketConnection,
+        ws: WebSocketConnection,
         conn_id: int,
         metrics: Metrics,
         outbox: trio.MemorySendChannel[WindowInbox],
