@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
+import ssl
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from urllib.parse import urlsplit
 
 import trio
 import trio_websocket
 from loguru import logger
-from trio_websocket import WebSocketConnection
+from trio_websocket import WebSocketConnection, wrap_client_stream
 
 from actors.mexc import (
     PING,
@@ -43,26 +45,47 @@ WindowInbox = Kline | ConnStatus | StatsRequest
 
 RETRY_ON: tuple[type[Exception], ...] = (
     OSError,
+    trio.TooSlowError,
     trio.BrokenResourceError,
     trio_websocket.HandshakeError,
     trio_websocket.ConnectionClosed,
 )
 CLOSE_GRACE_S = 1.0
+CONNECT_TIMEOUT_S = 10.0
 
 
 Connector = Callable[[ExchangeSettings], AbstractAsyncContextManager[WebSocketConnection]]
 
 
-def open_exchange_socket(
-    settings: ExchangeSettings,
-) -> AbstractAsyncContextManager[WebSocketConnection]:
-    """The real connector; tests inject one over in-memory streams for exact virtual time."""
-    return trio_websocket.open_websocket_url(
-        settings.ws_url,
-        max_message_size=settings.max_message_bytes,
-        connect_timeout=10,
-        disconnect_timeout=CLOSE_GRACE_S,
-    )
+@asynccontextmanager
+async def open_exchange_socket(settings: ExchangeSettings) -> AsyncIterator[WebSocketConnection]:
+    """The real connector; tests inject one over in-memory streams for exact virtual time.
+
+    We open and own the TCP (and TLS) stream ourselves: trio-websocket 0.12's client leaves
+    its socket open when the server ends the connection, which leaks a file descriptor per
+    reconnect in a service that reconnects forever.
+    """
+    url = urlsplit(settings.ws_url)
+    host = url.hostname or ""
+    secure = url.scheme == "wss"
+    port = url.port or (443 if secure else 80)
+    resource = (url.path or "/") + (f"?{url.query}" if url.query else "")
+    with trio.fail_after(CONNECT_TIMEOUT_S):
+        stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+    try:
+        if secure:
+            stream = trio.SSLStream(
+                stream, ssl.create_default_context(), server_hostname=host, https_compatible=True
+            )
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(CONNECT_TIMEOUT_S):
+                ws = await wrap_client_stream(
+                    nursery, stream, host, resource, max_message_size=settings.max_message_bytes
+                )
+            yield ws
+            nursery.cancel_scope.cancel()  # the library's reader task ends with the socket
+    finally:
+        await trio.aclose_forcefully(stream)
 
 
 class ConnectionDead(OSError):
@@ -133,14 +156,13 @@ async def _connect_once(
 ) -> None:
     log = logger.bind(actor="connection", conn=conn_id)
     async with connect(settings) as ws:
-        link = _Link(ws, conn_id, metrics, outbox)
+        link = _Link(ws, conn_id, metrics, outbox, spell)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(link.read, chunk)
                 nursery.start_soon(link.watchdog, settings.dead_after_s)
                 nursery.start_soon(link.ping, settings.ping_interval_s)
                 await link.subscribe_all(chunk, settings)
-                spell.healthy()
                 await _send_status(outbox, ConnStatus(conn_id, up=True))
                 link.up = True
                 log.info("subscribed {n} symbols", n=len(link.subscribed))
@@ -149,6 +171,7 @@ async def _connect_once(
             metrics.subscriptions.dec(link.acked)
             if link.up:
                 await _send_status(outbox, ConnStatus(conn_id, up=False))
+            # Close with 1000 even when cancelled (shutdown, chunk retired), but never hang.
             with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_GRACE_S):
                 await ws.aclose(1000)
 
@@ -171,8 +194,10 @@ class _Link:
         conn_id: int,
         metrics: Metrics,
         outbox: trio.MemorySendChannel[WindowInbox],
+        spell: Spell,
     ) -> None:
         self.ws = ws
+        self.spell = spell
         self.conn_id = conn_id
         self.metrics = metrics
         self.outbox = outbox
@@ -199,6 +224,8 @@ class _Link:
                 if frame.symbol in self.subscribed:
                     await outbox.send(frame)
             elif type(frame) is SubAck:
+                if not self.acked:
+                    self.spell.healthy()  # backoff resets only after a real subscription
                 self.acked += 1
                 metrics.subscriptions.inc()
             elif type(frame) is UnsubAck:

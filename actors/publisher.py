@@ -18,6 +18,8 @@ import orjson
 import redis
 import trio
 from loguru import logger
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from screener.config import RedisSettings
 from screener.metrics import Metrics
@@ -70,9 +72,13 @@ class PublishBuffer:
 
 
 def make_client(settings: RedisSettings) -> redis.Redis:
+    # Our own backoff does the retrying (and says so once); redis-py's silent internal
+    # retries would only delay the first warning. RESP2 keeps auth errors plain.
     common = {
         "socket_timeout": REDIS_TIMEOUT_S,
         "socket_connect_timeout": REDIS_TIMEOUT_S,
+        "retry": Retry(NoBackoff(), 0),
+        "protocol": 2,
     }
     if settings.url:
         return redis.Redis.from_url(settings.url, **common)  # type: ignore[arg-type]
@@ -192,6 +198,7 @@ async def run_publisher(
     finally:
         with trio.CancelScope(shield=True, deadline=trio.current_time() + FINAL_FLUSH_S):
             await _final_flush(buffer, settings)
+        client.close()
 
 
 async def _final_flush(buffer: PublishBuffer, settings: RedisSettings) -> None:

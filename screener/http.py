@@ -76,7 +76,7 @@ def _json(body: Any, status: int = 200) -> Response:
 
 
 def create_app(views: Views, metrics: Metrics, *, stale_after_s: float) -> QuartTrio:
-    app = QuartTrio("screener")
+    app = QuartTrio(__name__)
 
     @app.get("/health")
     async def health() -> Response:
@@ -88,7 +88,9 @@ def create_app(views: Views, metrics: Metrics, *, stale_after_s: float) -> Quart
         ranking = views.ranking.value
         if ranking is None or not ranking.ranked:
             return _json({"error": "no data yet"}, 503)
-        return _json(ranking.as_dict())
+        # Windows advance with exchange time, so a dead feed freezes the ranking: say so.
+        age = views.push_age(trio.current_time())
+        return _json({**ranking.as_dict(), "stale": age is None or age >= stale_after_s})
 
     @app.get("/metrics")
     async def prometheus() -> Response:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.redis_proc import RedisServer
+from screener.devredis import RedisServer
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""A real redis-server process on a free loopback port, for tests and the benchmark."""
+"""A private redis-server process on a free loopback port: for tests, the benchmark and the
+demo, never for production (compose runs the real one)."""
 
 from __future__ import annotations
 
@@ -32,10 +33,10 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, workdir: Path, password: str | None = None) -> None:
+    def __init__(self, workdir: Path, password: str | None = None, port: int = 0) -> None:
         self.workdir = workdir
         self.password = password
-        self.port = free_port()
+        self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:

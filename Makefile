@@ -1,0 +1,34 @@
+# One command each, on a fresh machine: `make test`, `make run`, `make demo`.
+# Each target creates .venv and installs the project into it first (only when needed).
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PYTHON ?= python3
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+.PHONY: install test lint run demo simulate bench
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+## the test command: lint, then every test (starts its own redis-server and simulator)
+test: lint
+	$(BIN)/pytest
+
+## the service against the real exchange (env from the shell or .env; see .env.example)
+run: $(STAMP)
+	set -a; [ ! -f .env ] || . ./.env; set +a; exec $(BIN)/screener
+
+## the service against the bundled simulator, with a private redis-server on port 6390
+demo: $(STAMP)
+	$(BIN)/python -m screener.demo
+
+simulate: $(STAMP)
+	$(BIN)/screener simulate

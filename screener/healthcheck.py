@@ -1,0 +1,50 @@
+"""`python -m screener.healthcheck`: the container's HEALTHCHECK, exit 0 when /health is 200.
+
+Standard library only, so the image needs no curl. The port comes from the same settings the
+service reads, so the probe and the server cannot disagree. Any failure is one short line on
+stdout (Docker keeps it in `docker inspect`) and exit 1; a bad configuration exits 1 too,
+because to Docker an unparsable setting means unhealthy, not a usage error.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+
+from screener.config import ConfigError, load_settings
+
+TIMEOUT_S = 3.0
+
+
+def probe(env: Mapping[str, str]) -> tuple[bool, str]:
+    """GET /health on loopback; (healthy, one-line reason)."""
+    try:
+        port = load_settings(env).http_port
+    except ConfigError as exc:
+        return False, f"config error: {exc.problems[0]}"
+    url = f"http://127.0.0.1:{port}/health"
+    try:
+        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        return False, f"{url}: HTTP {exc.code}"
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+        return False, f"{url}: {reason}"
+    if status != 200:
+        return False, f"{url}: HTTP {status}"
+    return True, f"{url}: HTTP 200"
+
+
+def main() -> int:
+    healthy, line = probe(os.environ)
+    print(line)  # Docker keeps a probe's stdout in the health log; no logging set-up here
+    return 0 if healthy else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

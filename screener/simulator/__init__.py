@@ -1,0 +1,10 @@
+"""A MEXC-compatible futures exchange simulator (REST + ``/edge`` WebSocket) for tests,
+benchmarks and offline runs. Faithful to ``mexc-protocol.md``; see ``FakeExchange``.
+"""
+
+from __future__ import annotations
+
+from screener.simulator.exchange import SimAddress, SimConfig
+from screener.simulator.server import FakeExchange, run_simulator
+
+__all__ = ["FakeExchange", "SimAddress", "SimConfig", "run_simulator"]
