@@ -34,15 +34,21 @@ async def _demo(env: dict[str, str], redis_dir: Path) -> None:
             logger.info(
                 "demo: try http://127.0.0.1:{port}/top5 (rankings every {r}s) and "
                 "redis-cli -p {rp} subscribe market_data",
-                port=svc.http_port, r=svc.settings.rank_interval_s, rp=redis.port,
+                port=svc.http_port,
+                r=svc.settings.rank_interval_s,
+                rp=redis.port,
             )
     finally:
         redis.stop()
 
 
 def main() -> int:
-    env = {"LOG_FORMAT": "text", "REDIS_HOST": "127.0.0.1", "REDIS_PORT": "6390",
-           "RANK_INTERVAL_S": "5"} | dict(os.environ)
+    env = {
+        "LOG_FORMAT": "text",
+        "REDIS_HOST": "127.0.0.1",
+        "REDIS_PORT": "6390",
+        "RANK_INTERVAL_S": "5",
+    } | dict(os.environ)
     try:
         settings = load_settings(env)
     except ConfigError as exc:
