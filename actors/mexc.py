@@ -142,10 +142,15 @@ def _number(value: object) -> float:
     return number
 
 
+# No listed contract trades anywhere near a trillion USDT; beyond it a price is corrupt, and
+# 1e308 would turn the window's change into infinity.
+MAX_PRICE = 1e12
+
+
 def _price(value: object) -> float:
     number = _number(value)
-    if number <= 0:
-        raise DecodeError("bad_value", "price not positive")
+    if not 0 < number < MAX_PRICE:
+        raise DecodeError("bad_value", "price out of range")
     return number
 
 

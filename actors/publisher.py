@@ -102,11 +102,15 @@ def publish_batch(
 ) -> None:
     """Runs in a worker thread: serialize and send the whole batch in one round trip."""
     pipe = client.pipeline(transaction=False)
-    channel = settings.market_data_channel
-    for event in events:
-        pipe.publish(channel, encode_event(event))
+    messages = [(settings.market_data_channel, encode_event(event)) for event in events]
     if ranking is not None:
-        pipe.publish(settings.top_movers_channel, orjson.dumps(ranking.as_dict()))
+        messages.append((settings.top_movers_channel, orjson.dumps(ranking.as_dict())))
+    if settings.to_pubsub:
+        for channel, payload in messages:
+            pipe.publish(channel, payload)
+    if settings.to_stream:
+        for channel, payload in messages:
+            pipe.xadd(channel, {"data": payload}, maxlen=settings.stream_maxlen, approximate=True)
     pipe.execute()
 
 

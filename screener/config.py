@@ -151,6 +151,19 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("MARKET_DATA_CHANNEL", "market_data", "pub/sub channel of candle events", _non_empty),
     Variable("TOP_MOVERS_CHANNEL", "top_movers", "pub/sub channel of rankings", _non_empty),
     Variable(
+        "PUBLISH_MODE",
+        "pubsub",
+        "pubsub, stream (XADD to a stream named like the channel, so a restarted consumer "
+        "resumes) or both",
+        _choice("pubsub", "stream", "both"),
+    ),
+    Variable(
+        "STREAM_MAXLEN",
+        "100000",
+        "approximate length cap of each stream (MAXLEN ~)",
+        _int_range(1000, 100_000_000),
+    ),
+    Variable(
         "PUBLISH_BUFFER",
         "20000",
         "events held while Redis is slow or down; beyond it only the newest per symbol is kept",
@@ -212,6 +225,16 @@ class RedisSettings:
     market_data_channel: str
     top_movers_channel: str
     buffer: int
+    mode: str = "pubsub"
+    stream_maxlen: int = 100_000
+
+    @property
+    def to_pubsub(self) -> bool:
+        return self.mode in ("pubsub", "both")
+
+    @property
+    def to_stream(self) -> bool:
+        return self.mode in ("stream", "both")
 
     def safe_target(self) -> str:
         """Where Redis is, fit for logs: never the password."""
@@ -287,6 +310,8 @@ def load_settings(env: Mapping[str, str]) -> Settings:
             market_data_channel=v["MARKET_DATA_CHANNEL"],
             top_movers_channel=v["TOP_MOVERS_CHANNEL"],
             buffer=v["PUBLISH_BUFFER"],
+            mode=v["PUBLISH_MODE"],
+            stream_maxlen=v["STREAM_MAXLEN"],
         ),
         lookback_min=v["LOOKBACK_MIN"],
         stale_after_s=v["STALE_AFTER_S"],
