@@ -17,6 +17,7 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy screener actors
 
 ## the test command: lint, then every test (starts its own redis-server and simulator)
 test: lint

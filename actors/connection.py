@@ -71,11 +71,12 @@ async def open_exchange_socket(settings: ExchangeSettings) -> AsyncIterator[WebS
     port = url.port or (443 if secure else 80)
     resource = (url.path or "/") + (f"?{url.query}" if url.query else "")
     with trio.fail_after(CONNECT_TIMEOUT_S):
-        stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+        tcp = await trio.open_tcp_stream(host, port)
+    stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] = tcp
     try:
         if secure:
             stream = trio.SSLStream(
-                stream, ssl.create_default_context(), server_hostname=host, https_compatible=True
+                tcp, ssl.create_default_context(), server_hostname=host, https_compatible=True
             )
         async with trio.open_nursery() as nursery:
             with trio.fail_after(CONNECT_TIMEOUT_S):

@@ -74,19 +74,22 @@ class PublishBuffer:
 def make_client(settings: RedisSettings) -> redis.Redis:
     # Our own backoff does the retrying (and says so once); redis-py's silent internal
     # retries would only delay the first warning. RESP2 keeps auth errors plain.
-    common = {
-        "socket_timeout": REDIS_TIMEOUT_S,
-        "socket_connect_timeout": REDIS_TIMEOUT_S,
-        "retry": Retry(NoBackoff(), 0),
-        "protocol": 2,
-    }
     if settings.url:
-        return redis.Redis.from_url(settings.url, **common)  # type: ignore[arg-type]
+        return redis.Redis.from_url(
+            settings.url,
+            socket_timeout=REDIS_TIMEOUT_S,
+            socket_connect_timeout=REDIS_TIMEOUT_S,
+            retry=Retry(NoBackoff(), 0),
+            protocol=2,
+        )
     return redis.Redis(
         host=settings.host,
         port=settings.port,
         password=settings.password or None,
-        **common,  # type: ignore[arg-type]
+        socket_timeout=REDIS_TIMEOUT_S,
+        socket_connect_timeout=REDIS_TIMEOUT_S,
+        retry=Retry(NoBackoff(), 0),
+        protocol=2,
     )
 
 

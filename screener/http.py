@@ -127,7 +127,7 @@ async def serve_http(
     async with trio.open_nursery() as nursery:
         try:
             binds: list[str] = await nursery.start(
-                partial(serve, app, config, shutdown_trigger=trio.sleep_forever)  # type: ignore[arg-type]
+                partial(serve, app, config, shutdown_trigger=trio.sleep_forever)
             )
         except BaseException as exc:
             found = split_retryable(exc, (OSError,))

@@ -60,9 +60,10 @@ def split_retryable(
         matched, rest = exc.split(retry_on)
         if rest is not None or matched is None:
             return None
-        while isinstance(matched, BaseExceptionGroup):
-            matched = matched.exceptions[0]
-        return matched
+        found: BaseException = matched
+        while isinstance(found, BaseExceptionGroup):
+            found = found.exceptions[0]
+        return found
     return exc if isinstance(exc, retry_on) else None
 
 
