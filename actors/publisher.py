@@ -136,16 +136,22 @@ async def run_publisher(
             metrics.dropped.inc(n)
 
     closed = False
+    peak = 0
+    peak_gauge = metrics.queue_peak.labels("publish_buffer")
 
     async def collect() -> None:
-        nonlocal closed
+        nonlocal closed, peak
         async with inbox:
             async for item in inbox:
                 if type(item) is Ranking:
                     buffer.ranking = item
                 else:
                     dropped(buffer.add(item))  # type: ignore[arg-type]
-                metrics.publish_backlog.set(len(buffer.events))
+                backlog = len(buffer.events)
+                metrics.publish_backlog.set(backlog)
+                if backlog > peak:
+                    peak = backlog
+                    peak_gauge.set(peak)
                 wake.set()
         closed = True
         wake.set()

@@ -94,15 +94,27 @@ async def run_universe(
                 await trio.sleep(delay)
                 continue
             backoff.reset()
-            if not settings.whitelist:
-                return live
+            return select(live)
+
+    def select(live: set[str]) -> set[str]:
+        """Whitelist, then the MAX_SYMBOLS bound (alphabetical, so the choice is stable)."""
+        if settings.whitelist:
             for symbol in sorted(settings.whitelist - live - unknown_logged):
                 log.warning(
                     "whitelisted symbol {symbol} is not a live USDT perpetual; skipped",
                     symbol=symbol,
                 )
                 unknown_logged.add(symbol)
-            return live & settings.whitelist
+            live = live & settings.whitelist
+        if len(live) > settings.max_symbols:
+            log.warning(
+                "{n} live symbols exceed MAX_SYMBOLS={m}; the last {skipped} skipped",
+                n=len(live),
+                m=settings.max_symbols,
+                skipped=len(live) - settings.max_symbols,
+            )
+            live = set(sorted(live)[: settings.max_symbols])
+        return live
 
     async with (
         ingest,

@@ -117,6 +117,8 @@ async def run_window(
 ) -> None:
     windows = Windows(lookback_min)
     conns: dict[int, bool] = {}
+    peak = 0
+    peak_gauge = metrics.queue_peak.labels("ingest")
     log = logger.bind(actor="window")
     task_status.started()
     async with inbox, outbox:
@@ -128,8 +130,10 @@ async def run_window(
             # Drain what is already queued: one batch downstream per wakeup, not per push.
             batch: list[MarketData] = []
             late = 0
+            drained = 0
             item: WindowInbox = first
             while True:
+                drained += 1
                 if type(item) is Kline:
                     event = windows.apply(item)
                     if event is None:
@@ -154,6 +158,9 @@ async def run_window(
                     item = inbox.receive_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
+            if drained > peak:
+                peak = drained  # what waited in the channel at this wakeup
+                peak_gauge.set(peak)
             if late:
                 metrics.rejected.labels("late").inc(late)
             if batch:

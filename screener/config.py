@@ -124,6 +124,13 @@ VARIABLES: tuple[Variable, ...] = (
         "MAX_SYMBOLS_PER_CONN", "200", "symbols per WebSocket connection", _int_range(1, 1000)
     ),
     Variable(
+        "MAX_SYMBOLS",
+        "3000",
+        "most symbols tracked; beyond it the rest are skipped with a warning (a runaway "
+        "contract list must not exhaust memory or sockets)",
+        _int_range(1, 100_000),
+    ),
+    Variable(
         "PING_INTERVAL_S",
         "15",
         "seconds between pings; silence for twice this closes and reconnects",
@@ -205,6 +212,7 @@ class ExchangeSettings:
     whitelist: frozenset[str]
     contracts_refresh_s: float
     max_symbols_per_conn: int
+    max_symbols: int
     ping_interval_s: float
     max_message_bytes: int
     subscribe_batch: int
@@ -297,6 +305,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
             whitelist=v["SYMBOL_WHITELIST"],
             contracts_refresh_s=v["CONTRACTS_REFRESH_S"],
             max_symbols_per_conn=v["MAX_SYMBOLS_PER_CONN"],
+            max_symbols=v["MAX_SYMBOLS"],
             ping_interval_s=v["PING_INTERVAL_S"],
             max_message_bytes=v["WS_MAX_MESSAGE_BYTES"],
             subscribe_batch=v["SUBSCRIBE_BATCH"],

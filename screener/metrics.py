@@ -77,6 +77,12 @@ class Metrics:
             registry=r,
         )
         self.rankings = Counter("screener_rankings", "Rankings computed", registry=r)
+        self.queue_peak = Gauge(
+            "screener_queue_peak",
+            "Most items ever waiting in a bounded queue (ingest channel, publish buffer)",
+            ["queue"],
+            registry=r,
+        )
 
     def watch_age(self, age: Callable[[], float | None]) -> None:
         """Compute the last-push age at scrape time rather than on every push."""

@@ -87,3 +87,21 @@ async def test_contract_list_failure_is_retried_and_reported_in_health(
                 body = (await http.get("/health")).json()
                 assert body["status"] == "ok"
                 assert "problems" not in body
+
+
+async def test_max_symbols_bounds_the_universe(redis_server: RedisServer) -> None:
+    with trio.fail_after(30):
+        async with (
+            simulator(SimConfig(symbols=10, rate_per_s=200)) as (ex, sim),
+            running(sim, redis_server.port, MAX_SYMBOLS="4") as (svc, http),
+        ):
+            await eventually(lambda: ex.sub_requests == 4)
+            assert set().union(*ex.subscriptions.values()) == set(sorted(ex.live_symbols)[:4])
+            assert (await http.get("/health")).json()["symbols"] == 4
+            await eventually(
+                lambda: counter(svc, "screener_events_published_total", channel="market_data") > 20
+            )
+            metrics = (await http.get("/metrics")).text
+            assert 'screener_queue_peak{queue="ingest"}' in metrics
+            assert counter(svc, "screener_queue_peak", queue="ingest") >= 1
+            assert counter(svc, "screener_queue_peak", queue="publish_buffer") >= 1
