@@ -2,7 +2,10 @@
 
 Inputs: `control`, the chunk's desired symbol set (a new frozenset whenever the universe
 changes; closing it retires the chunk). Output: decoded `Kline`s and `ConnStatus` changes into
-the window actor's inbox (an owned clone, closed on exit).
+the window actor's inbox (an owned clone, closed on exit). Optionally `gaps`, a clone of
+the backfill channel (owned, closed on exit): when the connection is up again after at least
+`gap_after_s` down (or not yet up since start), it asks for the chunk's history once, without
+waiting.
 
 Each attempt connects, subscribes (paced), pings every `ping_interval_s` on absolute
 deadlines, and treats `2 x ping_interval_s` without any frame (pongs included) as a dead
@@ -14,6 +17,7 @@ closed with code 1000 under a short shielded deadline.
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import ssl
 from collections.abc import AsyncIterator, Callable
@@ -96,14 +100,34 @@ class ConnectionDead(OSError):
 class _Chunk:
     """The actor's own state, kept across attempts."""
 
-    def __init__(self, symbols: frozenset[str]) -> None:
+    def __init__(
+        self,
+        symbols: frozenset[str],
+        gaps: trio.MemorySendChannel[frozenset[str]] | None = None,
+        gap_after_s: float = math.inf,
+    ) -> None:
         self.desired = symbols
         self.changed = trio.Event()
+        self.gaps = gaps
+        self.gap_after_s = gap_after_s
+        self.down_since = trio.current_time()
 
     def update(self, symbols: frozenset[str]) -> None:
         self.desired = symbols
         self.changed.set()
         self.changed = trio.Event()
+
+    def came_up(self) -> None:
+        """Down long enough to miss whole candles: ask for the chunk's history again. Never
+        waits: a full backfill queue has plenty to do, and the live feed must not stall."""
+        if self.gaps is not None and trio.current_time() - self.down_since >= self.gap_after_s:
+            with contextlib.suppress(
+                trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError
+            ):
+                self.gaps.send_nowait(self.desired)
+
+    def went_down(self) -> None:
+        self.down_since = trio.current_time()
 
 
 async def run_connection(
@@ -115,10 +139,12 @@ async def run_connection(
     metrics: Metrics,
     rand: Callable[[], float] = random.random,
     connect: Connector = open_exchange_socket,
+    gaps: trio.MemorySendChannel[frozenset[str]] | None = None,
+    gap_after_s: float = math.inf,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    async with control, outbox:
-        chunk = _Chunk(await control.receive())
+    async with control, outbox, gaps if gaps is not None else contextlib.nullcontext():
+        chunk = _Chunk(await control.receive(), gaps, gap_after_s)
         task_status.started()
 
         async def follow_control(cancel: trio.CancelScope) -> None:
@@ -157,7 +183,7 @@ async def _connect_once(
 ) -> None:
     log = logger.bind(actor="connection", conn=conn_id)
     async with connect(settings) as ws:
-        link = _Link(ws, conn_id, metrics, outbox, spell)
+        link = _Link(ws, conn_id, metrics, outbox, spell, settings.max_message_bytes)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(link.read, chunk)
@@ -166,11 +192,13 @@ async def _connect_once(
                 await link.subscribe_all(chunk, settings)
                 await _send_status(outbox, ConnStatus(conn_id, up=True))
                 link.up = True
+                chunk.came_up()
                 log.info("subscribed {n} symbols", n=len(link.subscribed))
                 await link.follow(chunk, settings)
         finally:
             metrics.subscriptions.dec(link.acked)
             if link.up:
+                chunk.went_down()
                 await _send_status(outbox, ConnStatus(conn_id, up=False))
             # Close with 1000 even when cancelled (shutdown, chunk retired), but never hang.
             with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_GRACE_S):
@@ -196,9 +224,11 @@ class _Link:
         metrics: Metrics,
         outbox: trio.MemorySendChannel[WindowInbox],
         spell: Spell,
+        max_bytes: int,
     ) -> None:
         self.ws = ws
         self.spell = spell
+        self.max_bytes = max_bytes
         self.conn_id = conn_id
         self.metrics = metrics
         self.outbox = outbox
@@ -212,12 +242,20 @@ class _Link:
     async def read(self, chunk: _Chunk) -> None:
         ws, outbox, metrics = self.ws, self.outbox, self.metrics
         received = metrics.received
+        max_bytes = self.max_bytes
         while True:
-            message = await ws.get_message()
+            try:
+                message = await ws.get_message()
+            except trio_websocket.ConnectionClosed as exc:
+                if (
+                    exc.reason is not None and exc.reason.code == 1009
+                ):  # MESSAGE_TOO_BIG: we refused it, then reconnect
+                    self._rejected("too_large", f"message over {max_bytes} bytes")
+                raise
             self.last_rx = trio.current_time()
             received.inc()
             try:
-                frame = decode(message)
+                frame = decode(message, max_bytes)
             except DecodeError as exc:
                 self._rejected(exc.reason, str(exc))
                 continue

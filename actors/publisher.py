@@ -102,10 +102,19 @@ def publish_batch(
     settings: RedisSettings,
     events: list[MarketData],
     ranking: Ranking | None,
-) -> None:
-    """Runs in a worker thread: serialize and send the whole batch in one round trip."""
+) -> int:
+    """Runs in a worker thread: serialize and send the whole batch in one round trip.
+
+    Returns how many events could not be serialized (skipped: one bad record must not
+    block, or crash, the rest)."""
     pipe = client.pipeline(transaction=False)
-    messages = [(settings.market_data_channel, encode_event(event)) for event in events]
+    messages: list[tuple[str, bytes]] = []
+    unencodable = 0
+    for event in events:
+        try:
+            messages.append((settings.market_data_channel, encode_event(event)))
+        except orjson.JSONEncodeError:
+            unencodable += 1
     if ranking is not None:
         messages.append((settings.top_movers_channel, orjson.dumps(ranking.as_dict())))
     if settings.to_pubsub:
@@ -115,6 +124,7 @@ def publish_batch(
         for channel, payload in messages:
             pipe.xadd(channel, {"data": payload}, maxlen=settings.stream_maxlen, approximate=True)
     pipe.execute()
+    return unencodable
 
 
 async def run_publisher(
@@ -189,7 +199,7 @@ async def run_publisher(
                 continue
             events, ranking = buffer.take()
             try:
-                await trio.to_thread.run_sync(
+                unencodable = await trio.to_thread.run_sync(
                     publish_batch, client, settings, events, ranking, abandon_on_cancel=True
                 )
             except REDIS_ERRORS as exc:
@@ -197,7 +207,10 @@ async def run_publisher(
                 metrics.publish_backlog.set(len(buffer.events))
                 await trio.sleep(went_down(exc))
                 continue
-            metrics.published.labels(settings.market_data_channel).inc(len(events))
+            if unencodable:
+                metrics.rejected.labels("unencodable").inc(unencodable)
+                log.error("{n} events could not be serialized; skipped", n=unencodable)
+            metrics.published.labels(settings.market_data_channel).inc(len(events) - unencodable)
             if ranking is not None:
                 metrics.published.labels(settings.top_movers_channel).inc()
             metrics.publish_backlog.set(len(buffer.events))

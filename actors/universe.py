@@ -7,10 +7,16 @@ unsubscribes only the difference; a chunk that empties is retired. Connection ac
 in this actor's nursery, each with a control channel this actor owns and a clone of the
 window inbox that the connection actor owns. REST failures retry with backoff forever and
 are reported in /health through `status`; the connections already running carry on.
+
+With a `backfill` channel (owned here, closed on exit) it sends the symbols to fill from REST
+history: all of them after the first read, the new ones after each refresh, and with
+`stream=False` (`screener rest`: no WebSocket at all) every symbol after every read. Each
+connection actor gets a clone of it to ask for a refill after an outage (`gap_after_s`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import Callable
@@ -68,9 +74,13 @@ async def run_universe(
     status: Latest[UniverseStatus],
     metrics: Metrics,
     rand: Callable[[], float] = random.random,
+    backfill: trio.MemorySendChannel[frozenset[str]] | None = None,
+    gap_after_s: float = 60.0,
+    stream: bool = True,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     log = logger.bind(actor="universe")
+    tracked: frozenset[str] = frozenset()
     chunks: dict[int, frozenset[str]] = {}
     controls: dict[int, trio.MemorySendChannel[frozenset[str]]] = {}
     unknown_logged: set[str] = set()
@@ -118,6 +128,7 @@ async def run_universe(
 
     async with (
         ingest,
+        backfill if backfill is not None else contextlib.nullcontext(),
         httpx.AsyncClient(timeout=REST_TIMEOUT) as client,
         trio.open_nursery() as nursery,
     ):
@@ -125,7 +136,7 @@ async def run_universe(
         deadline = trio.current_time()
         while True:
             wanted = await read_universe(client)
-            plan = plan_chunks(chunks, wanted, settings.max_symbols_per_conn)
+            plan = plan_chunks(chunks, wanted, settings.max_symbols_per_conn) if stream else {}
             added = len(wanted - set().union(*chunks.values())) if chunks else len(wanted)
             for cid, symbols in plan.items():
                 if not symbols:
@@ -147,12 +158,18 @@ async def run_universe(
                             settings=settings,
                             metrics=metrics,
                             rand=rand,
+                            gaps=None if backfill is None else backfill.clone(),
+                            gap_after_s=gap_after_s,
                         )
                     )
                 elif symbols != chunks[cid]:
                     chunks[cid] = symbols
                     await controls[cid].send(symbols)
-            status.set(UniverseStatus(symbols=len(wanted), chunks=len(chunks), error=None))
+            status.set(
+                UniverseStatus(
+                    symbols=len(wanted), chunks=len(chunks), error=None, tracked=frozenset(wanted)
+                )
+            )
             metrics.symbols.set(len(wanted))
             metrics.connections_total.set(len(chunks))
             log.info(
@@ -161,5 +178,9 @@ async def run_universe(
                 c=len(chunks),
                 a=added,
             )
+            fill = frozenset(wanted) if not stream else frozenset(wanted) - tracked
+            tracked = frozenset(wanted)
+            if backfill is not None and fill:
+                await backfill.send(fill)
             deadline += settings.contracts_refresh_s
             await trio.sleep_until(max(deadline, trio.current_time()))

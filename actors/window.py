@@ -8,6 +8,11 @@ the core is pure, a bug is a crash.
 
 The window holds candles with `t > now_minute - lookback`, `now_minute` being the minute of
 the newest exchange push time seen, so a window is measured in minutes, never in messages.
+
+Besides live pushes (`source` "mexc"), the inbox carries REST history (backfill actor,
+"mexc-rest-history": merged without events, never over a live candle) and REST prices
+(failover actor, "mexc-rest": an update of the minute's candle, with events). Only live
+pushes refresh `last_push_at`, the feed's freshness.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from loguru import logger
 
 from screener.metrics import Metrics
 from screener.models import (
+    HISTORY_SOURCE,
+    LIVE_SOURCE,
     ConnStatus,
     FeedStatus,
     Kline,
@@ -30,6 +37,24 @@ from screener.models import (
 from screener.snapshot import Latest
 
 WindowInbox = Kline | ConnStatus | StatsRequest
+
+
+def merged(held: Kline, k: Kline) -> Kline | None:
+    """The candle to hold when a non-live `k` meets `held` for the same minute (None: keep
+    `held`). History never replaces a live push but replaces our REST approximation; a REST
+    price updates the held candle (its open and volume stay, high/low widen) unless the held
+    candle is newer."""
+    if k.source == HISTORY_SOURCE:
+        return None if held.source == LIVE_SOURCE else k
+    if held.ts_ms > k.ts_ms:
+        return None
+    return k._replace(
+        open=held.open,
+        high=max(held.high, k.high),
+        low=min(held.low, k.low),
+        volume=held.volume,
+        amount=held.amount,
+    )
 
 
 class Windows:
@@ -63,16 +88,24 @@ class Windows:
         if not times or k.t > times[-1]:
             times.append(k.t)
             candles.append(k)
-            if times[0] <= cutoff:
-                drop = bisect_left(times, cutoff + 1)
-                del times[:drop], candles[:drop]
         else:
             i = bisect_left(times, k.t)
-            if times[i] == k.t:
-                candles[i] = k
-            else:
+            if times[i] != k.t:
                 times.insert(i, k.t)
                 candles.insert(i, k)
+            elif k.source == LIVE_SOURCE:
+                candles[i] = k
+            else:  # history and REST prices defer to what is held for that minute
+                held = merged(candles[i], k)
+                if held is None:
+                    return None
+                k = candles[i] = held
+        # Another symbol may have moved the clock since this one was last touched.
+        if times[0] <= cutoff:
+            drop = bisect_left(times, cutoff + 1)
+            del times[:drop], candles[:drop]
+        if k.source == HISTORY_SOURCE:
+            return None  # history fills the window but is no news: no event
         oldest, newest = candles[0], candles[-1]
         return MarketData(
             k,
@@ -137,7 +170,7 @@ async def run_window(
                 if type(item) is Kline:
                     event = windows.apply(item)
                     if event is None:
-                        late += 1
+                        late += item.source != HISTORY_SOURCE
                     else:
                         batch.append(event)
                 elif type(item) is ConnStatus:
@@ -164,5 +197,7 @@ async def run_window(
             if late:
                 metrics.rejected.labels("late").inc(late)
             if batch:
-                feed.set(feed.value._replace(last_push_at=trio.current_time()))
+                # Only live pushes make the feed fresh: REST prices are the failover's own.
+                if any(event.kline.source == LIVE_SOURCE for event in batch):
+                    feed.set(feed.value._replace(last_push_at=trio.current_time()))
                 await outbox.send(batch)

@@ -1,23 +1,33 @@
 """Wiring: the channels, the root nursery of actors, and signal-driven shutdown.
 
     universe --(control: frozenset)--> connection x N --(Kline, ConnStatus)--+
+    universe, connections --(backfill: frozenset)--> backfill --(history)----+
                                                                              v
     ranking --(StatsRequest)-------------------------------------------> window
+    failover --(StatsRequest, REST-price Kline)------------------------> window
     ranking --(Ranking)--> publisher <--(list[MarketData])-------------- window
 
 Every channel is bounded; each sender is a clone owned by one actor, so closing cascades.
+Backfill and failover share one paced REST client (`open_rest_client`), owned here.
 """
 
 from __future__ import annotations
 
+import random
 import signal
+import time
+from collections.abc import Callable
 from functools import partial
 
 import trio
 from loguru import logger
 
+from actors.backfill import REQUESTS_BUFFER as BACKFILL_REQUESTS
+from actors.backfill import run_backfill
+from actors.failover import run_failover
 from actors.publisher import PublisherInbox, run_publisher
 from actors.ranking import run_ranking
+from actors.rest_client import fetch_klines, fetch_tickers, open_rest_client
 from actors.universe import run_universe
 from actors.window import WindowInbox, run_window
 from screener.config import Settings
@@ -44,15 +54,30 @@ class Service:
 
 
 async def run_service(
-    settings: Settings, *, task_status: trio.TaskStatus[Service] = trio.TASK_STATUS_IGNORED
+    settings: Settings,
+    *,
+    wall: Callable[[], float] = time.time,
+    rand: Callable[[], float] = random.random,
+    task_status: trio.TaskStatus[Service] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run every actor until cancelled; `started()` once HTTP is listening."""
+    """Run every actor until cancelled; `started()` once HTTP is listening. `wall` is the
+    clock that dates kline history requests (a simulator's in tests); `rand` the jitter
+    source of the reconnect backoff (fixed in tests)."""
     svc = Service(settings)
     metrics, views = svc.metrics, svc.views
     ingest_send, ingest_recv = trio.open_memory_channel[WindowInbox](INGEST_BUFFER)
     events_send, events_recv = trio.open_memory_channel[PublisherInbox](PUBLISH_QUEUE)
+    fill_send, fill_recv = trio.open_memory_channel[frozenset[str]](BACKFILL_REQUESTS)
     app = create_app(views, metrics, stale_after_s=settings.stale_after_s)
-    async with trio.open_nursery() as nursery:
+    async with (
+        open_rest_client(
+            settings.exchange.rest_base,
+            rate_per_s=settings.rest.rate_per_s,
+            timeout_s=settings.rest.timeout_s,
+            metrics=metrics,
+        ) as rest,
+        trio.open_nursery() as nursery,
+    ):
         await nursery.start(
             partial(
                 run_publisher,
@@ -84,6 +109,37 @@ async def run_service(
                 metrics=metrics,
             )
         )
+        backfill: trio.MemorySendChannel[frozenset[str]] | None = None
+        if settings.rest.backfill:
+            await nursery.start(
+                partial(
+                    run_backfill,
+                    fill_recv,
+                    ingest_send.clone(),
+                    fetch=partial(fetch_klines, rest),
+                    lookback_min=settings.lookback_min,
+                    progress=views.backfill,
+                    metrics=metrics,
+                    wall=wall,
+                )
+            )
+            backfill = fill_send
+        else:
+            fill_send.close()
+            fill_recv.close()
+        await nursery.start(
+            partial(
+                run_failover,
+                ingest_send.clone(),
+                fetch=partial(fetch_tickers, rest),
+                feed=views.feed,
+                universe=views.universe,
+                status=views.rest,
+                stale_after_s=settings.stale_after_s,
+                poll_s=settings.rest.fallback_poll_s,
+                metrics=metrics,
+            )
+        )
         await nursery.start(
             partial(
                 run_universe,
@@ -91,6 +147,9 @@ async def run_service(
                 settings=settings.exchange,
                 status=views.universe,
                 metrics=metrics,
+                backfill=backfill,
+                gap_after_s=settings.rest.backfill_gap_s,
+                rand=rand,
             )
         )
         svc.http_port = await nursery.start(serve_http, app, settings.http_host, settings.http_port)

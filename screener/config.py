@@ -146,6 +146,55 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("RANK_INTERVAL_S", "15", "seconds between rankings", _positive_float),
     Variable("TOP_N", "5", "gainers and losers per ranking", _int_range(1, 100)),
     Variable(
+        "REST_RATE_PER_S",
+        "10",
+        "REST requests per second, paced evenly (MEXC allows 20 per 2 s); halved for 30 s "
+        "after a rate-limit answer",
+        _positive_float,
+    ),
+    Variable(
+        "REST_TIMEOUT_S",
+        "10",
+        "seconds before a REST request counts as timed out (then retried)",
+        _positive_float,
+    ),
+    Variable(
+        "BACKFILL",
+        "on",
+        "on: fill the windows from REST klines at start and after a connection gap",
+        _choice("on", "off"),
+    ),
+    Variable(
+        "BACKFILL_GAP_S",
+        "60",
+        "a connection down at least this long refills its symbols from REST when back",
+        _positive_float,
+    ),
+    Variable(
+        "FALLBACK_POLL_S",
+        "10",
+        "seconds between REST ticker polls while no push arrives for STALE_AFTER_S",
+        _positive_float,
+    ),
+    Variable(
+        "REST_SCREENER_PORT",
+        "8080",
+        "HTTP port of `screener rest` (/health, /top5, /metrics)",
+        _int_range(0, 65535),
+    ),
+    Variable(
+        "REST_POLL_S",
+        "300",
+        "`screener rest`: seconds between kline polls of every symbol",
+        _positive_float,
+    ),
+    Variable(
+        "INTERVAL",
+        "1m",
+        "`screener rest`: kline interval, 1m, 5m, 15m or 1h",
+        _choice("1m", "5m", "15m", "1h"),
+    ),
+    Variable(
         "REDIS_URL",
         "",
         "redis:// URL; when set, REDIS_HOST/PORT/PASSWORD are ignored",
@@ -251,10 +300,31 @@ class RedisSettings:
         return redact_url(self.url)
 
 
+INTERVALS = {"1m": "Min1", "5m": "Min5", "15m": "Min15", "1h": "Min60"}
+"""`INTERVAL` values and MEXC's names for them."""
+
+
+@dataclass(frozen=True)
+class RestSettings:
+    rate_per_s: float = 10.0
+    timeout_s: float = 10.0
+    backfill: bool = True
+    backfill_gap_s: float = 60.0
+    fallback_poll_s: float = 10.0
+    port: int = 8080  # `screener rest` only, as the three below
+    poll_s: float = 300.0
+    interval: str = "1m"
+
+    @property
+    def mexc_interval(self) -> str:
+        return INTERVALS[self.interval]
+
+
 @dataclass(frozen=True)
 class Settings:
     exchange: ExchangeSettings
     redis: RedisSettings
+    rest: RestSettings
     lookback_min: int
     stale_after_s: float
     rank_interval_s: float
@@ -266,13 +336,16 @@ class Settings:
 
 
 def redact_url(url: str) -> str:
-    """Drop user and password from a URL."""
+    """Drop user, password and query (which may carry `password=`) from a URL."""
     parts = urlsplit(url)
+    if parts.query:  # redis-py also takes ?password=...; options are not worth the risk
+        parts = parts._replace(query="")
+        url = urlunsplit(parts)
     if parts.password is None and parts.username is None:
         return url
     host = parts.hostname or ""
     netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, f"***@{netloc}", parts.path, parts.query, ""))
+    return urlunsplit((parts.scheme, f"***@{netloc}", parts.path, "", ""))
 
 
 def parse_env(env: Mapping[str, str]) -> dict[str, Any]:
@@ -321,6 +394,16 @@ def load_settings(env: Mapping[str, str]) -> Settings:
             buffer=v["PUBLISH_BUFFER"],
             mode=v["PUBLISH_MODE"],
             stream_maxlen=v["STREAM_MAXLEN"],
+        ),
+        rest=RestSettings(
+            rate_per_s=v["REST_RATE_PER_S"],
+            timeout_s=v["REST_TIMEOUT_S"],
+            backfill=v["BACKFILL"] == "on",
+            backfill_gap_s=v["BACKFILL_GAP_S"],
+            fallback_poll_s=v["FALLBACK_POLL_S"],
+            port=v["REST_SCREENER_PORT"],
+            poll_s=v["REST_POLL_S"],
+            interval=v["INTERVAL"],
         ),
         lookback_min=v["LOOKBACK_MIN"],
         stale_after_s=v["STALE_AFTER_S"],

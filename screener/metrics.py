@@ -22,6 +22,7 @@ REJECT_REASONS = (
     "interval",
     "late",
     "too_large",
+    "unencodable",
 )
 
 
@@ -56,6 +57,29 @@ class Metrics:
         )
         self.rest_errors = Counter(
             "screener_rest_errors", "Failed REST calls", ["endpoint"], registry=r
+        )
+        self.rest_requests = Counter(
+            "screener_rest_requests",
+            "REST requests sent (retries included)",
+            ["endpoint"],
+            registry=r,
+        )
+        self.rest_failures = Counter(
+            "screener_rest_failures",
+            "Failed REST attempts by reason, retried or not",
+            ["endpoint", "reason"],
+            registry=r,
+        )
+        self.rest_rate = Gauge(
+            "screener_rest_rate_per_s",
+            "REST request rate in force (halved after rate-limit answers)",
+            registry=r,
+        )
+        self.backfill_symbols = Counter(
+            "screener_backfill_symbols", "Symbols refilled from REST klines", ["result"], registry=r
+        )
+        self.feed_rest = Gauge(
+            "screener_feed_rest", "1 while the REST ticker failover feeds the windows", registry=r
         )
         self.connections_up = Gauge(
             "screener_connections_up", "WebSocket connections open and subscribed", registry=r

@@ -27,6 +27,14 @@ class Kline(NamedTuple):
     source: str = "mexc"
 
 
+# `Kline.source` values. Live pushes win over everything; history (REST klines, warm start and
+# gap fill) never overwrites a live candle and emits no event; a REST ticker price is an
+# update of the current minute's candle while the WebSocket feed is down.
+LIVE_SOURCE = "mexc"
+REST_SOURCE = "mexc-rest"
+HISTORY_SOURCE = "mexc-rest-history"
+
+
 class MarketData(NamedTuple):
     """A normalized candle update with the window's change, as published on Redis."""
 
@@ -111,8 +119,26 @@ class UniverseStatus(NamedTuple):
     symbols: int
     chunks: int
     error: str | None  # why the contract list could not be read, while it cannot
+    tracked: frozenset[str] = frozenset()  # the symbols themselves (for the REST failover)
 
 
 class RedisStatus(NamedTuple):
     up: bool
     error: str | None
+
+
+class BackfillProgress(NamedTuple):
+    """Symbols whose windows were (re)filled from REST klines, for /health and the logs."""
+
+    done: int  # finished, failed ones included
+    total: int  # requested since start
+    failed: int = 0
+    last_ok_at: float | None = None  # trio.current_time() of the last successful fetch
+
+
+class RestFeedStatus(NamedTuple):
+    """The REST ticker failover: active while no live push arrives for `STALE_AFTER_S`."""
+
+    active: bool
+    last_ok_at: float | None  # trio.current_time() of the last successful poll
+    error: str | None  # why the last poll failed, while it fails

@@ -23,7 +23,7 @@ from screener.simulator.exchange import INTERVAL_MINUTES, Market
 
 __all__ = ["FAULTS", "RestSide"]
 
-FAULTS: Final = frozenset({"500", "510", "hang", "garbage"})
+FAULTS: Final = frozenset({"500", "510", "429", "hang", "garbage"})
 _JSON: Final = "application/json"
 
 
@@ -96,6 +96,8 @@ class RestSide:
             return _body({"success": False, "code": 500, "message": "System internal error!"}, 500)
         if fault == "510":
             return _fail(510, "Excessive frequency of requests")
+        if fault == "429":  # what a gateway in front of the venue answers when throttling
+            return Response(b"Too Many Requests", status=429, content_type="text/plain")
         if fault == "garbage":
             return Response(b"<html><body>502 Bad Gateway</body></html\x00", content_type=_JSON)
         raise ValueError(f"unknown rest_fault {fault!r}; expected one of {sorted(FAULTS)}")

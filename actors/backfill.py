@@ -1,0 +1,176 @@
+"""Backfill actor: fills the windows from REST kline history while the live feed runs.
+
+Input: `requests`, sets of symbols to fill (from the universe: every symbol at start, new
+ones after a refresh, every one per round in `screener rest`; from a connection back after an
+outage: its chunk). Output: history `Kline`s (source "mexc-rest-history") into the window
+inbox; the window merges them by candle `t`, never over a live candle, without events.
+
+Requested symbols queue once each, in arrival order, and `workers` tasks fetch them through
+the shared, paced `RestClient`, so the live feed is never blocked and the venue's budget is
+kept. Each fetch covers the candles the window holds now plus one spare older row (a few
+seconds of clock skew must not cost the oldest candle). A symbol whose fetch fails after the
+client's retries is logged, counted and skipped: its window fills from live pushes instead.
+Progress (`done`/`total`) goes to the `progress` snapshot for /health and to the log. It
+closes its outbox when the requests channel ends and the queue is empty; on cancel, fetches
+in flight are abandoned.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterable
+
+import trio
+from loguru import logger
+
+from actors.rest_client import RestFailed
+from actors.window import WindowInbox
+from screener.metrics import Metrics
+from screener.models import BackfillProgress, Kline
+from screener.snapshot import Latest
+
+FetchKlines = Callable[[str, str, int, int], Awaitable[list[Kline]]]
+"""`(symbol, interval, start_s, end_s) -> candles`; raises `RestFailed`."""
+
+INTERVAL_MINUTES = {"Min1": 1, "Min5": 5, "Min15": 15, "Min60": 60}
+WORKERS = 4
+"""Fetches in flight: as many as the client lets through at once."""
+REQUESTS_BUFFER = 16
+"""Symbol sets waiting for the collector, which takes them at once."""
+
+
+def history_range(now_s: float, lookback_min: int, interval_min: int) -> tuple[int, int]:
+    """Open times (seconds) of the first and last candle to fetch at wall time `now_s`: the
+    open one, those a `lookback_min` window holds before it, and one spare older row."""
+    step = interval_min * 60
+    current = int(now_s) // step * step
+    rows = -(-lookback_min // interval_min)  # ceil: candles in a window
+    return current - rows * step, current
+
+
+class BackfillQueue:
+    """Pending symbols in arrival order, each at most once (a symbol being fetched is not
+    queued again: its answer is as fresh as the request), and the progress counts."""
+
+    def __init__(self) -> None:
+        self._pending: dict[str, None] = {}
+        self._fetching: set[str] = set()
+        self.done = 0
+        self.total = 0
+        self.failed = 0
+        self.last_ok_at: float | None = None
+
+    def add(self, symbols: Iterable[str]) -> int:
+        """Queue what is not queued yet (sorted, so the order is stable); how many were new."""
+        fresh = [s for s in sorted(symbols) if s not in self._pending and s not in self._fetching]
+        self._pending.update(dict.fromkeys(fresh))
+        self.total += len(fresh)
+        return len(fresh)
+
+    def pop(self) -> str | None:
+        if not self._pending:
+            return None
+        symbol = next(iter(self._pending))
+        del self._pending[symbol]
+        self._fetching.add(symbol)
+        return symbol
+
+    def finished(self, symbol: str, ok: bool, now: float) -> None:
+        self._fetching.discard(symbol)
+        self.done += 1
+        if ok:
+            self.last_ok_at = now
+        else:
+            self.failed += 1
+
+    @property
+    def progress(self) -> BackfillProgress:
+        return BackfillProgress(self.done, self.total, self.failed, self.last_ok_at)
+
+
+async def run_backfill(
+    requests: trio.MemoryReceiveChannel[frozenset[str]],
+    outbox: trio.MemorySendChannel[WindowInbox],
+    *,
+    fetch: FetchKlines,
+    lookback_min: int,
+    progress: Latest[BackfillProgress],
+    metrics: Metrics,
+    interval: str = "Min1",
+    workers: int = WORKERS,
+    wall: Callable[[], float] = time.time,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    log = logger.bind(actor="backfill")
+    interval_min = INTERVAL_MINUTES[interval]
+    queue = BackfillQueue()
+    more = trio.Event()
+    requests_ended = False
+    started_at = trio.current_time()
+    work_send, work_recv = trio.open_memory_channel[str](0)
+
+    async def collect() -> None:
+        nonlocal more, requests_ended, started_at
+        async with requests:
+            async for symbols in requests:
+                if queue.done == queue.total:
+                    started_at = trio.current_time()  # a new spell of work begins
+                if queue.add(symbols):
+                    progress.set(queue.progress)
+                    more.set()
+        requests_ended = True
+        more.set()
+
+    async def dispatch() -> None:
+        nonlocal more
+        async with work_send:
+            while True:
+                symbol = queue.pop()
+                if symbol is not None:
+                    await work_send.send(symbol)
+                elif requests_ended:
+                    return
+                else:
+                    await more.wait()
+                    more = trio.Event()
+
+    async def work(symbols: trio.MemoryReceiveChannel[str]) -> None:
+        async with symbols:
+            async for symbol in symbols:
+                start_s, end_s = history_range(wall(), lookback_min, interval_min)
+                try:
+                    rows = await fetch(symbol, interval, start_s, end_s)
+                except RestFailed as exc:
+                    log.warning("backfill of {symbol} skipped: {why}", symbol=symbol, why=exc)
+                    ok = False
+                else:
+                    for row in rows:
+                        await outbox.send(row)
+                    ok = True
+                queue.finished(symbol, ok, trio.current_time())
+                metrics.backfill_symbols.labels("ok" if ok else "failed").inc()
+                progress.set(queue.progress)
+                report()
+
+    def report() -> None:
+        done, total = queue.done, queue.total
+        step = max(1, total // 10)
+        if done == total:
+            log.info(
+                "backfill: {done}/{total} symbols, {failed} failed, in {s:.1f}s",
+                done=done,
+                total=total,
+                failed=queue.failed,
+                s=trio.current_time() - started_at,
+            )
+        elif done % step == 0:
+            log.info("backfill: {done}/{total} symbols", done=done, total=total)
+
+    async with outbox:
+        task_status.started()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collect)
+            nursery.start_soon(dispatch)
+            async with work_recv:  # each worker owns a clone
+                for _ in range(workers):
+                    nursery.start_soon(work, work_recv.clone())

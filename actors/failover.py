@@ -1,0 +1,141 @@
+"""Failover actor: REST ticker prices into the windows while the live feed is stale.
+
+It watches the feed snapshot's `last_push_at` (written by the window actor, live pushes only)
+and reads the tracked symbols from the universe snapshot. When no live push arrived for
+`stale_after_s` (counted from start when none ever did) it polls `contract/ticker` (every
+contract in one call) every `poll_s` on absolute deadlines, asks the window for the last
+prices it holds (a `StatsRequest`), and sends each tracked symbol's `lastPrice` as a
+"mexc-rest" `Kline` of the ticker's minute. The window merges it as an update of that
+minute's candle; a new minute opens at the previous close, as MEXC's candles do, so the
+ranking and the events go on. The first live push ends the failover; the WebSocket
+connections are not touched and keep reconnecting on their own meanwhile.
+
+Output: an owned clone of the window inbox, closed on exit. A failed poll (the client has
+retried already) is reported in /health through `status` and tried again at the next tick.
+Nothing else is retried; on cancel a poll in flight is abandoned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import trio
+from loguru import logger
+
+from actors.mexc import Tick
+from actors.rest_client import RestFailed
+from actors.window import WindowInbox
+from screener.metrics import Metrics
+from screener.models import (
+    REST_SOURCE,
+    FeedStatus,
+    Kline,
+    RestFeedStatus,
+    StatsRequest,
+    SymbolStat,
+    UniverseStatus,
+)
+from screener.snapshot import Latest
+
+FetchTickers = Callable[[], Awaitable[dict[str, Tick]]]
+"""Every contract's last price; raises `RestFailed`."""
+
+
+def price_update(symbol: str, tick: Tick, last: float | None) -> Kline:
+    """A REST price as the state of its minute's candle, opening at the last price held
+    (at the price itself for a symbol the window holds nothing of)."""
+    p = tick.price
+    o = p if last is None else last
+    return Kline(
+        symbol,
+        tick.ts_ms // 60_000 * 60,
+        o,
+        max(o, p),
+        min(o, p),
+        p,
+        0.0,  # the ticker has no per-minute volume; the window keeps what it holds
+        0.0,
+        tick.ts_ms,
+        REST_SOURCE,
+    )
+
+
+async def wait_stale(feed: Latest[FeedStatus], since: float, stale_after_s: float) -> None:
+    """Return once no live push arrived for `stale_after_s` (counted from `since` before the
+    first push); wakes only at the deadlines, which move with each push."""
+    while True:
+        last = feed.value.last_push_at
+        deadline = (since if last is None else last) + stale_after_s
+        if trio.current_time() >= deadline:
+            return
+        await trio.sleep_until(deadline)
+
+
+async def run_failover(
+    outbox: trio.MemorySendChannel[WindowInbox],
+    *,
+    fetch: FetchTickers,
+    feed: Latest[FeedStatus],
+    universe: Latest[UniverseStatus],
+    status: Latest[RestFeedStatus],
+    stale_after_s: float,
+    poll_s: float,
+    metrics: Metrics,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    log = logger.bind(actor="failover")
+
+    async def poll(epoch: float | None) -> int:
+        """One round: prices into the windows; how many symbols were updated."""
+        try:
+            ticks = await fetch()
+        except RestFailed as exc:
+            status.set(status.value._replace(error=f"REST ticker unavailable: {exc}"))
+            return 0
+        if feed.value.last_push_at != epoch:
+            return 0  # a live push came while we asked: it wins
+        reply_send, reply_recv = trio.open_memory_channel[tuple[SymbolStat, ...]](1)
+        await outbox.send(StatsRequest(reply_send))
+        async with reply_recv:
+            stats = await reply_recv.receive()
+        last = {stat.symbol: stat.price for stat in stats}
+        updates = [
+            price_update(symbol, ticks[symbol], last.get(symbol))
+            for symbol in sorted(universe.value.tracked)
+            if symbol in ticks
+        ]
+        for update in updates:
+            await outbox.send(update)
+        status.set(RestFeedStatus(active=True, last_ok_at=trio.current_time(), error=None))
+        return len(updates)
+
+    async with outbox:
+        task_status.started()
+        since = trio.current_time()
+        while True:
+            await wait_stale(feed, since, stale_after_s)
+            epoch = feed.value.last_push_at
+            began = trio.current_time()
+            log.warning(
+                "no live push for {s:.0f}s: feeding the windows from the REST ticker every {p:g}s",
+                s=stale_after_s if epoch is None else began - epoch,
+                p=poll_s,
+            )
+            status.set(RestFeedStatus(active=True, last_ok_at=None, error=None))
+            metrics.feed_rest.set(1)
+            k = polls = 0
+            while feed.value.last_push_at == epoch:
+                updated = await poll(epoch)
+                polls += 1
+                if polls == 1 and updated:
+                    log.info("REST failover: {n} symbols updated per poll", n=updated)
+                # The next tick on the grid; a slow poll skips ticks instead of drifting.
+                k = max(k + 1, int((trio.current_time() - began) // poll_s) + 1)
+                await trio.sleep_until(began + k * poll_s)
+            log.info(
+                "live pushes are back: REST failover ended after {d:.0f}s and {n} polls",
+                d=trio.current_time() - began,
+                n=polls,
+            )
+            status.set(RestFeedStatus(active=False, last_ok_at=None, error=None))
+            metrics.feed_rest.set(0)
