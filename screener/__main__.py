@@ -1,4 +1,5 @@
-"""Command line: `screener` runs the service; `screener simulate` runs the fake exchange."""
+"""Command line: `screener` runs the service; `screener rest` the REST-only screener;
+`screener simulate` runs the fake exchange."""
 
 from __future__ import annotations
 
@@ -25,6 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("run", help="run the service (the default)")
+    sub.add_parser(
+        "rest",
+        help="the REST screener: top movers from kline polling every REST_POLL_S, "
+        "no WebSocket, on REST_SCREENER_PORT",
+    )
     sim = sub.add_parser("simulate", help="serve a MEXC-compatible exchange on loopback")
     sim.add_argument("--symbols", type=int, default=50, help="live USDT perpetuals [50]")
     sim.add_argument("--rate", type=float, default=50.0, help="kline pushes per second [50]")
@@ -47,9 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(settings.log_format, settings.log_level)
     from screener.app import run_until_signal
+    from screener.rest_mode import run_rest_until_signal
 
+    rest = args.command == "rest"
     try:
-        trio.run(run_until_signal, settings)
+        trio.run(run_rest_until_signal if rest else run_until_signal, settings)
     except BaseException as exc:
         listen = (
             split_retryable(exc, (ListenError,)) if not isinstance(exc, KeyboardInterrupt) else None
@@ -57,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         if listen is None:
             raise
         logger.error("{err}", err=str(listen))
-        print(f"screener: {listen} (set WS_SCREENER_PORT)", file=sys.stderr)
+        port_variable = "REST_SCREENER_PORT" if rest else "WS_SCREENER_PORT"
+        print(f"screener: {listen} (set {port_variable})", file=sys.stderr)
         return 1
     logger.info("screener stopped")
     return 0

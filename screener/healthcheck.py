@@ -3,7 +3,8 @@
 Standard library only, so the image needs no curl. The port comes from the same settings the
 service reads, so the probe and the server cannot disagree. Any failure is one short line on
 stdout (Docker keeps it in `docker inspect`) and exit 1; a bad configuration exits 1 too,
-because to Docker an unparsable setting means unhealthy, not a usage error.
+because to Docker an unparsable setting means unhealthy, not a usage error. With `--rest` it
+probes `screener rest` on `REST_SCREENER_PORT` instead of `WS_SCREENER_PORT`.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from screener.config import ConfigError, load_settings
 TIMEOUT_S = 3.0
 
 
-def probe(env: Mapping[str, str]) -> tuple[bool, str]:
-    """GET /health on loopback; (healthy, one-line reason)."""
+def probe(env: Mapping[str, str], *, rest: bool = False) -> tuple[bool, str]:
+    """GET /health on loopback (`screener rest`'s port with `rest`); (healthy, reason)."""
     try:
-        port = load_settings(env).http_port
+        settings = load_settings(env)
+        port = settings.rest.port if rest else settings.http_port
     except ConfigError as exc:
         return False, f"config error: {exc.problems[0]}"
     url = f"http://127.0.0.1:{port}/health"
@@ -41,7 +43,7 @@ def probe(env: Mapping[str, str]) -> tuple[bool, str]:
 
 
 def main() -> int:
-    healthy, line = probe(os.environ)
+    healthy, line = probe(os.environ, rest="--rest" in sys.argv[1:])
     print(line)  # Docker keeps a probe's stdout in the health log; no logging set-up here
     return 0 if healthy else 1
 
