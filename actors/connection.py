@@ -56,6 +56,10 @@ RETRY_ON: tuple[type[Exception], ...] = (
 )
 CLOSE_GRACE_S = 1.0
 CONNECT_TIMEOUT_S = 10.0
+# trio-websocket's queue between its reader task and ours. The default of 1 forces a task
+# switch per message; 64 lets one socket read's worth of pushes (~300 B each) through at
+# once, while bounding what a flood can hold (64 x WS_MAX_MESSAGE_BYTES at worst).
+MESSAGE_QUEUE = 64
 
 
 Connector = Callable[[ExchangeSettings], AbstractAsyncContextManager[WebSocketConnection]]
@@ -85,7 +89,12 @@ async def open_exchange_socket(settings: ExchangeSettings) -> AsyncIterator[WebS
         async with trio.open_nursery() as nursery:
             with trio.fail_after(CONNECT_TIMEOUT_S):
                 ws = await wrap_client_stream(
-                    nursery, stream, host, resource, max_message_size=settings.max_message_bytes
+                    nursery,
+                    stream,
+                    host,
+                    resource,
+                    max_message_size=settings.max_message_bytes,
+                    message_queue_size=MESSAGE_QUEUE,
                 )
             yield ws
             nursery.cancel_scope.cancel()  # the library's reader task ends with the socket
@@ -261,7 +270,10 @@ class _Link:
                 continue
             if type(frame) is Kline:
                 if frame.symbol in self.subscribed:
-                    await outbox.send(frame)
+                    try:  # no scheduling round trip per push while there is room
+                        outbox.send_nowait(frame)
+                    except trio.WouldBlock:
+                        await outbox.send(frame)
             elif type(frame) is SubAck:
                 if not self.acked:
                     self.spell.healthy()  # backoff resets only after a real subscription

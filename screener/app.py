@@ -107,6 +107,7 @@ async def run_service(
                 lookback_min=settings.lookback_min,
                 feed=views.feed,
                 metrics=metrics,
+                batch_wait_s=settings.batch_wait_s,
             )
         )
         backfill: trio.MemorySendChannel[frozenset[str]] | None = None
