@@ -31,6 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the REST screener: top movers from kline polling every REST_POLL_S, "
         "no WebSocket, on REST_SCREENER_PORT",
     )
+    sub.add_parser(
+        "bench",
+        help="the benchmark (docs/performance.md); `screener bench --help` for its options",
+        add_help=False,
+    )
     sim = sub.add_parser("simulate", help="serve a MEXC-compatible exchange on loopback")
     sim.add_argument("--symbols", type=int, default=50, help="live USDT perpetuals [50]")
     sim.add_argument("--rate", type=float, default=50.0, help="kline pushes per second [50]")
@@ -42,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # the benchmark parses its own options
+        from screener.bench import main as bench_main
+
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "simulate":
         return _simulate(args)

@@ -155,6 +155,7 @@ async def test_dark_websocket_fails_over_to_rest_then_recovers(redis_server: Red
             ):
                 await eventually(lambda: counter(svc, "screener_subscriptions") == 6)
                 opens = {s: (await ex.push(s))["data"]["o"] for s in ex.live_symbols}
+                await eventually(lambda: svc.views.feed.value.last_push_at is not None)
                 health = await http.get("/health")
                 assert (health.status_code, health.json()["feed"]) == (200, "ws")
 
