@@ -53,6 +53,55 @@ class Service:
         self.metrics.watch_age(lambda: self.views.push_age(trio.current_time()))
 
 
+async def start_core(
+    nursery: trio.Nursery,
+    svc: Service,
+    events_recv: trio.MemoryReceiveChannel[PublisherInbox],
+    ingest_send: trio.MemorySendChannel[WindowInbox],
+    ingest_recv: trio.MemoryReceiveChannel[WindowInbox],
+    events_send: trio.MemorySendChannel[PublisherInbox],
+    *,
+    batch_wait_s: float,
+    rand: Callable[[], float] = random.random,
+) -> None:
+    """Publisher, ranking and window: the actors every mode shares. The ranking gets clones;
+    the window takes `events_send` itself; `ingest_send` stays the caller's to clone on."""
+    settings, metrics, views = svc.settings, svc.metrics, svc.views
+    await nursery.start(
+        partial(
+            run_publisher,
+            events_recv,
+            settings=settings.redis,
+            status=views.redis,
+            metrics=metrics,
+            rand=rand,
+        )
+    )
+    await nursery.start(
+        partial(
+            run_ranking,
+            ingest_send.clone(),
+            events_send.clone(),
+            interval_s=settings.rank_interval_s,
+            top_n=settings.top_n,
+            lookback_min=settings.lookback_min,
+            snapshot=views.ranking,
+            metrics=metrics,
+        )
+    )
+    await nursery.start(
+        partial(
+            run_window,
+            ingest_recv,
+            events_send,
+            lookback_min=settings.lookback_min,
+            feed=views.feed,
+            metrics=metrics,
+            batch_wait_s=batch_wait_s,
+        )
+    )
+
+
 async def run_service(
     settings: Settings,
     *,
@@ -78,37 +127,15 @@ async def run_service(
         ) as rest,
         trio.open_nursery() as nursery,
     ):
-        await nursery.start(
-            partial(
-                run_publisher,
-                events_recv,
-                settings=settings.redis,
-                status=views.redis,
-                metrics=metrics,
-            )
-        )
-        await nursery.start(
-            partial(
-                run_ranking,
-                ingest_send.clone(),
-                events_send.clone(),
-                interval_s=settings.rank_interval_s,
-                top_n=settings.top_n,
-                lookback_min=settings.lookback_min,
-                snapshot=views.ranking,
-                metrics=metrics,
-            )
-        )
-        await nursery.start(
-            partial(
-                run_window,
-                ingest_recv,
-                events_send,
-                lookback_min=settings.lookback_min,
-                feed=views.feed,
-                metrics=metrics,
-                batch_wait_s=settings.batch_wait_s,
-            )
+        await start_core(
+            nursery,
+            svc,
+            events_recv,
+            ingest_send,
+            ingest_recv,
+            events_send,
+            batch_wait_s=settings.batch_wait_s,
+            rand=rand,
         )
         backfill: trio.MemorySendChannel[frozenset[str]] | None = None
         if settings.rest.backfill:

@@ -24,12 +24,11 @@ import trio
 from loguru import logger
 
 from actors.backfill import REQUESTS_BUFFER, run_backfill
-from actors.publisher import PublisherInbox, run_publisher
-from actors.ranking import run_ranking
+from actors.publisher import PublisherInbox
 from actors.rest_client import fetch_klines, open_rest_client
 from actors.universe import run_universe
-from actors.window import WindowInbox, run_window
-from screener.app import INGEST_BUFFER, PUBLISH_QUEUE, Service, cancel_on_signal
+from actors.window import WindowInbox
+from screener.app import INGEST_BUFFER, PUBLISH_QUEUE, Service, cancel_on_signal, start_core
 from screener.config import Settings
 from screener.http import create_app, serve_http
 
@@ -62,36 +61,16 @@ async def run_rest_service(
         ) as rest,
         trio.open_nursery() as nursery,
     ):
-        await nursery.start(
-            partial(
-                run_publisher,
-                events_recv,
-                settings=settings.redis,
-                status=views.redis,
-                metrics=metrics,
-            )
-        )
-        await nursery.start(
-            partial(
-                run_ranking,
-                ingest_send.clone(),
-                events_send.clone(),
-                interval_s=settings.rank_interval_s,
-                top_n=settings.top_n,
-                lookback_min=settings.lookback_min,
-                snapshot=views.ranking,
-                metrics=metrics,
-            )
-        )
-        await nursery.start(
-            partial(
-                run_window,
-                ingest_recv,
-                events_send,
-                lookback_min=settings.lookback_min,
-                feed=views.feed,
-                metrics=metrics,
-            )
+        # REST candles arrive minutes apart: no batching wait to trade.
+        await start_core(
+            nursery,
+            svc,
+            events_recv,
+            ingest_send,
+            ingest_recv,
+            events_send,
+            batch_wait_s=0.0,
+            rand=rand,
         )
         await nursery.start(
             partial(

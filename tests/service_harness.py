@@ -3,16 +3,22 @@ redis-server, the service in-process (or as a subprocess), a Redis subscriber.""
 
 from __future__ import annotations
 
+import random
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
+import httpx
 import orjson
 import redis
 import trio
 
+from screener.app import Service, run_service
 from screener.config import Settings, load_settings
-from screener.simulator import SimAddress
+from screener.simulator import FakeExchange, SimAddress, SimConfig
 
 
 def service_settings(sim: SimAddress, redis_port: int, **overrides: str) -> Settings:
@@ -74,3 +80,39 @@ async def eventually(check: Callable[[], bool], *, within_s: float = 10.0, what:
             await trio.sleep(0.02)
         return
     raise AssertionError(f"not within {within_s}s: {what or check}")
+
+
+@asynccontextmanager
+async def simulator(
+    config: SimConfig, *, clock: Callable[[], float] = time.time
+) -> AsyncIterator[tuple[FakeExchange, SimAddress]]:
+    """The fake exchange on loopback ports, for the length of the block."""
+    exchange = FakeExchange(config, clock=clock)
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(exchange.serve)
+        yield exchange, address
+        nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def running(
+    sim: SimAddress,
+    redis_port: int,
+    *,
+    wall: Callable[[], float] = time.time,
+    rand: Callable[[], float] = random.random,
+    **env: str,
+) -> AsyncIterator[tuple[Service, httpx.AsyncClient]]:
+    """The whole service in-process against `sim`, with an HTTP client on its port."""
+    settings = service_settings(sim, redis_port, **env)
+    async with trio.open_nursery() as nursery:
+        svc: Service = await nursery.start(partial(run_service, settings, wall=wall, rand=rand))
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{svc.http_port}") as http:
+            yield svc, http
+        nursery.cancel_scope.cancel()
+
+
+def counter(svc: Service, name: str, **labels: str) -> float:
+    """A sample of the service's own Prometheus registry (0 before it exists)."""
+    value = svc.metrics.registry.get_sample_value(name, labels or None)
+    return 0.0 if value is None else value

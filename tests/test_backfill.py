@@ -3,8 +3,7 @@ connection asking for a refill after an outage, and the whole service over loopb
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from functools import partial
 
 import httpx
@@ -16,7 +15,7 @@ from actors.backfill import history_range, run_backfill
 from actors.connection import run_connection
 from actors.rest_client import RestFailed
 from actors.window import WindowInbox, Windows, run_window
-from screener.app import Service, run_service
+from screener.app import Service
 from screener.config import load_settings
 from screener.devredis import RedisServer
 from screener.metrics import Metrics
@@ -32,8 +31,7 @@ from screener.models import (
 from screener.simulator import FakeExchange, SimAddress, SimConfig
 from screener.snapshot import Latest
 from tests.memory_exchange import MemoryExchange
-from tests.service_harness import eventually, service_settings
-from tests.test_service import counter
+from tests.service_harness import counter, eventually, running, simulator
 
 M = 1_770_330_480  # a minute boundary (seconds)
 
@@ -265,29 +263,18 @@ async def test_connection_asks_for_a_refill_only_after_a_long_enough_outage(
 T0 = M + 30.0  # the simulator's frozen wall clock: every test minute is minute M
 
 
-@asynccontextmanager
-async def frozen_simulator(symbols: int) -> AsyncIterator[tuple[FakeExchange, SimAddress]]:
-    exchange = FakeExchange(
+def frozen_simulator(symbols: int) -> AbstractAsyncContextManager[tuple[FakeExchange, SimAddress]]:
+    """A simulator whose wall clock stands still: every test minute is minute M."""
+    return simulator(
         SimConfig(symbols=symbols, rate_per_s=0, extra_contracts=False), clock=lambda: T0
     )
-    async with trio.open_nursery() as nursery:
-        address = await nursery.start(exchange.serve)
-        yield exchange, address
-        nursery.cancel_scope.cancel()
 
 
-@asynccontextmanager
-async def service(
+def service(
     sim: SimAddress, redis_port: int, **env: str
-) -> AsyncIterator[tuple[Service, httpx.AsyncClient]]:
-    settings = service_settings(sim, redis_port, **env)
-    async with trio.open_nursery() as nursery:
-        svc: Service = await nursery.start(
-            partial(run_service, settings, wall=lambda: T0, rand=lambda: 0.1)
-        )
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{svc.http_port}") as http:
-            yield svc, http
-        nursery.cancel_scope.cancel()
+) -> AbstractAsyncContextManager[tuple[Service, httpx.AsyncClient]]:
+    """The service on the same frozen clock, with a fixed reconnect jitter."""
+    return running(sim, redis_port, wall=lambda: T0, rand=lambda: 0.1, **env)
 
 
 async def window_change(rest_url: str, symbol: str, lookback_min: int) -> float:

@@ -3,8 +3,7 @@ service over loopback with the WebSocket side dark, then back."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from functools import partial
 
 import httpx
@@ -15,7 +14,7 @@ from actors.failover import run_failover
 from actors.mexc import Tick
 from actors.rest_client import RestFailed
 from actors.window import WindowInbox
-from screener.app import Service, run_service
+from screener.app import Service
 from screener.devredis import RedisServer
 from screener.http import Views, health_report
 from screener.metrics import Metrics
@@ -29,8 +28,7 @@ from screener.models import (
     UniverseStatus,
 )
 from screener.simulator import FakeExchange, SimAddress, SimConfig
-from tests.service_harness import Subscriber, eventually, service_settings
-from tests.test_service import counter
+from tests.service_harness import Subscriber, counter, eventually, running, simulator
 
 M = 1_770_330_480
 T0 = M + 30.0
@@ -119,29 +117,18 @@ async def test_failover_polls_on_schedule_and_the_first_live_push_ends_it(
     ]
 
 
-@asynccontextmanager
-async def frozen_simulator(symbols: int) -> AsyncIterator[tuple[FakeExchange, SimAddress]]:
-    exchange = FakeExchange(
+def frozen_simulator(symbols: int) -> AbstractAsyncContextManager[tuple[FakeExchange, SimAddress]]:
+    """A simulator whose wall clock stands still: every test minute is minute M."""
+    return simulator(
         SimConfig(symbols=symbols, rate_per_s=0, extra_contracts=False), clock=lambda: T0
     )
-    async with trio.open_nursery() as nursery:
-        address = await nursery.start(exchange.serve)
-        yield exchange, address
-        nursery.cancel_scope.cancel()
 
 
-@asynccontextmanager
-async def service(
+def service(
     sim: SimAddress, redis_port: int, **env: str
-) -> AsyncIterator[tuple[Service, httpx.AsyncClient]]:
-    settings = service_settings(sim, redis_port, **env)
-    async with trio.open_nursery() as nursery:
-        svc: Service = await nursery.start(
-            partial(run_service, settings, wall=lambda: T0, rand=lambda: 0.1)
-        )
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{svc.http_port}") as http:
-            yield svc, http
-        nursery.cancel_scope.cancel()
+) -> AbstractAsyncContextManager[tuple[Service, httpx.AsyncClient]]:
+    """The service on the same frozen clock, with a fixed reconnect jitter."""
+    return running(sim, redis_port, wall=lambda: T0, rand=lambda: 0.1, **env)
 
 
 async def test_dark_websocket_fails_over_to_rest_then_recovers(redis_server: RedisServer) -> None:

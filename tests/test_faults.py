@@ -21,13 +21,10 @@ import pytest
 import trio
 from loguru import logger
 
-from actors.publisher import run_publisher
-from actors.universe import run_universe
-from screener.app import Service, run_service
+from screener.app import Service
 from screener.devredis import RedisServer
 from screener.simulator import FakeExchange, SimConfig
-from tests.service_harness import Subscriber, eventually
-from tests.test_service import counter, running, simulator
+from tests.service_harness import Subscriber, counter, eventually, running, simulator
 
 REJECTED = "screener_messages_rejected_total"
 RECONNECTS = "screener_reconnects_total"
@@ -59,18 +56,11 @@ def lines(messages: list[Any], level: str, text: str) -> list[str]:
 
 
 @pytest.fixture
-def steady_jitter(monkeypatch: pytest.MonkeyPatch) -> float:
+def steady_jitter() -> float:
     """Full jitter with a fixed draw, so backoff delays are exact: retry n of a connection
     waits 0.05 x 2 x 2**n s (0.1, 0.2, 0.4, ...), of the publisher 0.05 x 0.5 x 2**n s.
-
-    The random source is injected (house style) but `running` wires the default, so the
-    defaults of the functions that take one are replaced here.
-    """
-    draw = 0.05
-    for owner in (run_service, run_universe, run_publisher):
-        if "rand" in (owner.__kwdefaults__ or {}):
-            monkeypatch.setitem(owner.__kwdefaults__, "rand", lambda: draw)
-    return draw
+    Tests that take it pass `rand=lambda: steady_jitter` to `running`."""
+    return 0.05
 
 
 def event_key(event: Event) -> tuple[str, int, float]:
@@ -122,7 +112,7 @@ async def test_flapping_exchange_reconnects_with_growing_backoff(
         with captured_logs() as logs, trio.fail_after(20):
             async with (
                 simulator(SimConfig(symbols=5, rate_per_s=100)) as (ex, sim),
-                running(sim, redis_server.port) as (svc, http),
+                running(sim, redis_server.port, rand=lambda: steady_jitter) as (svc, http),
             ):
                 await eventually(up(svc))
                 gaps = []
@@ -226,7 +216,7 @@ async def test_refused_handshake_is_retried_until_allowed(
         with captured_logs() as logs, trio.fail_after(20):
             async with (
                 simulator(SimConfig(symbols=5, rate_per_s=100)) as (ex, sim),
-                running(sim, redis_server.port) as (svc, http),
+                running(sim, redis_server.port, rand=lambda: steady_jitter) as (svc, http),
             ):
                 await eventually(up(svc))
                 ex.refuse_handshake = True
@@ -469,7 +459,9 @@ async def test_frame_over_the_size_limit_closes_1009_counts_and_reconnects(
         with captured_logs() as logs, trio.fail_after(15):
             async with (
                 simulator(SimConfig(symbols=3, rate_per_s=0)) as (ex, sim),
-                running(sim, redis_server.port, WS_MAX_MESSAGE_BYTES="2048") as (svc, _),
+                running(
+                    sim, redis_server.port, rand=lambda: steady_jitter, WS_MAX_MESSAGE_BYTES="2048"
+                ) as (svc, _),
             ):
                 await eventually(lambda: counter(svc, "screener_subscriptions") == 3)
                 symbol = ex.live_symbols[0]
@@ -503,7 +495,10 @@ async def test_redis_killed_mid_stream_and_restarted(
     with captured_logs() as logs, trio.fail_after(30):
         async with (
             simulator(SimConfig(symbols=symbols, rate_per_s=3000)) as (ex, sim),
-            running(sim, redis_server.port, PUBLISH_BUFFER="100") as (svc, http),
+            running(sim, redis_server.port, rand=lambda: steady_jitter, PUBLISH_BUFFER="100") as (
+                svc,
+                http,
+            ),
         ):
             sub = Subscriber(redis_server.port, "market_data")
             try:

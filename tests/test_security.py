@@ -22,8 +22,7 @@ from screener.http import Views, create_app, serve_http
 from screener.logs import _ToLoguru
 from screener.metrics import Metrics
 from screener.simulator import SimConfig
-from tests.service_harness import Subscriber, eventually
-from tests.test_service import counter, running, simulator
+from tests.service_harness import Subscriber, counter, eventually, running, simulator
 
 REJECTED = "screener_messages_rejected_total"
 SECRET = "Zq8hunter2sekrit"

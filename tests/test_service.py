@@ -2,43 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import trio
 
-from screener.app import Service, run_service
 from screener.devredis import RedisServer, free_port
-from screener.simulator import FakeExchange, SimAddress, SimConfig
-from tests.service_harness import Subscriber, eventually, service_settings
-
-
-@asynccontextmanager
-async def running(
-    sim: SimAddress, redis_port: int, **env: str
-) -> AsyncIterator[tuple[Service, httpx.AsyncClient]]:
-    async with trio.open_nursery() as nursery:
-        svc: Service = await nursery.start(run_service, service_settings(sim, redis_port, **env))
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{svc.http_port}") as http:
-            yield svc, http
-        nursery.cancel_scope.cancel()
-
-
-@asynccontextmanager
-async def simulator(config: SimConfig) -> AsyncIterator[tuple[FakeExchange, SimAddress]]:
-    exchange = FakeExchange(config)
-    async with trio.open_nursery() as nursery:
-        address = await nursery.start(exchange.serve)
-        yield exchange, address
-        nursery.cancel_scope.cancel()
-
-
-def counter(svc: Service, name: str, **labels: str) -> float:
-    value = svc.metrics.registry.get_sample_value(name, labels or None)
-    return 0.0 if value is None else value
+from screener.simulator import SimConfig
+from tests.service_harness import Subscriber, counter, eventually, running, simulator
 
 
 async def test_450_symbols_on_3_connections_exactly_the_live_universe(

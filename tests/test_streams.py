@@ -7,8 +7,7 @@ import trio
 
 from screener.devredis import RedisServer
 from screener.simulator import SimConfig
-from tests.service_harness import Subscriber, eventually
-from tests.test_service import counter, running, simulator
+from tests.service_harness import Subscriber, counter, eventually, running, simulator
 
 
 async def test_stream_consumer_catches_up_after_a_disconnect(redis_server: RedisServer) -> None:

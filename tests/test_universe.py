@@ -9,8 +9,7 @@ from loguru import logger
 
 from screener.devredis import RedisServer
 from screener.simulator import SimConfig
-from tests.service_harness import eventually
-from tests.test_service import counter, running, simulator
+from tests.service_harness import counter, eventually, running, simulator
 
 
 async def test_refresh_subscribes_and_unsubscribes_only_the_difference(
