@@ -60,6 +60,9 @@ CONNECT_TIMEOUT_S = 10.0
 # switch per message; 64 lets one socket read's worth of pushes (~300 B each) through at
 # once, while bounding what a flood can hold (64 x WS_MAX_MESSAGE_BYTES at worst).
 MESSAGE_QUEUE = 64
+# Bytes per socket read (trio-websocket's default is 4 KiB, about a dozen pushes): under
+# load one read then feeds wsproto a whole burst.
+RECEIVE_BYTES = 64 * 1024
 
 
 Connector = Callable[[ExchangeSettings], AbstractAsyncContextManager[WebSocketConnection]]
@@ -95,6 +98,7 @@ async def open_exchange_socket(settings: ExchangeSettings) -> AsyncIterator[WebS
                     resource,
                     max_message_size=settings.max_message_bytes,
                     message_queue_size=MESSAGE_QUEUE,
+                    receive_buffer_size=RECEIVE_BYTES,
                 )
             yield ws
             nursery.cancel_scope.cancel()  # the library's reader task ends with the socket
