@@ -23,7 +23,7 @@ from loguru import logger
 
 from screener.app import Service
 from screener.devredis import RedisServer
-from screener.simulator import FakeExchange, SimConfig
+from screener.simulator import SimConfig
 from tests.service_harness import Subscriber, counter, eventually, running, simulator
 
 REJECTED = "screener_messages_rejected_total"
@@ -148,17 +148,6 @@ async def test_flapping_exchange_reconnects_with_growing_backoff(
     assert [r.rsplit("retry in ", 1)[1] for r in retries] == [f"{d:.2f}s" for d in delays]
 
 
-def stall(ex: FakeExchange, client_id: int) -> trio.MemoryReceiveChannel[Frame]:
-    """Silence one connection of the simulator: it keeps reading (pings, subscriptions) but
-    sends nothing more, not even pongs. The simulator only has a global `silent` knob, so
-    this swaps the client's outbox for one nobody writes out (a per-connection knob is
-    needed; reported). Keep the returned receiver until the connection is gone."""
-    client = ex._ws._clients[client_id]
-    swallow, swallowed = trio.open_memory_channel[Frame](math.inf)
-    client.outbox = swallow
-    return swallowed
-
-
 async def test_one_silent_connection_is_replaced_while_the_others_stream(
     redis_server: RedisServer,
 ) -> None:
@@ -181,14 +170,13 @@ async def test_one_silent_connection_is_replaced_while_the_others_stream(
                     return sum(e["symbol"] in symbols for e in sub.get("market_data"))
 
                 other_symbols = set(ex.live_symbols) - silent_symbols
-                swallowed = stall(ex, silent_id)
-                with swallowed:
-                    stalled_at = trio.current_time()
-                    others_before = streamed(other_symbols)
-                    await eventually(lambda: counter(svc, RECONNECTS) == 1, what="declared dead")
-                    detected = trio.current_time() - stalled_at
-                    others_during = streamed(other_symbols) - others_before
-                    await eventually(lambda: ex.connects_total == 4, what="replaced")
+                ex.silent_connections.add(silent_id)  # reads on, sends nothing, not even pongs
+                stalled_at = trio.current_time()
+                others_before = streamed(other_symbols)
+                await eventually(lambda: counter(svc, RECONNECTS) == 1, what="declared dead")
+                detected = trio.current_time() - stalled_at
+                others_during = streamed(other_symbols) - others_before
+                await eventually(lambda: ex.connects_total == 4, what="replaced")
                 await eventually(up(svc, 3), what="all three up again")
                 silent_before = streamed(silent_symbols)
                 await eventually(lambda: streamed(silent_symbols) > silent_before + 5)

@@ -56,6 +56,7 @@ class FakeExchange:
     rate_per_s: _Via[float] = _Via("_ws")
     pushing: _Via[bool] = _Via("_ws")
     silent: _Via[bool] = _Via("_ws")
+    silent_connections: _Via[set[int]] = _Via("_ws")
     refuse_handshake: _Via[bool] = _Via("_ws")
     error_symbols: _Via[set[str]] = _Via("_ws")
     ack_ts_as_string: _Via[bool] = _Via("_ws")

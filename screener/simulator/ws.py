@@ -95,6 +95,7 @@ class WsHub:
         self.rate_per_s = rate_per_s
         self.pushing = True
         self.silent = False
+        self.silent_connections: set[int] = set()  # ids (keys of `subscriptions`) gone quiet
         self.refuse_handshake = False
         self.error_symbols: set[str] = set()
         self.ack_ts_as_string = False
@@ -274,9 +275,11 @@ class WsHub:
     async def _reply(self, client: _Client, payload: dict[str, Any]) -> None:
         await self._send(client, orjson.dumps(payload).decode())
 
-    @staticmethod
-    async def _send(client: _Client, frame: str | bytes) -> None:
-        """Queue ``frame``; waits only when the outbox is full; a closing client is skipped."""
+    async def _send(self, client: _Client, frame: str | bytes) -> None:
+        """Queue ``frame``; waits only when the outbox is full; a closing client is skipped,
+        and so is one in ``silent_connections`` (it reads and counts, sends nothing)."""
+        if client.id in self.silent_connections:
+            return
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             try:
                 client.outbox.send_nowait(frame)
