@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -190,3 +193,36 @@ async def test_unknown_route_is_json_404(redis_server: RedisServer) -> None:
 
 def test_free_port_helper() -> None:
     assert 0 < free_port() < 65536
+
+
+async def test_image_healthcheck_against_the_running_service(redis_server: RedisServer) -> None:
+    """The Dockerfile's HEALTHCHECK command, as the container runs it, against this service:
+    unhealthy before any push and after STALE_AFTER_S of silence with REST down too,
+    healthy in between."""
+
+    async def healthcheck(port: int) -> int:
+        env = dict(os.environ) | {"WS_SCREENER_PORT": str(port)}
+        done = await trio.run_process(
+            [sys.executable, "-m", "screener.healthcheck"],
+            env=env,
+            capture_stdout=True,
+            check=False,
+            stderr=subprocess.DEVNULL,
+        )
+        return done.returncode
+
+    with trio.fail_after(30):
+        async with (
+            simulator(SimConfig(symbols=3, rate_per_s=0)) as (ex, sim),
+            running(
+                sim, redis_server.port, STALE_AFTER_S="1.5", BACKFILL="off", FALLBACK_POLL_S="60"
+            ) as (svc, _),
+        ):
+            assert await healthcheck(svc.http_port) == 1  # no push yet: 503
+            await eventually(lambda: counter(svc, "screener_subscriptions") == 3)
+            await ex.push(ex.live_symbols[0])
+            await eventually(lambda: svc.views.feed.value.last_push_at is not None)
+            assert await healthcheck(svc.http_port) == 0
+            ex.rest_fault = "500"  # and no REST failover to fall back on
+            await eventually(lambda: svc.views.push_age(trio.current_time()) >= 1.5)
+            assert await healthcheck(svc.http_port) == 1
