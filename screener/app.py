@@ -17,6 +17,7 @@ import random
 import signal
 import time
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from functools import partial
 
 import trio
@@ -27,7 +28,7 @@ from actors.backfill import run_backfill
 from actors.failover import run_failover
 from actors.publisher import PublisherInbox, run_publisher
 from actors.ranking import run_ranking
-from actors.rest_client import fetch_klines, fetch_tickers, open_rest_client
+from actors.rest_client import RestClient, fetch_klines, fetch_tickers, open_rest_client
 from actors.universe import run_universe
 from actors.window import WindowInbox, run_window
 from screener.config import Settings
@@ -56,16 +57,16 @@ class Service:
 async def start_core(
     nursery: trio.Nursery,
     svc: Service,
-    events_recv: trio.MemoryReceiveChannel[PublisherInbox],
-    ingest_send: trio.MemorySendChannel[WindowInbox],
-    ingest_recv: trio.MemoryReceiveChannel[WindowInbox],
-    events_send: trio.MemorySendChannel[PublisherInbox],
     *,
     batch_wait_s: float,
     rand: Callable[[], float] = random.random,
-) -> None:
-    """Publisher, ranking and window: the actors every mode shares. The ranking gets clones;
-    the window takes `events_send` itself; `ingest_send` stays the caller's to clone on."""
+) -> trio.MemorySendChannel[WindowInbox]:
+    """Publisher, ranking and window, the actors every mode shares, with their two channels.
+
+    Returns the original sender of the window's inbox: the caller hands clones (or the
+    original itself) to its feeding actors, so the window ends when they all have."""
+    ingest_send, ingest_recv = trio.open_memory_channel[WindowInbox](INGEST_BUFFER)
+    events_send, events_recv = trio.open_memory_channel[PublisherInbox](PUBLISH_QUEUE)
     settings, metrics, views = svc.settings, svc.metrics, svc.views
     await nursery.start(
         partial(
@@ -100,6 +101,18 @@ async def start_core(
             batch_wait_s=batch_wait_s,
         )
     )
+    return ingest_send
+
+
+def open_paced_rest(svc: Service) -> AbstractAsyncContextManager[RestClient]:
+    """The one paced REST client a mode's backfill and failover share."""
+    rest = svc.settings.rest
+    return open_rest_client(
+        svc.settings.exchange.rest_base,
+        rate_per_s=rest.rate_per_s,
+        timeout_s=rest.timeout_s,
+        metrics=svc.metrics,
+    )
 
 
 async def run_service(
@@ -114,29 +127,10 @@ async def run_service(
     source of the reconnect backoff (fixed in tests)."""
     svc = Service(settings)
     metrics, views = svc.metrics, svc.views
-    ingest_send, ingest_recv = trio.open_memory_channel[WindowInbox](INGEST_BUFFER)
-    events_send, events_recv = trio.open_memory_channel[PublisherInbox](PUBLISH_QUEUE)
     fill_send, fill_recv = trio.open_memory_channel[frozenset[str]](BACKFILL_REQUESTS)
     app = create_app(views, metrics, stale_after_s=settings.stale_after_s)
-    async with (
-        open_rest_client(
-            settings.exchange.rest_base,
-            rate_per_s=settings.rest.rate_per_s,
-            timeout_s=settings.rest.timeout_s,
-            metrics=metrics,
-        ) as rest,
-        trio.open_nursery() as nursery,
-    ):
-        await start_core(
-            nursery,
-            svc,
-            events_recv,
-            ingest_send,
-            ingest_recv,
-            events_send,
-            batch_wait_s=settings.batch_wait_s,
-            rand=rand,
-        )
+    async with open_paced_rest(svc) as rest, trio.open_nursery() as nursery:
+        ingest_send = await start_core(nursery, svc, batch_wait_s=settings.batch_wait_s, rand=rand)
         backfill: trio.MemorySendChannel[frozenset[str]] | None = None
         if settings.rest.backfill:
             await nursery.start(

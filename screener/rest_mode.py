@@ -24,11 +24,9 @@ import trio
 from loguru import logger
 
 from actors.backfill import REQUESTS_BUFFER, run_backfill
-from actors.publisher import PublisherInbox
-from actors.rest_client import fetch_klines, open_rest_client
+from actors.rest_client import fetch_klines
 from actors.universe import run_universe
-from actors.window import WindowInbox
-from screener.app import INGEST_BUFFER, PUBLISH_QUEUE, Service, cancel_on_signal, start_core
+from screener.app import Service, cancel_on_signal, open_paced_rest, start_core
 from screener.config import Settings
 from screener.http import create_app, serve_http
 
@@ -48,30 +46,11 @@ async def run_rest_service(
     """Run until cancelled; `started()` once HTTP is listening on `REST_SCREENER_PORT`."""
     svc = Service(settings)
     metrics, views = svc.metrics, svc.views
-    ingest_send, ingest_recv = trio.open_memory_channel[WindowInbox](INGEST_BUFFER)
-    events_send, events_recv = trio.open_memory_channel[PublisherInbox](PUBLISH_QUEUE)
     fill_send, fill_recv = trio.open_memory_channel[frozenset[str]](REQUESTS_BUFFER)
     app = create_app(views, metrics, stale_after_s=fresh_for_s(settings), rest_mode=True)
-    async with (
-        open_rest_client(
-            settings.exchange.rest_base,
-            rate_per_s=settings.rest.rate_per_s,
-            timeout_s=settings.rest.timeout_s,
-            metrics=metrics,
-        ) as rest,
-        trio.open_nursery() as nursery,
-    ):
+    async with open_paced_rest(svc) as rest, trio.open_nursery() as nursery:
         # REST candles arrive minutes apart: no batching wait to trade.
-        await start_core(
-            nursery,
-            svc,
-            events_recv,
-            ingest_send,
-            ingest_recv,
-            events_send,
-            batch_wait_s=0.0,
-            rand=rand,
-        )
+        ingest_send = await start_core(nursery, svc, batch_wait_s=0.0, rand=rand)
         await nursery.start(
             partial(
                 run_backfill,
