@@ -5,10 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTHON ?= python3
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml devtools/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e ./devtools -e '.[dev]'
 	touch $(STAMP)
 
 .PHONY: install test lint run demo simulate bench
@@ -29,7 +29,7 @@ run: $(STAMP)
 
 ## the service against the bundled simulator, with a private redis-server on port 6390
 demo: $(STAMP)
-	$(BIN)/python -m screener.demo
+	$(BIN)/python -m devtools.demo
 
 simulate: $(STAMP)
 	$(BIN)/screener simulate

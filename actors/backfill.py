@@ -19,23 +19,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Final
 
 import trio
 from loguru import logger
 
-from actors.rest_client import RestFailed
-from actors.window import WindowInbox
 from screener.metrics import Metrics
-from screener.models import BackfillProgress, Kline
+from screener.mexc.client import RestFailed
+from screener.mexc.names import INTERVAL_MINUTES, LIVE_INTERVAL
+from screener.models import BackfillProgress, Kline, SymbolSet, WindowInbox
+from screener.periodic import Pulse
 from screener.snapshot import Latest
 
 FetchKlines = Callable[[str, str, int, int], Awaitable[list[Kline]]]
 """`(symbol, interval, start_s, end_s) -> candles`; raises `RestFailed`."""
 
-INTERVAL_MINUTES = {"Min1": 1, "Min5": 5, "Min15": 15, "Min60": 60}
-WORKERS = 4
+WORKERS: Final = 4
 """Fetches in flight: as many as the client lets through at once."""
-REQUESTS_BUFFER = 16
+REQUESTS_BUFFER: Final = 16
 """Symbol sets waiting for the collector, which takes them at once."""
 
 
@@ -84,93 +85,126 @@ class BackfillQueue:
             self.failed += 1
 
     @property
+    def idle(self) -> bool:
+        return self.done == self.total
+
+    @property
     def progress(self) -> BackfillProgress:
-        return BackfillProgress(self.done, self.total, self.failed, self.last_ok_at)
+        return BackfillProgress(
+            done=self.done, total=self.total, failed=self.failed, last_ok_at=self.last_ok_at
+        )
+
+
+class Backfill:
+    """The actor's state and its tasks: `collect` (requests -> queue), `dispatch` (queue ->
+    workers, each symbol once) and `work` (fetch -> window)."""
+
+    def __init__(
+        self,
+        *,
+        fetch: FetchKlines,
+        lookback_min: int,
+        interval: str,
+        progress: Latest[BackfillProgress],
+        metrics: Metrics,
+        wall: Callable[[], float],
+    ) -> None:
+        self.fetch = fetch
+        self.lookback_min = lookback_min
+        self.interval = interval
+        self.interval_min = INTERVAL_MINUTES[interval]
+        self.progress = progress
+        self.metrics = metrics
+        self.wall = wall
+        self.queue = BackfillQueue()
+        self.more = Pulse()
+        self.requests_ended = False
+        self.spell_began = trio.current_time()  # when the current spell of work began
+        self.log = logger.bind(actor="backfill")
+
+    async def collect(self, requests: trio.MemoryReceiveChannel[SymbolSet]) -> None:
+        async with requests:
+            async for symbols in requests:
+                if self.queue.idle:
+                    self.spell_began = trio.current_time()
+                if self.queue.add(symbols):
+                    self.progress.set(self.queue.progress)
+                    self.more.fire()
+        self.requests_ended = True
+        self.more.fire()
+
+    async def dispatch(self, work: trio.MemorySendChannel[str]) -> None:
+        async with work:
+            while True:
+                symbol = self.queue.pop()
+                if symbol is not None:
+                    await work.send(symbol)
+                elif self.requests_ended:
+                    return
+                else:
+                    await self.more.wait()
+
+    async def work(
+        self, symbols: trio.MemoryReceiveChannel[str], outbox: trio.MemorySendChannel[WindowInbox]
+    ) -> None:
+        async with symbols:
+            async for symbol in symbols:
+                start_s, end_s = history_range(self.wall(), self.lookback_min, self.interval_min)
+                try:
+                    rows = await self.fetch(symbol, self.interval, start_s, end_s)
+                except RestFailed as exc:
+                    self.log.warning("backfill of {symbol} skipped: {why}", symbol=symbol, why=exc)
+                    ok = False
+                else:
+                    for row in rows:
+                        await outbox.send(row)
+                    ok = True
+                self.queue.finished(symbol, ok, trio.current_time())
+                self.metrics.backfill_symbols.labels("ok" if ok else "failed").inc()
+                self.progress.set(self.queue.progress)
+                self._report()
+
+    def _report(self) -> None:
+        done, total = self.queue.done, self.queue.total
+        if done == total:
+            self.log.info(
+                "backfill: {done}/{total} symbols, {failed} failed, in {s:.1f}s",
+                done=done,
+                total=total,
+                failed=self.queue.failed,
+                s=trio.current_time() - self.spell_began,
+            )
+        elif done % max(1, total // 10) == 0:
+            self.log.info("backfill: {done}/{total} symbols", done=done, total=total)
 
 
 async def run_backfill(
-    requests: trio.MemoryReceiveChannel[frozenset[str]],
+    requests: trio.MemoryReceiveChannel[SymbolSet],
     outbox: trio.MemorySendChannel[WindowInbox],
     *,
     fetch: FetchKlines,
     lookback_min: int,
     progress: Latest[BackfillProgress],
     metrics: Metrics,
-    interval: str = "Min1",
+    interval: str = LIVE_INTERVAL,
     workers: int = WORKERS,
     wall: Callable[[], float] = time.time,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    log = logger.bind(actor="backfill")
-    interval_min = INTERVAL_MINUTES[interval]
-    queue = BackfillQueue()
-    more = trio.Event()
-    requests_ended = False
-    started_at = trio.current_time()
+    backfill = Backfill(
+        fetch=fetch,
+        lookback_min=lookback_min,
+        interval=interval,
+        progress=progress,
+        metrics=metrics,
+        wall=wall,
+    )
     work_send, work_recv = trio.open_memory_channel[str](0)
-
-    async def collect() -> None:
-        nonlocal more, requests_ended, started_at
-        async with requests:
-            async for symbols in requests:
-                if queue.done == queue.total:
-                    started_at = trio.current_time()  # a new spell of work begins
-                if queue.add(symbols):
-                    progress.set(queue.progress)
-                    more.set()
-        requests_ended = True
-        more.set()
-
-    async def dispatch() -> None:
-        nonlocal more
-        async with work_send:
-            while True:
-                symbol = queue.pop()
-                if symbol is not None:
-                    await work_send.send(symbol)
-                elif requests_ended:
-                    return
-                else:
-                    await more.wait()
-                    more = trio.Event()
-
-    async def work(symbols: trio.MemoryReceiveChannel[str]) -> None:
-        async with symbols:
-            async for symbol in symbols:
-                start_s, end_s = history_range(wall(), lookback_min, interval_min)
-                try:
-                    rows = await fetch(symbol, interval, start_s, end_s)
-                except RestFailed as exc:
-                    log.warning("backfill of {symbol} skipped: {why}", symbol=symbol, why=exc)
-                    ok = False
-                else:
-                    for row in rows:
-                        await outbox.send(row)
-                    ok = True
-                queue.finished(symbol, ok, trio.current_time())
-                metrics.backfill_symbols.labels("ok" if ok else "failed").inc()
-                progress.set(queue.progress)
-                report()
-
-    def report() -> None:
-        done, total = queue.done, queue.total
-        step = max(1, total // 10)
-        if done == total:
-            log.info(
-                "backfill: {done}/{total} symbols, {failed} failed, in {s:.1f}s",
-                done=done,
-                total=total,
-                failed=queue.failed,
-                s=trio.current_time() - started_at,
-            )
-        elif done % step == 0:
-            log.info("backfill: {done}/{total} symbols", done=done, total=total)
-
     async with outbox:
         task_status.started()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(collect)
-            nursery.start_soon(dispatch)
+            nursery.start_soon(backfill.collect, requests)
+            nursery.start_soon(backfill.dispatch, work_send)
             async with work_recv:  # each worker owns a clone
                 for _ in range(workers):
-                    nursery.start_soon(work, work_recv.clone())
+                    nursery.start_soon(backfill.work, work_recv.clone(), outbox)

@@ -1,8 +1,9 @@
 """Connection actor: one WebSocket to MEXC carrying the kline subscriptions of one chunk.
 
-Inputs: `control`, the chunk's desired symbol set (a new frozenset whenever the universe
-changes; closing it retires the chunk). Output: decoded `Kline`s and `ConnStatus` changes into
-the window actor's inbox (an owned clone, closed on exit). Optionally `gaps`, a clone of
+Inputs: `control`, the chunk's desired symbol set (a new set whenever the universe changes;
+closing it retires the chunk). Output: decoded `Kline`s and `ConnStatus` changes into the
+window actor's inbox (an owned clone, closed on exit): down at start, up once subscribed,
+down when an attempt fails, retired when the control channel closes. Optionally `gaps`, a clone of
 the backfill channel (owned, closed on exit): when the connection is up again after at least
 `gap_after_s` down (or not yet up since start), it asks for the chunk's history once, without
 waiting.
@@ -19,91 +20,32 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-import ssl
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from urllib.parse import urlsplit
+from collections.abc import Callable
+from typing import Final
 
 import trio
 import trio_websocket
 from loguru import logger
-from trio_websocket import WebSocketConnection, wrap_client_stream
+from trio_websocket import WebSocketConnection
 
-from actors.mexc import (
-    PING,
-    DecodeError,
-    ErrorReply,
-    SubAck,
-    UnsubAck,
-    decode,
-    sub_kline,
-    unsub_kline,
-)
 from screener.config import ExchangeSettings
 from screener.logs import RateLimited
 from screener.metrics import Metrics
-from screener.models import ConnStatus, Kline, StatsRequest
+from screener.mexc.frames import PING, ErrorReply, SubAck, UnsubAck, decode, sub_kline, unsub_kline
+from screener.mexc.values import DecodeError
+from screener.mexc.websocket import Connector, open_exchange_socket
+from screener.models import ConnStatus, Kline, SymbolSet, WindowInbox
+from screener.periodic import Pulse, Ticker
 from screener.supervise import Backoff, Spell, run_supervised
 
-WindowInbox = Kline | ConnStatus | StatsRequest
-
-RETRY_ON: tuple[type[Exception], ...] = (
+RETRY_ON: Final[tuple[type[Exception], ...]] = (
     OSError,
     trio.TooSlowError,
     trio.BrokenResourceError,
     trio_websocket.HandshakeError,
     trio_websocket.ConnectionClosed,
 )
-CLOSE_GRACE_S = 1.0
-CONNECT_TIMEOUT_S = 10.0
-# trio-websocket's queue between its reader task and ours. The default of 1 forces a task
-# switch per message; 64 lets one socket read's worth of pushes (~300 B each) through at
-# once, while bounding what a flood can hold (64 x WS_MAX_MESSAGE_BYTES at worst).
-MESSAGE_QUEUE = 64
-# Bytes per socket read (trio-websocket's default is 4 KiB, about a dozen pushes): under
-# load one read then feeds wsproto a whole burst.
-RECEIVE_BYTES = 64 * 1024
-
-
-Connector = Callable[[ExchangeSettings], AbstractAsyncContextManager[WebSocketConnection]]
-
-
-@asynccontextmanager
-async def open_exchange_socket(settings: ExchangeSettings) -> AsyncIterator[WebSocketConnection]:
-    """The real connector; tests inject one over in-memory streams for exact virtual time.
-
-    We open and own the TCP (and TLS) stream ourselves: trio-websocket 0.12's client leaves
-    its socket open when the server ends the connection, which leaks a file descriptor per
-    reconnect in a service that reconnects forever.
-    """
-    url = urlsplit(settings.ws_url)
-    host = url.hostname or ""
-    secure = url.scheme == "wss"
-    port = url.port or (443 if secure else 80)
-    resource = (url.path or "/") + (f"?{url.query}" if url.query else "")
-    with trio.fail_after(CONNECT_TIMEOUT_S):
-        tcp = await trio.open_tcp_stream(host, port)
-    stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] = tcp
-    try:
-        if secure:
-            stream = trio.SSLStream(
-                tcp, ssl.create_default_context(), server_hostname=host, https_compatible=True
-            )
-        async with trio.open_nursery() as nursery:
-            with trio.fail_after(CONNECT_TIMEOUT_S):
-                ws = await wrap_client_stream(
-                    nursery,
-                    stream,
-                    host,
-                    resource,
-                    max_message_size=settings.max_message_bytes,
-                    message_queue_size=MESSAGE_QUEUE,
-                    receive_buffer_size=RECEIVE_BYTES,
-                )
-            yield ws
-            nursery.cancel_scope.cancel()  # the library's reader task ends with the socket
-    finally:
-        await trio.aclose_forcefully(stream)
+CLOSE_GRACE_S: Final = 1.0
 
 
 class ConnectionDead(OSError):
@@ -115,20 +57,20 @@ class _Chunk:
 
     def __init__(
         self,
-        symbols: frozenset[str],
-        gaps: trio.MemorySendChannel[frozenset[str]] | None = None,
+        symbols: SymbolSet,
+        gaps: trio.MemorySendChannel[SymbolSet] | None = None,
         gap_after_s: float = math.inf,
     ) -> None:
         self.desired = symbols
-        self.changed = trio.Event()
+        self.changed = Pulse()
         self.gaps = gaps
         self.gap_after_s = gap_after_s
         self.down_since = trio.current_time()
+        self.retired = False
 
-    def update(self, symbols: frozenset[str]) -> None:
+    def update(self, symbols: SymbolSet) -> None:
         self.desired = symbols
-        self.changed.set()
-        self.changed = trio.Event()
+        self.changed.fire()
 
     def came_up(self) -> None:
         """Down long enough to miss whole candles: ask for the chunk's history again. Never
@@ -144,7 +86,7 @@ class _Chunk:
 
 
 async def run_connection(
-    control: trio.MemoryReceiveChannel[frozenset[str]],
+    control: trio.MemoryReceiveChannel[SymbolSet],
     outbox: trio.MemorySendChannel[WindowInbox],
     *,
     conn_id: int,
@@ -152,18 +94,20 @@ async def run_connection(
     metrics: Metrics,
     rand: Callable[[], float] = random.random,
     connect: Connector = open_exchange_socket,
-    gaps: trio.MemorySendChannel[frozenset[str]] | None = None,
+    gaps: trio.MemorySendChannel[SymbolSet] | None = None,
     gap_after_s: float = math.inf,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     async with control, outbox, gaps if gaps is not None else contextlib.nullcontext():
         chunk = _Chunk(await control.receive(), gaps, gap_after_s)
+        await _send_status(outbox, ConnStatus(conn_id=conn_id, up=False))  # counted, not up
         task_status.started()
 
         async def follow_control(cancel: trio.CancelScope) -> None:
             async for symbols in control:
                 chunk.update(symbols)
-            cancel.cancel()  # retired: the chunk no longer exists
+            chunk.retired = True  # the chunk no longer exists
+            cancel.cancel()
 
         async def attempt(spell: Spell) -> None:
             await _connect_once(connect, chunk, outbox, spell, conn_id, settings, metrics)
@@ -183,6 +127,8 @@ async def run_connection(
                     on_failure=on_failure,
                 )
             )
+        if chunk.retired:
+            await _send_status(outbox, ConnStatus(conn_id=conn_id, up=False, retired=True))
 
 
 async def _connect_once(
@@ -203,7 +149,7 @@ async def _connect_once(
                 nursery.start_soon(link.watchdog, settings.dead_after_s)
                 nursery.start_soon(link.ping, settings.ping_interval_s)
                 await link.subscribe_all(chunk, settings)
-                await _send_status(outbox, ConnStatus(conn_id, up=True))
+                await _send_status(outbox, ConnStatus(conn_id=conn_id, up=True))
                 link.up = True
                 chunk.came_up()
                 log.info("subscribed {n} symbols", n=len(link.subscribed))
@@ -212,7 +158,7 @@ async def _connect_once(
             metrics.subscriptions.dec(link.acked)
             if link.up:
                 chunk.went_down()
-                await _send_status(outbox, ConnStatus(conn_id, up=False))
+                await _send_status(outbox, ConnStatus(conn_id=conn_id, up=False))
             # Close with 1000 even when cancelled (shutdown, chunk retired), but never hang.
             with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_GRACE_S):
                 await ws.aclose(1000)
@@ -306,11 +252,9 @@ class _Link:
             await trio.sleep_until(deadline)
 
     async def ping(self, interval_s: float) -> None:
-        start = trio.current_time()
-        k = 0
+        ticker = Ticker(interval_s)
         while True:
-            k += 1
-            await trio.sleep_until(start + k * interval_s)
+            await ticker.wait()
             await self.ws.send_message(PING)
 
     async def subscribe_all(self, chunk: _Chunk, settings: ExchangeSettings) -> None:
@@ -323,7 +267,7 @@ class _Link:
             await self._sync(chunk.desired, settings)
             self.log.info("chunk now {n} symbols", n=len(self.subscribed))
 
-    async def _sync(self, desired: frozenset[str], settings: ExchangeSettings) -> None:
+    async def _sync(self, desired: SymbolSet, settings: ExchangeSettings) -> None:
         frames = [unsub_kline(s) for s in sorted(self.subscribed - desired)]
         frames += [sub_kline(s) for s in sorted(desired - self.subscribed)]
         self.subscribed = set(desired)

@@ -22,19 +22,19 @@ from collections.abc import Awaitable, Callable
 import trio
 from loguru import logger
 
-from actors.mexc import Tick
-from actors.rest_client import RestFailed
-from actors.window import WindowInbox
 from screener.metrics import Metrics
+from screener.mexc.client import RestFailed
+from screener.mexc.rest import Tick
 from screener.models import (
     REST_SOURCE,
     FeedStatus,
     Kline,
     RestFeedStatus,
-    StatsRequest,
-    SymbolStat,
     UniverseStatus,
+    WindowInbox,
+    ask_stats,
 )
+from screener.periodic import Ticker
 from screener.snapshot import Latest
 
 FetchTickers = Callable[[], Awaitable[dict[str, Tick]]]
@@ -47,16 +47,16 @@ def price_update(symbol: str, tick: Tick, last: float | None) -> Kline:
     p = tick.price
     o = p if last is None else last
     return Kline(
-        symbol,
-        tick.ts_ms // 60_000 * 60,
-        o,
-        max(o, p),
-        min(o, p),
-        p,
-        0.0,  # the ticker has no per-minute volume; the window keeps what it holds
-        0.0,
-        tick.ts_ms,
-        REST_SOURCE,
+        symbol=symbol,
+        t=tick.ts_ms // 60_000 * 60,
+        open=o,
+        high=max(o, p),
+        low=min(o, p),
+        close=p,
+        volume=0.0,  # the ticker has no per-minute volume; the window keeps what it holds
+        amount=0.0,
+        ts_ms=tick.ts_ms,
+        source=REST_SOURCE,
     )
 
 
@@ -94,10 +94,7 @@ async def run_failover(
             return 0
         if feed.value.last_push_at != epoch:
             return 0  # a live push came while we asked: it wins
-        reply_send, reply_recv = trio.open_memory_channel[tuple[SymbolStat, ...]](1)
-        await outbox.send(StatsRequest(reply_send))
-        async with reply_recv:
-            stats = await reply_recv.receive()
+        stats = await ask_stats(outbox)
         last = {stat.symbol: stat.price for stat in stats}
         updates = [
             price_update(symbol, ticks[symbol], last.get(symbol))
@@ -123,15 +120,14 @@ async def run_failover(
             )
             status.set(RestFeedStatus(active=True, last_ok_at=None, error=None))
             metrics.feed_rest.set(1)
-            k = polls = 0
+            ticker = Ticker(poll_s, start=began)
+            polls = 0
             while feed.value.last_push_at == epoch:
                 updated = await poll(epoch)
                 polls += 1
                 if polls == 1 and updated:
                     log.info("REST failover: {n} symbols updated per poll", n=updated)
-                # The next tick on the grid; a slow poll skips ticks instead of drifting.
-                k = max(k + 1, int((trio.current_time() - began) // poll_s) + 1)
-                await trio.sleep_until(began + k * poll_s)
+                await ticker.wait()  # a slow poll skips ticks instead of drifting
             log.info(
                 "live pushes are back: REST failover ended after {d:.0f}s and {n} polls",
                 d=trio.current_time() - began,

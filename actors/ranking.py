@@ -14,10 +14,9 @@ from collections.abc import Callable, Iterable
 import trio
 from loguru import logger
 
-from actors.publisher import PublisherInbox
-from actors.window import WindowInbox
 from screener.metrics import Metrics
-from screener.models import Ranking, StatsRequest, SymbolStat
+from screener.models import PublisherInbox, Ranking, SymbolStat, WindowInbox, ask_stats
+from screener.periodic import Ticker
 from screener.snapshot import Latest
 
 
@@ -26,7 +25,13 @@ def rank(stats: Iterable[SymbolStat], *, top_n: int, lookback_min: int, wall_ts:
     items = list(stats)
     gainers = sorted(items, key=lambda s: (-s.change_pct, s.symbol))[:top_n]
     losers = sorted(items, key=lambda s: (s.change_pct, s.symbol))[:top_n]
-    return Ranking(wall_ts, lookback_min, tuple(gainers), tuple(losers), len(items))
+    return Ranking(
+        wall_ts=wall_ts,
+        lookback_min=lookback_min,
+        gainers=tuple(gainers),
+        losers=tuple(losers),
+        ranked=len(items),
+    )
 
 
 async def run_ranking(
@@ -43,17 +48,11 @@ async def run_ranking(
 ) -> None:
     log = logger.bind(actor="ranking")
     async with requests, outbox:
+        ticker = Ticker(interval_s)
         task_status.started()
-        start = trio.current_time()
-        k = 0
         while True:
-            # The next deadline on the grid; a slow round skips ticks instead of drifting.
-            k = max(k + 1, int((trio.current_time() - start) // interval_s) + 1)
-            await trio.sleep_until(start + k * interval_s)
-            reply_send, reply_recv = trio.open_memory_channel[tuple[SymbolStat, ...]](1)
-            await requests.send(StatsRequest(reply_send))
-            async with reply_recv:
-                stats = await reply_recv.receive()
+            await ticker.wait()  # a slow round skips ticks instead of drifting
+            stats = await ask_stats(requests)
             ranking = rank(stats, top_n=top_n, lookback_min=lookback_min, wall_ts=wall())
             snapshot.set(ranking)
             metrics.rankings.inc()

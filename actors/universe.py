@@ -1,17 +1,14 @@
-"""Universe actor: which symbols to stream, and the connection actors that stream them.
+"""Universe actor: which symbols to stream, and how they are cut into chunks.
 
-Reads `contract/detail` at start and every `contracts_refresh_s`, keeps the live USDT
-perpetuals (optionally restricted by the whitelist), and plans chunks of at most
-`max_symbols_per_conn`. Existing chunks keep their symbols, so a refresh subscribes or
-unsubscribes only the difference; a chunk that empties is retired. Connection actors live
-in this actor's nursery, each with a control channel this actor owns and a clone of the
-window inbox that the connection actor owns. REST failures retry with backoff forever and
-are reported in /health through `status`; the connections already running carry on.
-
-With a `backfill` channel (owned here, closed on exit) it sends the symbols to fill from REST
-history: all of them after the first read, the new ones after each refresh, and with
-`stream=False` (`screener rest`: no WebSocket at all) every symbol after every read. Each
-connection actor gets a clone of it to ask for a refill after an outage (`gap_after_s`).
+Reads the contract list through the shared paced REST client (`fetch`) at start and every
+`refresh_s` on a fixed grid, keeps the live USDT perpetuals (restricted by the whitelist,
+then capped at `max_symbols`) and plans chunks of at most `max_symbols_per_conn`. Existing
+chunks keep their symbols, so a refresh changes only the difference; a chunk that empties is
+retired. Outputs: each plan on `plans` (to the connections' supervisor; none in `screener
+rest`) and the symbols to fill from REST history on `fills` (if given): all of them after the
+first read, the new ones after each refresh, every one after every read without `plans`. It
+owns and closes both. A failed read is retried with backoff until it succeeds; the reason
+stays in /health through `status` meanwhile.
 """
 
 from __future__ import annotations
@@ -19,27 +16,26 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from collections.abc import Callable
-from functools import partial
+from collections.abc import Awaitable, Callable
+from typing import NamedTuple
 
-import httpx
 import trio
 from loguru import logger
 
-from actors.connection import WindowInbox, run_connection
-from actors.mexc import CONTRACT_DETAIL_PATH, RestError, contract_rows, live_usdt_perpetuals
 from screener.config import ExchangeSettings
 from screener.metrics import Metrics
-from screener.models import ConnStatus, UniverseStatus
+from screener.mexc.client import RestFailed
+from screener.mexc.rest import Contract, live_usdt_perpetuals
+from screener.models import ChunkPlan, SymbolSet, UniverseStatus
+from screener.periodic import Ticker
 from screener.snapshot import Latest
 from screener.supervise import Backoff, failure_text
 
-REST_TIMEOUT = httpx.Timeout(10.0)
+FetchContracts = Callable[[], Awaitable[list[Contract]]]
+"""Every listed contract; raises `RestFailed` once the client's retries are spent."""
 
 
-def plan_chunks(
-    current: dict[int, frozenset[str]], wanted: set[str] | frozenset[str], max_per: int
-) -> dict[int, frozenset[str]]:
+def plan_chunks(current: ChunkPlan, wanted: SymbolSet, max_per: int) -> dict[int, SymbolSet]:
     """New chunk assignment: keep what stays where it is, fill gaps, then open new chunks.
 
     Returns every chunk id of `current` (an empty set means retire it) plus new ids.
@@ -60,127 +56,127 @@ def plan_chunks(
     return {cid: frozenset(symbols) for cid, symbols in plan.items()}
 
 
-async def fetch_live_symbols(client: httpx.AsyncClient, base: str) -> set[str]:
-    response = await client.get(base + CONTRACT_DETAIL_PATH)
-    if response.status_code != 200:
-        raise RestError(f"contract/detail: HTTP {response.status_code}")
-    return live_usdt_perpetuals(contract_rows(response.content), time.time() * 1000)
+class Update(NamedTuple):
+    """What one read of the contract list changes."""
+
+    symbols: SymbolSet  # tracked from now on
+    plan: dict[int, SymbolSet]  # every chunk, retired ones with an empty set
+    added: int  # symbols not tracked before
+    fill: SymbolSet  # to fill from REST history
+    warnings: list[str]
+
+
+class Universe:
+    """The pure core: selection, chunk planning and what to backfill, read after read."""
+
+    def __init__(self, settings: ExchangeSettings, *, stream: bool = True) -> None:
+        self.settings = settings
+        self.stream = stream
+        self.tracked: SymbolSet = frozenset()
+        self.chunks: dict[int, SymbolSet] = {}
+        self._unknown_warned: set[str] = set()
+
+    def select(self, live: set[str]) -> tuple[SymbolSet, list[str]]:
+        """Whitelist, then the MAX_SYMBOLS bound (alphabetical, so the choice is stable);
+        each unknown whitelisted symbol is warned about once."""
+        settings, warnings = self.settings, []
+        if settings.whitelist:
+            for symbol in sorted(settings.whitelist - live - self._unknown_warned):
+                warnings.append(
+                    f"whitelisted symbol {symbol} is not a live USDT perpetual; skipped"
+                )
+                self._unknown_warned.add(symbol)
+            live = live & settings.whitelist
+        if len(live) > settings.max_symbols:
+            warnings.append(
+                f"{len(live)} live symbols exceed MAX_SYMBOLS={settings.max_symbols}; "
+                f"the last {len(live) - settings.max_symbols} skipped"
+            )
+            live = set(sorted(live)[: settings.max_symbols])
+        return frozenset(live), warnings
+
+    def update(self, contracts: list[Contract], now_ms: float) -> Update:
+        wanted, warnings = self.select(live_usdt_perpetuals(contracts, now_ms))
+        plan: dict[int, SymbolSet] = {}
+        if self.stream:
+            plan = plan_chunks(self.chunks, wanted, self.settings.max_symbols_per_conn)
+            self.chunks = {cid: symbols for cid, symbols in plan.items() if symbols}
+        added = len(wanted - self.tracked)
+        fill = wanted if not self.stream else wanted - self.tracked
+        self.tracked = wanted
+        return Update(wanted, plan, added, fill, warnings)
+
+
+async def read_contracts(
+    fetch: FetchContracts,
+    backoff: Backoff,
+    *,
+    status: Latest[UniverseStatus],
+    log: Callable[[str], None],
+) -> list[Contract]:
+    """Retry until the exchange answers; the reason stays visible in /health meanwhile."""
+    while True:
+        try:
+            contracts = await fetch()
+        except RestFailed as exc:
+            reason = failure_text(exc)
+            delay = backoff.next_delay()
+            status.set(status.value._replace(error=f"contract list unavailable: {reason}"))
+            log(f"contract list unavailable ({reason}); retry in {delay:.1f}s")
+            await trio.sleep(delay)
+            continue
+        backoff.reset()
+        return contracts
 
 
 async def run_universe(
-    ingest: trio.MemorySendChannel[WindowInbox],
+    plans: trio.MemorySendChannel[ChunkPlan] | None,
+    fills: trio.MemorySendChannel[SymbolSet] | None,
     *,
+    fetch: FetchContracts,
     settings: ExchangeSettings,
+    refresh_s: float,
     status: Latest[UniverseStatus],
     metrics: Metrics,
+    wall: Callable[[], float] = time.time,
     rand: Callable[[], float] = random.random,
-    backfill: trio.MemorySendChannel[frozenset[str]] | None = None,
-    gap_after_s: float = 60.0,
-    stream: bool = True,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """Without `plans` nothing is streamed (`screener rest`). `refresh_s`: seconds between
+    reads (`CONTRACTS_REFRESH_S`, or `REST_POLL_S` in `screener rest`, where each read starts
+    a poll round); `wall`: the clock that says which listings have opened."""
     log = logger.bind(actor="universe")
-    tracked: frozenset[str] = frozenset()
-    chunks: dict[int, frozenset[str]] = {}
-    controls: dict[int, trio.MemorySendChannel[frozenset[str]]] = {}
-    unknown_logged: set[str] = set()
+    universe = Universe(settings, stream=plans is not None)
     backoff = Backoff(first_s=2.0, cap_s=60.0, rand=rand)
-
-    async def read_universe(client: httpx.AsyncClient) -> set[str]:
-        """Retry until the exchange answers; the reason stays visible in /health."""
-        while True:
-            try:
-                live = await fetch_live_symbols(client, settings.rest_base)
-            except (httpx.HTTPError, RestError) as exc:
-                metrics.rest_errors.labels("contract_detail").inc()
-                reason = failure_text(exc)
-                delay = backoff.next_delay()
-                status.set(status.value._replace(error=f"contract list unavailable: {reason}"))
-                log.warning(
-                    "contract list unavailable ({reason}); retry in {delay:.1f}s",
-                    reason=reason,
-                    delay=delay,
-                )
-                await trio.sleep(delay)
-                continue
-            backoff.reset()
-            return select(live)
-
-    def select(live: set[str]) -> set[str]:
-        """Whitelist, then the MAX_SYMBOLS bound (alphabetical, so the choice is stable)."""
-        if settings.whitelist:
-            for symbol in sorted(settings.whitelist - live - unknown_logged):
-                log.warning(
-                    "whitelisted symbol {symbol} is not a live USDT perpetual; skipped",
-                    symbol=symbol,
-                )
-                unknown_logged.add(symbol)
-            live = live & settings.whitelist
-        if len(live) > settings.max_symbols:
-            log.warning(
-                "{n} live symbols exceed MAX_SYMBOLS={m}; the last {skipped} skipped",
-                n=len(live),
-                m=settings.max_symbols,
-                skipped=len(live) - settings.max_symbols,
-            )
-            live = set(sorted(live)[: settings.max_symbols])
-        return live
-
     async with (
-        ingest,
-        backfill if backfill is not None else contextlib.nullcontext(),
-        httpx.AsyncClient(timeout=REST_TIMEOUT) as client,
-        trio.open_nursery() as nursery,
+        plans if plans is not None else contextlib.nullcontext(),
+        fills if fills is not None else contextlib.nullcontext(),
     ):
+        ticker = Ticker(refresh_s)
         task_status.started()
-        deadline = trio.current_time()
         while True:
-            wanted = await read_universe(client)
-            plan = plan_chunks(chunks, wanted, settings.max_symbols_per_conn) if stream else {}
-            added = len(wanted - set().union(*chunks.values())) if chunks else len(wanted)
-            for cid, symbols in plan.items():
-                if not symbols:
-                    await controls.pop(cid).aclose()
-                    del chunks[cid]
-                    await ingest.send(ConnStatus(cid, up=False, retired=True))
-                elif cid not in chunks:
-                    send, recv = trio.open_memory_channel[frozenset[str]](8)
-                    controls[cid] = send
-                    send.send_nowait(symbols)
-                    chunks[cid] = symbols
-                    await ingest.send(ConnStatus(cid, up=False))
-                    await nursery.start(
-                        partial(
-                            run_connection,
-                            recv,
-                            ingest.clone(),
-                            conn_id=cid,
-                            settings=settings,
-                            metrics=metrics,
-                            rand=rand,
-                            gaps=None if backfill is None else backfill.clone(),
-                            gap_after_s=gap_after_s,
-                        )
-                    )
-                elif symbols != chunks[cid]:
-                    chunks[cid] = symbols
-                    await controls[cid].send(symbols)
+            contracts = await read_contracts(fetch, backoff, status=status, log=log.warning)
+            update = universe.update(contracts, wall() * 1000)
+            for warning in update.warnings:
+                log.warning(warning)
+            if plans is not None:
+                await plans.send(update.plan)
             status.set(
                 UniverseStatus(
-                    symbols=len(wanted), chunks=len(chunks), error=None, tracked=frozenset(wanted)
+                    symbols=len(update.symbols),
+                    chunks=len(universe.chunks),
+                    error=None,
+                    tracked=update.symbols,
                 )
             )
-            metrics.symbols.set(len(wanted))
-            metrics.connections_total.set(len(chunks))
+            metrics.symbols.set(len(update.symbols))
+            metrics.connections_total.set(len(universe.chunks))
             log.info(
                 "universe: {n} symbols in {c} connections ({a} new)",
-                n=len(wanted),
-                c=len(chunks),
-                a=added,
+                n=len(update.symbols),
+                c=len(universe.chunks),
+                a=update.added,
             )
-            fill = frozenset(wanted) if not stream else frozenset(wanted) - tracked
-            tracked = frozenset(wanted)
-            if backfill is not None and fill:
-                await backfill.send(fill)
-            deadline += settings.contracts_refresh_s
-            await trio.sleep_until(max(deadline, trio.current_time()))
+            if fills is not None and update.fill:
+                await fills.send(update.fill)
+            await ticker.wait()

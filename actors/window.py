@@ -33,10 +33,9 @@ from screener.models import (
     MarketData,
     StatsRequest,
     SymbolStat,
+    WindowInbox,
 )
 from screener.snapshot import Latest
-
-WindowInbox = Kline | ConnStatus | StatsRequest
 
 
 def merged(held: Kline, k: Kline) -> Kline | None:
@@ -108,9 +107,9 @@ class Windows:
             return None  # history fills the window but is no news: no event
         oldest, newest = candles[0], candles[-1]
         return MarketData(
-            k,
-            (newest.close / oldest.open - 1.0) * 100.0,
-            (newest.t - oldest.t) // 60 + 1,
+            kline=k,
+            change_pct=(newest.close / oldest.open - 1.0) * 100.0,
+            window_min=(newest.t - oldest.t) // 60 + 1,
         )
 
     def stats(self) -> tuple[SymbolStat, ...]:
@@ -127,7 +126,11 @@ class Windows:
                     continue
             newest = candles[-1]
             out.append(
-                SymbolStat(symbol, (newest.close / candles[0].open - 1.0) * 100.0, newest.close)
+                SymbolStat(
+                    symbol=symbol,
+                    change_pct=(newest.close / candles[0].open - 1.0) * 100.0,
+                    price=newest.close,
+                )
             )
         return tuple(out)
 
@@ -167,13 +170,15 @@ async def run_window(
             arrived_at = trio.current_time()
             if batch_wait_s > 0:
                 await trio.sleep(batch_wait_s)
+            waiting = inbox.statistics().current_buffer_used + 1  # the first one included
+            if waiting > peak:
+                peak = waiting
+                peak_gauge.set(peak)
             # Drain what is already queued: one batch downstream per wakeup, not per push.
             batch: list[MarketData] = []
             late = 0
-            drained = 0
             item: WindowInbox = first
             while True:
-                drained += 1
                 if type(item) is Kline:
                     event = windows.apply(item)
                     if event is None:
@@ -198,9 +203,6 @@ async def run_window(
                     item = inbox.receive_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
-            if drained > peak:
-                peak = drained  # what waited in the channel at this wakeup
-                peak_gauge.set(peak)
             if late:
                 metrics.rejected.labels("late").inc(late)
             if batch:

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
+from types import ModuleType
 
 import trio
 from loguru import logger
@@ -49,12 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:  # the benchmark parses its own options
-        from screener.bench import main as bench_main
-
-        return bench_main(argv[1:])
+        bench = _devtool("bench")
+        return 2 if bench is None else int(bench.main(argv[1:]))
     args = build_parser().parse_args(argv)
     if args.command == "simulate":
-        return _simulate(args)
+        simulator = _devtool("simulator")
+        return 2 if simulator is None else int(simulator.main(args))
     try:
         settings = load_settings(os.environ)
     except ConfigError as exc:
@@ -63,11 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(settings.log_format, settings.log_level)
     from screener.app import run_until_signal
-    from screener.rest_mode import run_rest_until_signal
 
     rest = args.command == "rest"
     try:
-        trio.run(run_rest_until_signal if rest else run_until_signal, settings)
+        trio.run(run_until_signal, settings, "rest" if rest else "ws")
     except BaseException as exc:
         listen = (
             split_retryable(exc, (ListenError,)) if not isinstance(exc, KeyboardInterrupt) else None
@@ -82,32 +83,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _simulate(args: argparse.Namespace) -> int:
-    from screener.app import cancel_on_signal
-    from screener.simulator import FakeExchange, SimConfig
-
-    setup_logging(os.environ.get("LOG_FORMAT", "text").lower(), "INFO")
-    config = SimConfig(
-        symbols=args.symbols,
-        rate_per_s=args.rate,
-        seed=args.seed,
-        host=args.host,
-        rest_port=args.rest_port,
-        ws_port=args.ws_port,
-    )
-
-    async def serve() -> None:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(cancel_on_signal, nursery.cancel_scope)
-            address = await nursery.start(FakeExchange(config).serve)
-            logger.info(
-                "simulator: MEXC_BASE={rest} MEXC_WS_URL={ws}",
-                rest=address.rest_url,
-                ws=address.ws_url,
-            )
-
-    trio.run(serve)
-    return 0
+def _devtool(name: str) -> ModuleType | None:
+    """`devtools.<name>`, or None after one line saying how to install the development tools
+    (the runtime wheel and image carry none of them)."""
+    try:
+        return importlib.import_module(f"devtools.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("devtools", f"devtools.{name}"):
+            raise
+        print(
+            f"screener: `screener {'simulate' if name == 'simulator' else name}` is a development "
+            "tool, not installed here: from a checkout, `make install` (or "
+            "`pip install -e ./devtools -e '.[dev]'`) installs it",
+            file=sys.stderr,
+        )
+        return None
 
 
 if __name__ == "__main__":

@@ -1,14 +1,20 @@
-"""Wiring: the channels, the root nursery of actors, and signal-driven shutdown.
+"""Wiring: every channel, every actor, and the shutdown order, for both modes.
 
-    universe --(control: frozenset)--> connection x N --(Kline, ConnStatus)--+
-    universe, connections --(backfill: frozenset)--> backfill --(history)----+
-                                                                             v
-    ranking --(StatsRequest)-------------------------------------------> window
-    failover --(StatsRequest, REST-price Kline)------------------------> window
-    ranking --(Ranking)--> publisher <--(list[MarketData])-------------- window
+    universe --(plans)--> connections' pool --> connection x N --(Kline, ConnStatus)---+
+    universe, connections --(fills: symbols)--> backfill --(history Kline)------------+
+                                                                                      v
+    ranking --(StatsRequest)------------------------------------------------------> window
+    failover --(StatsRequest, REST-price Kline)-----------------------------------> window
+    ranking --(Ranking)--> publisher <--(list[MarketData])------------------------- window
 
-Every channel is bounded; each sender is a clone owned by one actor, so closing cascades.
-Backfill and failover share one paced REST client (`open_rest_client`), owned here.
+`screener` (mode "ws") runs all of them; `screener rest` (mode "rest") the same actors without
+the pool, the connections and the failover: its universe hands every symbol to the backfill
+each `REST_POLL_S`. Every channel is bounded; each sender is a clone owned by one actor, so
+closing cascades. The universe, backfill and failover share one paced REST client, owned here.
+
+Shutdown: SIGTERM or SIGINT sets `stop`; hypercorn stops accepting and drains the requests in
+flight (`graceful_timeout`); then the root scope is cancelled, connections close with 1000
+and the publisher flushes what is pending under its own shielded deadline.
 """
 
 from __future__ import annotations
@@ -16,31 +22,38 @@ from __future__ import annotations
 import random
 import signal
 import time
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Awaitable, Callable
 from functools import partial
+from typing import Final, Literal, NamedTuple
 
 import trio
 from loguru import logger
 
-from actors.backfill import REQUESTS_BUFFER as BACKFILL_REQUESTS
-from actors.backfill import run_backfill
+from actors.backfill import REQUESTS_BUFFER, run_backfill
+from actors.connection import run_connection
 from actors.failover import run_failover
-from actors.publisher import PublisherInbox, run_publisher
+from actors.publisher import run_publisher
 from actors.ranking import run_ranking
-from actors.rest_client import RestClient, fetch_klines, fetch_tickers, open_rest_client
 from actors.universe import run_universe
-from actors.window import WindowInbox, run_window
+from actors.window import run_window
 from screener.config import Settings
-from screener.http import Views, create_app, serve_http
+from screener.http import create_app, serve_http
 from screener.metrics import Metrics
+from screener.mexc.client import fetch_contracts, fetch_klines, fetch_tickers, open_rest_client
+from screener.models import ChunkPlan, PublisherInbox, SymbolSet, WindowInbox
+from screener.snapshot import Views
+from screener.supervise import supervise_pool
+
+Mode = Literal["ws", "rest"]
 
 # Pushes queue here while the window actor works; 4096 covers a burst of every symbol
 # several times over, and backpressure beyond it slows the sockets, never loses data.
-INGEST_BUFFER = 4096
+INGEST_BUFFER: Final = 4096
 # Batches (one per window wakeup) for the publisher, which drains them at once into its
 # own coalescing buffer; a small queue is enough.
-PUBLISH_QUEUE = 64
+PUBLISH_QUEUE: Final = 64
+# Chunk plans, one per contract-list read (hourly): the pool applies each at once.
+PLANS_BUFFER: Final = 4
 
 
 class Service:
@@ -54,85 +67,113 @@ class Service:
         self.metrics.watch_age(lambda: self.views.push_age(trio.current_time()))
 
 
-async def start_core(
-    nursery: trio.Nursery,
-    svc: Service,
-    *,
-    batch_wait_s: float,
-    rand: Callable[[], float] = random.random,
-) -> trio.MemorySendChannel[WindowInbox]:
-    """Publisher, ranking and window, the actors every mode shares, with their two channels.
+class Shape(NamedTuple):
+    """How a mode differs: everything else is wired the same."""
 
-    Returns the original sender of the window's inbox: the caller hands clones (or the
-    original itself) to its feeding actors, so the window ends when they all have."""
-    ingest_send, ingest_recv = trio.open_memory_channel[WindowInbox](INGEST_BUFFER)
-    events_send, events_recv = trio.open_memory_channel[PublisherInbox](PUBLISH_QUEUE)
-    settings, metrics, views = svc.settings, svc.metrics, svc.views
-    await nursery.start(
-        partial(
-            run_publisher,
-            events_recv,
-            settings=settings.redis,
-            status=views.redis,
-            metrics=metrics,
-            rand=rand,
-        )
-    )
-    await nursery.start(
-        partial(
-            run_ranking,
-            ingest_send.clone(),
-            events_send.clone(),
-            interval_s=settings.rank_interval_s,
-            top_n=settings.top_n,
-            lookback_min=settings.lookback_min,
-            snapshot=views.ranking,
-            metrics=metrics,
-        )
-    )
-    await nursery.start(
-        partial(
-            run_window,
-            ingest_recv,
-            events_send,
-            lookback_min=settings.lookback_min,
-            feed=views.feed,
-            metrics=metrics,
-            batch_wait_s=batch_wait_s,
-        )
-    )
-    return ingest_send
+    port: int
+    stale_after_s: float  # /health's freshness limit
+    batch_wait_s: float
+    refresh_s: float  # between contract-list reads
+    interval: str  # of the backfilled candles
+    stream: bool  # WebSocket connections and the REST failover
+    backfill: bool
 
 
-def open_paced_rest(svc: Service) -> AbstractAsyncContextManager[RestClient]:
-    """The one paced REST client a mode's backfill and failover share."""
-    rest = svc.settings.rest
-    return open_rest_client(
-        svc.settings.exchange.rest_base,
-        rate_per_s=rest.rate_per_s,
-        timeout_s=rest.timeout_s,
-        metrics=svc.metrics,
+def shape_of(settings: Settings, mode: Mode) -> Shape:
+    if mode == "rest":
+        return Shape(
+            port=settings.rest.port,
+            # "ok" while a kline fetch succeeded within two poll periods.
+            stale_after_s=2 * settings.rest.poll_s,
+            batch_wait_s=0.0,  # REST candles arrive minutes apart: no batching to trade
+            refresh_s=settings.rest.poll_s,  # each read starts a poll round
+            interval=settings.rest.mexc_interval,
+            stream=False,
+            backfill=True,
+        )
+    return Shape(
+        port=settings.http_port,
+        stale_after_s=settings.stale_after_s,
+        batch_wait_s=settings.batch_wait_s,
+        refresh_s=settings.exchange.contracts_refresh_s,
+        interval="Min1",
+        stream=True,
+        backfill=settings.rest.backfill,
     )
 
 
 async def run_service(
     settings: Settings,
     *,
+    mode: Mode = "ws",
+    stop: Callable[[], Awaitable[None]] = trio.sleep_forever,
     wall: Callable[[], float] = time.time,
     rand: Callable[[], float] = random.random,
     task_status: trio.TaskStatus[Service] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run every actor until cancelled; `started()` once HTTP is listening. `wall` is the
-    clock that dates kline history requests (a simulator's in tests); `rand` the jitter
-    source of the reconnect backoff (fixed in tests)."""
+    """Run every actor of `mode`; `started()` once HTTP is listening. Returns when `stop`
+    returned and HTTP drained (or on cancel). `wall` dates kline history requests and
+    listings (a simulator's clock in tests); `rand` is the jitter of every backoff."""
     svc = Service(settings)
+    shape = shape_of(settings, mode)
     metrics, views = svc.metrics, svc.views
-    fill_send, fill_recv = trio.open_memory_channel[frozenset[str]](BACKFILL_REQUESTS)
-    app = create_app(views, metrics, stale_after_s=settings.stale_after_s)
-    async with open_paced_rest(svc) as rest, trio.open_nursery() as nursery:
-        ingest_send = await start_core(nursery, svc, batch_wait_s=settings.batch_wait_s, rand=rand)
-        backfill: trio.MemorySendChannel[frozenset[str]] | None = None
-        if settings.rest.backfill:
+    ingest_send, ingest_recv = trio.open_memory_channel[WindowInbox](INGEST_BUFFER)
+    events_send, events_recv = trio.open_memory_channel[PublisherInbox](PUBLISH_QUEUE)
+    fill_send, fill_recv = trio.open_memory_channel[SymbolSet](REQUESTS_BUFFER)
+    plan_send, plan_recv = trio.open_memory_channel[ChunkPlan](PLANS_BUFFER)
+    fills = fill_send if shape.backfill else None
+    plans = plan_send if shape.stream else None
+    if not shape.backfill:
+        fill_send.close()
+        fill_recv.close()
+    if not shape.stream:
+        plan_send.close()
+        plan_recv.close()
+    rest_settings = settings.rest
+    async with (
+        open_rest_client(
+            settings.exchange.rest_base,
+            rate_per_s=rest_settings.rate_per_s,
+            timeout_s=rest_settings.timeout_s,
+            metrics=metrics,
+            rand=rand,
+        ) as rest,
+        trio.open_nursery() as nursery,
+    ):
+        await nursery.start(
+            partial(
+                run_publisher,
+                events_recv,
+                settings=settings.redis,
+                status=views.redis,
+                metrics=metrics,
+                rand=rand,
+            )
+        )
+        await nursery.start(
+            partial(
+                run_ranking,
+                ingest_send.clone(),
+                events_send.clone(),
+                interval_s=settings.rank_interval_s,
+                top_n=settings.top_n,
+                lookback_min=settings.lookback_min,
+                snapshot=views.ranking,
+                metrics=metrics,
+            )
+        )
+        await nursery.start(
+            partial(
+                run_window,
+                ingest_recv,
+                events_send,
+                lookback_min=settings.lookback_min,
+                feed=views.feed,
+                metrics=metrics,
+                batch_wait_s=shape.batch_wait_s,
+            )
+        )
+        if shape.backfill:
             await nursery.start(
                 partial(
                     run_backfill,
@@ -140,66 +181,117 @@ async def run_service(
                     ingest_send.clone(),
                     fetch=partial(fetch_klines, rest),
                     lookback_min=settings.lookback_min,
+                    interval=shape.interval,
                     progress=views.backfill,
                     metrics=metrics,
                     wall=wall,
                 )
             )
-            backfill = fill_send
-        else:
-            fill_send.close()
-            fill_recv.close()
-        await nursery.start(
-            partial(
-                run_failover,
-                ingest_send.clone(),
-                fetch=partial(fetch_tickers, rest),
-                feed=views.feed,
-                universe=views.universe,
-                status=views.rest,
-                stale_after_s=settings.stale_after_s,
-                poll_s=settings.rest.fallback_poll_s,
-                metrics=metrics,
+        if shape.stream:
+            await nursery.start(
+                partial(
+                    run_failover,
+                    ingest_send.clone(),
+                    fetch=partial(fetch_tickers, rest),
+                    feed=views.feed,
+                    universe=views.universe,
+                    status=views.rest,
+                    stale_after_s=settings.stale_after_s,
+                    poll_s=rest_settings.fallback_poll_s,
+                    metrics=metrics,
+                )
             )
-        )
+            # The connections' supervisor: one connection actor per chunk of the latest plan.
+            ingest_for_conns = ingest_send.clone()
+            fills_for_conns = fills.clone() if fills is not None else None
+
+            def connection(
+                conn_id: int, control: trio.MemoryReceiveChannel[SymbolSet]
+            ) -> Awaitable[None]:
+                return run_connection(
+                    control,
+                    ingest_for_conns.clone(),
+                    conn_id=conn_id,
+                    settings=settings.exchange,
+                    metrics=metrics,
+                    rand=rand,
+                    gaps=None if fills_for_conns is None else fills_for_conns.clone(),
+                    gap_after_s=rest_settings.backfill_gap_s,
+                )
+
+            await nursery.start(
+                partial(
+                    supervise_pool,
+                    plan_recv,
+                    connection,
+                    owned=[c for c in (ingest_for_conns, fills_for_conns) if c is not None],
+                )
+            )
+        ingest_send.close()  # every feeding actor holds its own clone
         await nursery.start(
             partial(
                 run_universe,
-                ingest_send,
+                plans,
+                fills,
+                fetch=partial(fetch_contracts, rest),
                 settings=settings.exchange,
+                refresh_s=shape.refresh_s,
                 status=views.universe,
                 metrics=metrics,
-                backfill=backfill,
-                gap_after_s=settings.rest.backfill_gap_s,
+                wall=wall,
                 rand=rand,
             )
         )
-        svc.http_port = await nursery.start(serve_http, app, settings.http_host, settings.http_port)
-        logger.bind(actor="app").info(
-            "screener serving on {host}:{port}; exchange {ws}; redis {redis}",
-            host=settings.http_host,
-            port=svc.http_port,
-            ws=settings.exchange.ws_url,
-            redis=settings.redis.safe_target(),
+        app = create_app(
+            views, metrics, stale_after_s=shape.stale_after_s, rest_mode=mode == "rest"
         )
+
+        async def serve_then_stop(task_status: trio.TaskStatus[int]) -> None:
+            await serve_http(
+                app, settings.http_host, shape.port, stop=stop, task_status=task_status
+            )
+            nursery.cancel_scope.cancel()  # HTTP drained: now the actors stop
+
+        svc.http_port = await nursery.start(serve_then_stop)
+        if shape.stream:
+            logger.bind(actor="app").info(
+                "screener serving on {host}:{port}; exchange {ws}; redis {redis}",
+                host=settings.http_host,
+                port=svc.http_port,
+                ws=settings.exchange.ws_url,
+                redis=settings.redis.safe_target(),
+            )
+        else:
+            logger.bind(actor="app").info(
+                "REST screener serving on {host}:{port}; {base} every {poll:g}s at {interval}; "
+                "redis {redis}",
+                host=settings.http_host,
+                port=svc.http_port,
+                base=settings.exchange.rest_base,
+                poll=rest_settings.poll_s,
+                interval=rest_settings.interval,
+                redis=settings.redis.safe_target(),
+            )
         task_status.started(svc)
 
 
-async def cancel_on_signal(
-    scope: trio.CancelScope, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+async def set_on_signal(
+    stop: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """SIGTERM/SIGINT cancel the root scope; the actors' own cleanup does the rest."""
+    """SIGTERM/SIGINT set `stop`: the service drains HTTP, then stops its actors."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         task_status.started()
         async for signum in signals:
             logger.bind(actor="app").info(
                 "{sig} received; shutting down", sig=signal.Signals(signum).name
             )
-            scope.cancel()
+            stop.set()
             return
 
 
-async def run_until_signal(settings: Settings) -> None:
+async def run_until_signal(settings: Settings, mode: Mode = "ws") -> None:
+    stop = trio.Event()
     async with trio.open_nursery() as nursery:
-        await nursery.start(cancel_on_signal, nursery.cancel_scope)
-        await nursery.start(run_service, settings)
+        await nursery.start(set_on_signal, stop)
+        await run_service(settings, mode=mode, stop=stop.wait)
+        nursery.cancel_scope.cancel()

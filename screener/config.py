@@ -8,13 +8,12 @@ A bad value raises `ConfigError` carrying one line per offending variable.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-SYMBOL_RE = re.compile(r"^[A-Z0-9_]{1,40}$")
+from screener.mexc.names import INTERVALS, SYMBOL_RE
 
 
 class ConfigError(ValueError):
@@ -199,7 +198,7 @@ VARIABLES: tuple[Variable, ...] = (
         "INTERVAL",
         "1m",
         "`screener rest`: kline interval, 1m, 5m, 15m or 1h",
-        _choice("1m", "5m", "15m", "1h"),
+        _choice(*INTERVALS),
     ),
     Variable(
         "REDIS_URL",
@@ -305,10 +304,6 @@ class RedisSettings:
         if not self.url:
             return f"redis://{self.host}:{self.port}"
         return redact_url(self.url)
-
-
-INTERVALS = {"1m": "Min1", "5m": "Min5", "15m": "Min15", "1h": "Min60"}
-"""`INTERVAL` values and MEXC's names for them."""
 
 
 @dataclass(frozen=True)

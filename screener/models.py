@@ -1,13 +1,15 @@
-"""Immutable records that cross actor channels.
+"""Immutable records that cross actor channels, and the item type of every channel.
 
 NamedTuples rather than frozen dataclasses: equally immutable and typed, but about three
-times cheaper to build, which matters for thousands of pushes per second.
+times cheaper to build, which matters for thousands of pushes per second. Build them by
+keyword outside the hot path.
 """
 
 from __future__ import annotations
 
 import time
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import NamedTuple, TypeAlias
 
 import trio
 
@@ -83,6 +85,14 @@ class StatsRequest(NamedTuple):
     reply: trio.MemorySendChannel[tuple[SymbolStat, ...]]
 
 
+async def ask_stats(window: trio.MemorySendChannel[WindowInbox]) -> tuple[SymbolStat, ...]:
+    """Every symbol's stat from the window actor, through a one-shot reply channel."""
+    reply_send, reply_recv = trio.open_memory_channel[tuple[SymbolStat, ...]](1)
+    await window.send(StatsRequest(reply_send))
+    async with reply_recv:
+        return await reply_recv.receive()
+
+
 class Ranking(NamedTuple):
     """One ranking: immutable, replaced wholesale, read by HTTP and published."""
 
@@ -142,3 +152,18 @@ class RestFeedStatus(NamedTuple):
     active: bool
     last_ok_at: float | None  # trio.current_time() of the last successful poll
     error: str | None  # why the last poll failed, while it fails
+
+
+# --- channel item types (docs/architecture.md, "Channels") ---------------------------------
+
+WindowInbox: TypeAlias = Kline | ConnStatus | StatsRequest
+"""The window actor's inbox: pushes and history, connection states, stats requests."""
+
+PublisherInbox: TypeAlias = list[MarketData] | Ranking
+"""The publisher's inbox: one batch of events per window wakeup, and each ranking."""
+
+ChunkPlan: TypeAlias = Mapping[int, frozenset[str]]
+"""The universe's chunk assignment: chunk id -> its symbols; an empty set retires the chunk."""
+
+SymbolSet: TypeAlias = frozenset[str]
+"""Symbols to (re)fill from REST history, or a chunk's desired subscriptions."""

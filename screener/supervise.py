@@ -1,4 +1,5 @@
-"""One-for-one restart with capped exponential backoff and full jitter.
+"""Supervision: one-for-one restart with capped exponential backoff and full jitter, and
+a pool that keeps one child per key of a changing plan (the connection actors, one per chunk).
 
 Only what talks to the outside is supervised (connections, Redis, REST), and only for a
 named list of exceptions: anything else is a bug and crashes the process, as it should.
@@ -7,12 +8,17 @@ The random source is injected so tests assert the exact schedule under `MockCloc
 
 from __future__ import annotations
 
+import contextlib
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import trio
 from loguru import logger
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 @dataclass
@@ -104,3 +110,45 @@ async def run_supervised(
             "{name} failed ({reason}); retry in {delay:.2f}s", name=name, reason=reason, delay=delay
         )
         await trio.sleep(delay)
+
+
+async def supervise_pool(
+    plans: trio.MemoryReceiveChannel[Mapping[K, V]],
+    start_child: Callable[[K, trio.MemoryReceiveChannel[V]], Awaitable[None]],
+    *,
+    owned: Sequence[trio.abc.AsyncResource] = (),
+    control_buffer: int = 8,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """One child per key of the latest plan: started with its own control channel (which
+    this supervisor owns and feeds the key's value), told of every change of the value,
+    retired by closing its channel when the value becomes empty (falsy).
+
+    The children restart themselves (`run_supervised`); a child that raises anything else
+    crashes the pool, as a bug should. When `plans` ends, every control channel is closed,
+    so the children end too. `owned`: resources the children borrow (the channel clones
+    they clone from), closed on exit.
+    """
+    controls: dict[K, trio.MemorySendChannel[V]] = {}
+    current: dict[K, V] = {}
+    async with contextlib.AsyncExitStack() as stack:
+        for resource in owned:
+            await stack.enter_async_context(resource)
+        async with plans, trio.open_nursery() as nursery:
+            task_status.started()
+            async for plan in plans:
+                for key, value in plan.items():
+                    if not value:
+                        if key in controls:
+                            await controls.pop(key).aclose()
+                            del current[key]
+                    elif key not in controls:
+                        send, recv = trio.open_memory_channel[V](control_buffer)
+                        send.send_nowait(value)
+                        controls[key], current[key] = send, value
+                        nursery.start_soon(start_child, key, recv)
+                    elif value != current[key]:
+                        current[key] = value
+                        await controls[key].send(value)
+            for send in controls.values():
+                await send.aclose()

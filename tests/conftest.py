@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from screener.devredis import RedisServer
+from devtools.devredis import RedisServer
 
 
 @pytest.fixture

@@ -1,0 +1,118 @@
+"""Helpers for tests that run the whole service over loopback: the simulator, a real
+redis-server, the service in-process (or as a subprocess), a Redis subscriber."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any
+
+import httpx
+import orjson
+import redis
+import trio
+
+from devtools.simulator import FakeExchange, SimAddress, SimConfig
+from screener.app import Service, run_service
+from screener.config import Settings, load_settings
+
+
+def service_settings(sim: SimAddress, redis_port: int, **overrides: str) -> Settings:
+    env = {
+        "MEXC_BASE": sim.rest_url,
+        "MEXC_WS_URL": sim.ws_url,
+        "REDIS_HOST": "127.0.0.1",
+        "REDIS_PORT": str(redis_port),
+        "HTTP_HOST": "127.0.0.1",
+        "WS_SCREENER_PORT": "0",
+        "SUBSCRIBE_PAUSE_S": "0.001",
+        "SUBSCRIBE_BATCH": "100",
+        "RANK_INTERVAL_S": "0.2",
+        "LOG_FORMAT": "text",
+        # Windows start empty unless a test asks for REST history (BACKFILL=on), so the
+        # figures of a test that only pushes are those pushes' own.
+        "BACKFILL": "off",
+    }
+    env.update(overrides)
+    return load_settings(env)
+
+
+class Subscriber:
+    """Collects every message of some Redis pub/sub channels on a thread of its own.
+
+    Create it before the service starts so nothing published is missed.
+    """
+
+    def __init__(self, port: int, *channels: str, password: str | None = None) -> None:
+        self.client = redis.Redis(port=port, password=password)
+        self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        self.messages: dict[str, list[dict[str, Any]]] = {c: [] for c in channels}
+        self._lock = threading.Lock()
+        self.pubsub.subscribe(**dict.fromkeys(channels, self._handle))
+        self._thread = self.pubsub.run_in_thread(sleep_time=0.01, daemon=True)
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        with self._lock:
+            self.messages[message["channel"].decode()].append(orjson.loads(message["data"]))
+
+    def get(self, channel: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.messages[channel])
+
+    def close(self) -> None:
+        self._thread.stop()
+        self._thread.join(5)
+        self.pubsub.close()
+        self.client.close()
+
+
+async def eventually(check: Callable[[], bool], *, within_s: float = 10.0, what: str = "") -> None:
+    """Wait for a condition that depends on real sockets, threads or another process.
+
+    Polling is deliberate: those have no trio.Event to wait on. The ceiling keeps it bounded.
+    """
+    with trio.move_on_after(within_s):
+        while not check():  # noqa: ASYNC110
+            await trio.sleep(0.02)
+        return
+    raise AssertionError(f"not within {within_s}s: {what or check}")
+
+
+@asynccontextmanager
+async def simulator(
+    config: SimConfig, *, clock: Callable[[], float] = time.time
+) -> AsyncIterator[tuple[FakeExchange, SimAddress]]:
+    """The fake exchange on loopback ports, for the length of the block."""
+    exchange = FakeExchange(config, clock=clock)
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(exchange.serve)
+        yield exchange, address
+        nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def running(
+    sim: SimAddress,
+    redis_port: int,
+    *,
+    wall: Callable[[], float] = time.time,
+    rand: Callable[[], float] = random.random,
+    **env: str,
+) -> AsyncIterator[tuple[Service, httpx.AsyncClient]]:
+    """The whole service in-process against `sim`, with an HTTP client on its port."""
+    settings = service_settings(sim, redis_port, **env)
+    async with trio.open_nursery() as nursery:
+        svc: Service = await nursery.start(partial(run_service, settings, wall=wall, rand=rand))
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{svc.http_port}") as http:
+            yield svc, http
+        nursery.cancel_scope.cancel()
+
+
+def counter(svc: Service, name: str, **labels: str) -> float:
+    """A sample of the service's own Prometheus registry (0 before it exists)."""
+    value = svc.metrics.registry.get_sample_value(name, labels or None)
+    return 0.0 if value is None else value

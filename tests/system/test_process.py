@@ -1,0 +1,150 @@
+"""The service as a real process: CLI, config errors, port in use, SIGTERM under load."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import trio
+
+from devtools.devredis import RedisServer, free_port
+from devtools.simulator import FakeExchange, SimAddress, SimConfig
+from tests.system.service_harness import eventually
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def env_for(
+    sim: SimAddress | None, redis_port: int, http_port: int, **extra: str
+) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("MEXC_BASE", "MEXC_WS_URL")}
+    env |= {
+        "REDIS_HOST": "127.0.0.1",
+        "REDIS_PORT": str(redis_port),
+        "HTTP_HOST": "127.0.0.1",
+        "WS_SCREENER_PORT": str(http_port),
+        "LOG_FORMAT": "json",
+    }
+    if sim is not None:
+        env |= {"MEXC_BASE": sim.rest_url, "MEXC_WS_URL": sim.ws_url}
+    return env | extra
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "screener", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_help_lists_every_variable() -> None:
+    from screener.config import VARIABLES
+
+    out = run_cli("--help")
+    assert out.returncode == 0
+    for var in VARIABLES:
+        assert var.name in out.stdout
+
+
+def test_bad_config_is_one_line_per_variable_and_exit_2() -> None:
+    env = env_for(None, 1, 8000, LOOKBACK_MIN="abc", TOP_N="0")
+    out = run_cli(env=env)
+    assert out.returncode == 2
+    assert out.stderr.splitlines() == [
+        "screener: config error: LOOKBACK_MIN='abc': not a number",
+        "screener: config error: TOP_N='0': must be between 1 and 100",
+    ]
+
+
+def test_port_in_use_exits_non_zero_with_a_clear_message(redis_server: RedisServer) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = run_cli(
+            env=env_for(
+                None,
+                redis_server.port,
+                port,
+                MEXC_BASE="http://127.0.0.1:9",
+                MEXC_WS_URL="ws://127.0.0.1:9/edge",
+            )
+        )
+    assert out.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in out.stderr
+
+
+@asynccontextmanager
+async def simulator(config: SimConfig) -> AsyncIterator[tuple[FakeExchange, SimAddress]]:
+    exchange = FakeExchange(config)
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(exchange.serve)
+        yield exchange, address
+        nursery.cancel_scope.cancel()
+
+
+async def _sigterm_exits_cleanly(redis_port: int) -> tuple[FakeExchange, float, int, str]:
+    http_port = free_port()
+    async with simulator(SimConfig(symbols=300, rate_per_s=3000)) as (ex, sim):
+        proc = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "screener"],
+            cwd=ROOT,
+            stderr=subprocess.PIPE,
+            env=env_for(sim, redis_port, http_port, MAX_SYMBOLS_PER_CONN="100"),
+        )
+        try:
+            async with httpx.AsyncClient() as http:
+
+                async def healthy() -> bool:
+                    try:
+                        r = await http.get(f"http://127.0.0.1:{http_port}/health")
+                    except httpx.TransportError:
+                        return False
+                    return r.status_code == 200
+
+                with trio.fail_after(20):
+                    while not await healthy():  # noqa: ASYNC110 - another process
+                        await trio.sleep(0.05)
+            await eventually(lambda: ex.connections == 3)
+            await trio.sleep(0.5)  # let it run under full load for a moment
+            started = trio.current_time()
+            proc.send_signal(signal.SIGTERM)
+            with trio.fail_after(10):
+                code = await proc.wait()
+            elapsed = trio.current_time() - started
+            assert proc.stderr is not None
+            log = (await proc.stderr.receive_some(1 << 20)).decode(errors="replace")
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        await eventually(lambda: ex.connections == 0)
+        return ex, elapsed, code, log
+
+
+async def test_sigterm_under_load_exits_0_within_5s_closing_sockets_with_1000(
+    redis_server: RedisServer,
+) -> None:
+    ex, elapsed, code, log = await _sigterm_exits_cleanly(redis_server.port)
+    assert code == 0, log[-2000:]
+    assert elapsed < 5
+    assert ex.closed_codes.count(1000) == 3
+    assert "SIGTERM received" in log
+
+
+async def test_sigterm_while_redis_is_down_exits_0_within_5s(tmp_path: Path) -> None:
+    _, elapsed, code, log = await _sigterm_exits_cleanly(free_port())
+    assert code == 0, log[-2000:]
+    assert elapsed < 5
