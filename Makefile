@@ -11,17 +11,21 @@ $(STAMP): pyproject.toml devtools/pyproject.toml
 	$(BIN)/pip install -q -e ./devtools -e '.[dev]'
 	touch $(STAMP)
 
-.PHONY: install test lint run demo simulate bench
+.PHONY: install test test-fast lint run demo simulate bench
 install: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy screener actors
+	$(BIN)/mypy screener actors devtools
 
 ## the test command: lint, then every test (starts its own redis-server and simulator)
 test: lint
 	$(BIN)/pytest
+
+## lint, then the unit and MockClock tests only (seconds; no processes, sockets or redis-server)
+test-fast: lint
+	$(BIN)/pytest -m "not system"
 
 ## the service against the real exchange (env from the shell or .env; see .env.example)
 run: $(STAMP)

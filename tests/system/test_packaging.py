@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import threading
+import zipfile
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -31,6 +32,7 @@ DOCKERFILE = ROOT / "docker" / "Dockerfile"
 ENV_EXAMPLE = ROOT / ".env.example"
 NAMES = [var.name for var in VARIABLES]
 SCREENERS = ("screener_ws", "screener_rest", "screener_demo")
+DEMO = ("screener_demo", "simulator")
 RUNTIME_DEPS = {
     "trio",
     "trio-websocket",
@@ -232,6 +234,8 @@ def check_services(services: dict[str, Any]) -> None:
         assert "no-new-privileges:true" in svc["security_opt"], name
         assert "/tmp" in svc["tmpfs"], name
         assert svc["build"]["dockerfile"] == "docker/Dockerfile", name
+        # Only the demo profile's image carries the development tools.
+        assert svc["build"]["target"] == ("demo" if name in DEMO else "runtime"), name
     for name in SCREENERS:
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy", name
     assert services["screener_demo"]["depends_on"]["simulator"]["condition"] == "service_healthy"
@@ -265,10 +269,17 @@ def test_dockerfile_contract() -> None:
     text = DOCKERFILE.read_text()
     instructions = [line for line in text.splitlines() if line and not line.startswith("#")]
     stages = [i for i, line in enumerate(instructions) if line.startswith("FROM ")]
-    assert len(stages) == 2, "builder + final stage"
+    names = [instructions[i].split()[-1] for i in stages]
+    assert names == ["builder", "base", "demo", "runtime"], "the runtime image is the default"
     assert "ARG PYTHON_IMAGE=python:3.11-slim" in instructions
-    final = "\n".join(instructions[stages[-1] :])
-    assert "COPY --from=builder /opt/venv /opt/venv" in final
+    # What the runtime image is made of: the base stage, then the service's venv only.
+    final = "\n".join(instructions[stages[1] : stages[2]] + instructions[stages[3] :])
+    assert instructions[stages[3] :] == [
+        "FROM base AS runtime",
+        "COPY --from=builder /opt/venv /opt/venv",
+    ]
+    demo = instructions[stages[2] : stages[3]]
+    assert demo == ["FROM base AS demo", "COPY --from=builder /opt/venv-demo /opt/venv"]
     assert not re.search(r"apt-get|gcc|build-essential|pip install|curl", final)
     user = re.search(r"^USER (\S+)", final, re.MULTILINE)
     assert user, "no USER in the final stage"
@@ -276,7 +287,7 @@ def test_dockerfile_contract() -> None:
     assert "EXPOSE 8000" in instructions
     assert "STOPSIGNAL SIGTERM" in instructions
     assert 'CMD ["python", "-m", "screener.healthcheck"]' in final
-    assert instructions[-1] == 'CMD ["screener"]'
+    assert 'CMD ["screener"]' in final
     assert "LOG_FORMAT=json" in final
     assert "-r /tmp/constraints.txt" in text
 
@@ -378,3 +389,24 @@ def test_healthcheck_fails_on_bad_config() -> None:
     result = run_healthcheck("not-a-port")
     assert result.returncode == 1
     assert "WS_SCREENER_PORT" in result.stdout
+
+
+# --- the runtime wheel ------------------------------------------------------------------------
+
+
+def test_runtime_wheel_carries_no_development_tools(tmp_path: Path) -> None:
+    """The wheel the image installs holds the service only: no simulator, no benchmark."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(ROOT)],
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
+    [wheel] = tmp_path.glob("screener-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        tops = {name.split("/")[0] for name in archive.namelist()}
+        modules = [n for n in archive.namelist() if n.endswith(".py")]
+    assert {"screener", "actors"} <= tops
+    assert not any(top.startswith("devtools") for top in tops), sorted(tops)
+    assert not [m for m in modules if "simulator" in m or "bench" in m]
+    assert "screener/mexc/frames.py" in modules

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 
 from devtools.devredis import RedisServer, free_port
@@ -148,3 +149,19 @@ async def test_sigterm_while_redis_is_down_exits_0_within_5s(tmp_path: Path) -> 
     _, elapsed, code, log = await _sigterm_exits_cleanly(free_port())
     assert code == 0, log[-2000:]
     assert elapsed < 5
+
+
+@pytest.mark.parametrize("command", ["simulate", "bench"])
+def test_development_commands_say_how_to_install_them_where_absent(command: str) -> None:
+    """The runtime image has no development tools: one clear line and exit 2, no traceback."""
+    hide = (
+        "import sys; sys.modules['devtools'] = None; "
+        f"from screener.__main__ import main; sys.exit(main([{command!r}]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", hide], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert out.returncode == 2
+    assert f"`screener {command}` is a development tool" in out.stderr
+    assert "make install" in out.stderr
+    assert "Traceback" not in out.stderr
