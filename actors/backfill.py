@@ -101,7 +101,6 @@ class Backfill:
 
     def __init__(
         self,
-        *,
         fetch: FetchKlines,
         lookback_min: int,
         interval: str,
@@ -191,14 +190,7 @@ async def run_backfill(
     wall: Callable[[], float] = time.time,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    backfill = Backfill(
-        fetch=fetch,
-        lookback_min=lookback_min,
-        interval=interval,
-        progress=progress,
-        metrics=metrics,
-        wall=wall,
-    )
+    backfill = Backfill(fetch, lookback_min, interval, progress, metrics, wall)
     work_send, work_recv = trio.open_memory_channel[str](0)
     async with outbox:
         task_status.started()

@@ -132,12 +132,9 @@ class Publisher:
                 continue
             self._published(events, ranking, result)
 
-    async def final_flush(self) -> None:
+    async def final_flush(self, events: list[MarketData], ranking: Ranking | None) -> None:
         """On shutdown: one last pipeline with a fresh client (an abandoned call may still
-        hold the old one); the caller bounds it with a deadline. Either outcome is logged."""
-        if not len(self.buffer):
-            return
-        events, ranking = self.buffer.take()
+        hold the old one). The caller bounds it with a deadline; a refusal is logged here."""
         client = make_client(self.settings)
         try:
             await trio.to_thread.run_sync(
@@ -145,13 +142,14 @@ class Publisher:
             )
             self.log.info("flushed {n} pending events", n=len(events))
         except REDIS_ERRORS as exc:
-            self.log.warning(
-                "final flush failed, {n} events not published ({reason})",
-                n=len(events),
-                reason=failure_text(exc),
-            )
+            self.report_unflushed(len(events), failure_text(exc))
         finally:
             client.close()
+
+    def report_unflushed(self, n: int, reason: str) -> None:
+        self.log.warning(
+            "final flush failed, {n} events not published ({reason})", n=n, reason=reason
+        )
 
     async def _reconnect(self, client: redis.Redis) -> bool:
         try:
@@ -231,6 +229,11 @@ async def run_publisher(
             nursery.start_soon(publisher.collect, inbox)
             nursery.start_soon(publisher.flush, client)
     finally:
-        with trio.CancelScope(shield=True, deadline=trio.current_time() + FINAL_FLUSH_S):
-            await publisher.final_flush()
         client.close()
+        events, ranking = publisher.buffer.take()
+        if events or ranking is not None:
+            deadline = trio.current_time() + FINAL_FLUSH_S
+            with trio.CancelScope(shield=True, deadline=deadline) as final:
+                await publisher.final_flush(events, ranking)
+            if final.cancelled_caught:  # Redis hangs: say what is lost, never wait longer
+                publisher.report_unflushed(len(events), f"no answer within {FINAL_FLUSH_S:g}s")

@@ -38,11 +38,11 @@ async def run_ranking(
     requests: trio.MemorySendChannel[WindowInbox],
     outbox: trio.MemorySendChannel[PublisherInbox],
     *,
+    snapshot: Latest[Ranking | None],
+    metrics: Metrics,
     interval_s: float,
     top_n: int,
     lookback_min: int,
-    snapshot: Latest[Ranking | None],
-    metrics: Metrics,
     wall: Callable[[], float] = time.time,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:

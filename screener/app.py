@@ -180,11 +180,11 @@ async def run_service(
                     fill_recv,
                     ingest_send.clone(),
                     fetch=partial(fetch_klines, rest),
+                    metrics=metrics,
+                    wall=wall,
                     lookback_min=settings.lookback_min,
                     interval=shape.interval,
                     progress=views.backfill,
-                    metrics=metrics,
-                    wall=wall,
                 )
             )
         if shape.stream:
@@ -193,12 +193,12 @@ async def run_service(
                     run_failover,
                     ingest_send.clone(),
                     fetch=partial(fetch_tickers, rest),
+                    metrics=metrics,
                     feed=views.feed,
                     universe=views.universe,
                     status=views.rest,
                     stale_after_s=settings.stale_after_s,
                     poll_s=rest_settings.fallback_poll_s,
-                    metrics=metrics,
                 )
             )
             # The connections' supervisor: one connection actor per chunk of the latest plan.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
 from screener.mexc.names import INTERVALS, SYMBOL_RE
@@ -26,10 +26,14 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Variable:
+    """One environment variable: its default, its help line, how it is parsed and checked,
+    and which settings field it fills (`into`: "group.field" or a top-level field)."""
+
     name: str
     default: str
     help: str
     parse: Callable[[str], Any]
+    into: str
     secret: bool = False
 
 
@@ -100,27 +104,35 @@ VARIABLES: tuple[Variable, ...] = (
         "https://api.mexc.com",
         "REST base URL of the futures API",
         _url("http", "https"),
+        into="exchange.rest_base",
     ),
     Variable(
         "MEXC_WS_URL",
         "wss://contract.mexc.com/edge",
         "futures WebSocket endpoint",
         _url("ws", "wss"),
+        into="exchange.ws_url",
     ),
     Variable(
         "SYMBOL_WHITELIST",
         "",
         "comma list restricting the symbols (empty: all live USDT perpetuals)",
         _symbols,
+        into="exchange.whitelist",
     ),
     Variable(
         "CONTRACTS_REFRESH_S",
         "3600",
         "seconds between re-reads of contract/detail",
         _positive_float,
+        into="exchange.contracts_refresh_s",
     ),
     Variable(
-        "MAX_SYMBOLS_PER_CONN", "200", "symbols per WebSocket connection", _int_range(1, 1000)
+        "MAX_SYMBOLS_PER_CONN",
+        "200",
+        "symbols per WebSocket connection",
+        _int_range(1, 1000),
+        into="exchange.max_symbols_per_conn",
     ),
     Variable(
         "MAX_SYMBOLS",
@@ -128,28 +140,40 @@ VARIABLES: tuple[Variable, ...] = (
         "most symbols tracked; beyond it the rest are skipped with a warning (a runaway "
         "contract list must not exhaust memory or sockets)",
         _int_range(1, 100_000),
+        into="exchange.max_symbols",
     ),
     Variable(
         "PING_INTERVAL_S",
         "15",
         "seconds between pings; silence for twice this closes and reconnects",
         _positive_float,
+        into="exchange.ping_interval_s",
     ),
-    Variable("LOOKBACK_MIN", "15", "rolling window length in minutes", _int_range(1, 1440)),
+    Variable(
+        "LOOKBACK_MIN",
+        "15",
+        "rolling window length in minutes",
+        _int_range(1, 1440),
+        into="lookback_min",
+    ),
     Variable(
         "STALE_AFTER_S",
         "60",
         "/health turns 503 when no push arrived for this long",
         _positive_float,
+        into="stale_after_s",
     ),
-    Variable("RANK_INTERVAL_S", "15", "seconds between rankings", _positive_float),
-    Variable("TOP_N", "5", "gainers and losers per ranking", _int_range(1, 100)),
+    Variable(
+        "RANK_INTERVAL_S", "15", "seconds between rankings", _positive_float, into="rank_interval_s"
+    ),
+    Variable("TOP_N", "5", "gainers and losers per ranking", _int_range(1, 100), into="top_n"),
     Variable(
         "BATCH_WAIT_MS",
         "5",
         "how long the window actor gathers pushes into one batch for Redis: a few ms of "
         "latency for far less CPU (0: no wait)",
-        _int_range(0, 1000),
+        lambda raw: _int_range(0, 1000)(raw) / 1000,
+        into="batch_wait_s",
     ),
     Variable(
         "REST_RATE_PER_S",
@@ -157,48 +181,56 @@ VARIABLES: tuple[Variable, ...] = (
         "REST requests per second, paced evenly (MEXC allows 20 per 2 s); halved for 30 s "
         "after a rate-limit answer",
         _positive_float,
+        into="rest.rate_per_s",
     ),
     Variable(
         "REST_TIMEOUT_S",
         "10",
         "seconds before a REST request counts as timed out (then retried)",
         _positive_float,
+        into="rest.timeout_s",
     ),
     Variable(
         "BACKFILL",
         "on",
         "on: fill the windows from REST klines at start and after a connection gap",
-        _choice("on", "off"),
+        lambda raw: _choice("on", "off")(raw) == "on",
+        into="rest.backfill",
     ),
     Variable(
         "BACKFILL_GAP_S",
         "60",
         "a connection down at least this long refills its symbols from REST when back",
         _positive_float,
+        into="rest.backfill_gap_s",
     ),
     Variable(
         "FALLBACK_POLL_S",
         "10",
         "seconds between REST ticker polls while no push arrives for STALE_AFTER_S",
         _positive_float,
+        into="rest.fallback_poll_s",
     ),
     Variable(
         "REST_SCREENER_PORT",
         "8080",
         "HTTP port of `screener rest` (/health, /top5, /metrics)",
         _int_range(0, 65535),
+        into="rest.port",
     ),
     Variable(
         "REST_POLL_S",
         "300",
         "`screener rest`: seconds between kline polls of every symbol",
         _positive_float,
+        into="rest.poll_s",
     ),
     Variable(
         "INTERVAL",
         "1m",
         "`screener rest`: kline interval, 1m, 5m, 15m or 1h",
         _choice(*INTERVALS),
+        into="rest.interval",
     ),
     Variable(
         "REDIS_URL",
@@ -206,56 +238,96 @@ VARIABLES: tuple[Variable, ...] = (
         "redis:// URL; when set, REDIS_HOST/PORT/PASSWORD are ignored",
         _optional_url("redis", "rediss", "unix"),
         secret=True,
+        into="redis.url",
     ),
-    Variable("REDIS_HOST", "localhost", "Redis host", _non_empty),
-    Variable("REDIS_PORT", "6379", "Redis port", _int_range(1, 65535)),
-    Variable("REDIS_PASSWORD", "", "Redis password (empty: none)", _text, secret=True),
-    Variable("MARKET_DATA_CHANNEL", "market_data", "pub/sub channel of candle events", _non_empty),
-    Variable("TOP_MOVERS_CHANNEL", "top_movers", "pub/sub channel of rankings", _non_empty),
+    Variable("REDIS_HOST", "localhost", "Redis host", _non_empty, into="redis.host"),
+    Variable("REDIS_PORT", "6379", "Redis port", _int_range(1, 65535), into="redis.port"),
+    Variable(
+        "REDIS_PASSWORD",
+        "",
+        "Redis password (empty: none)",
+        _text,
+        secret=True,
+        into="redis.password",
+    ),
+    Variable(
+        "MARKET_DATA_CHANNEL",
+        "market_data",
+        "pub/sub channel of candle events",
+        _non_empty,
+        into="redis.market_data_channel",
+    ),
+    Variable(
+        "TOP_MOVERS_CHANNEL",
+        "top_movers",
+        "pub/sub channel of rankings",
+        _non_empty,
+        into="redis.top_movers_channel",
+    ),
     Variable(
         "PUBLISH_MODE",
         "pubsub",
         "pubsub, stream (XADD to a stream named like the channel, so a restarted consumer "
         "resumes) or both",
         _choice("pubsub", "stream", "both"),
+        into="redis.mode",
     ),
     Variable(
         "STREAM_MAXLEN",
         "100000",
         "approximate length cap of each stream (MAXLEN ~)",
         _int_range(1000, 100_000_000),
+        into="redis.stream_maxlen",
     ),
     Variable(
         "PUBLISH_BUFFER",
         "20000",
         "events held while Redis is slow or down; beyond it only the newest per symbol is kept",
         _int_range(100, 10_000_000),
+        into="redis.buffer",
     ),
-    Variable("HTTP_HOST", "0.0.0.0", "HTTP bind address", _non_empty),
+    Variable("HTTP_HOST", "0.0.0.0", "HTTP bind address", _non_empty, into="http_host"),
     Variable(
-        "WS_SCREENER_PORT", "8000", "HTTP port of /health, /top5, /metrics", _int_range(0, 65535)
+        "WS_SCREENER_PORT",
+        "8000",
+        "HTTP port of /health, /top5, /metrics",
+        _int_range(0, 65535),
+        into="http_port",
     ),
     Variable(
         "WS_MAX_MESSAGE_BYTES",
         "1048576",
         "largest WebSocket message accepted",
         _int_range(1024, 64 * 1024 * 1024),
+        into="exchange.max_message_bytes",
     ),
     Variable(
         "SUBSCRIBE_BATCH",
         "20",
         "sub.kline requests sent back to back before a pause",
         _int_range(1, 1000),
+        into="exchange.subscribe_batch",
     ),
-    Variable("SUBSCRIBE_PAUSE_S", "0.05", "pause between subscribe batches", _positive_float),
     Variable(
-        "LOG_FORMAT", "json", "json (JSON lines) or text (for people)", _choice("json", "text")
+        "SUBSCRIBE_PAUSE_S",
+        "0.05",
+        "pause between subscribe batches",
+        _positive_float,
+        into="exchange.subscribe_pause_s",
+    ),
+    Variable(
+        "LOG_FORMAT",
+        "json",
+        "json (JSON lines) or text (for people)",
+        _choice("json", "text"),
+        into="log_format",
     ),
     Variable(
         "LOG_LEVEL",
         "INFO",
         "DEBUG, INFO, WARNING or ERROR",
         lambda raw: _choice("debug", "info", "warning", "error")(raw).upper(),
+        into="log_level",
     ),
 )
 
@@ -372,52 +444,19 @@ def parse_env(env: Mapping[str, str]) -> dict[str, Any]:
     return values
 
 
+GROUPS: Final = {"exchange": ExchangeSettings, "redis": RedisSettings, "rest": RestSettings}
+"""The settings groups a variable's `into` may name."""
+
+
 def load_settings(env: Mapping[str, str]) -> Settings:
-    v = parse_env(env)
-    return Settings(
-        exchange=ExchangeSettings(
-            rest_base=v["MEXC_BASE"],
-            ws_url=v["MEXC_WS_URL"],
-            whitelist=v["SYMBOL_WHITELIST"],
-            contracts_refresh_s=v["CONTRACTS_REFRESH_S"],
-            max_symbols_per_conn=v["MAX_SYMBOLS_PER_CONN"],
-            max_symbols=v["MAX_SYMBOLS"],
-            ping_interval_s=v["PING_INTERVAL_S"],
-            max_message_bytes=v["WS_MAX_MESSAGE_BYTES"],
-            subscribe_batch=v["SUBSCRIBE_BATCH"],
-            subscribe_pause_s=v["SUBSCRIBE_PAUSE_S"],
-        ),
-        redis=RedisSettings(
-            url=v["REDIS_URL"],
-            host=v["REDIS_HOST"],
-            port=v["REDIS_PORT"],
-            password=v["REDIS_PASSWORD"],
-            market_data_channel=v["MARKET_DATA_CHANNEL"],
-            top_movers_channel=v["TOP_MOVERS_CHANNEL"],
-            buffer=v["PUBLISH_BUFFER"],
-            mode=v["PUBLISH_MODE"],
-            stream_maxlen=v["STREAM_MAXLEN"],
-        ),
-        rest=RestSettings(
-            rate_per_s=v["REST_RATE_PER_S"],
-            timeout_s=v["REST_TIMEOUT_S"],
-            backfill=v["BACKFILL"] == "on",
-            backfill_gap_s=v["BACKFILL_GAP_S"],
-            fallback_poll_s=v["FALLBACK_POLL_S"],
-            port=v["REST_SCREENER_PORT"],
-            poll_s=v["REST_POLL_S"],
-            interval=v["INTERVAL"],
-        ),
-        lookback_min=v["LOOKBACK_MIN"],
-        stale_after_s=v["STALE_AFTER_S"],
-        rank_interval_s=v["RANK_INTERVAL_S"],
-        batch_wait_s=v["BATCH_WAIT_MS"] / 1000,
-        top_n=v["TOP_N"],
-        http_host=v["HTTP_HOST"],
-        http_port=v["WS_SCREENER_PORT"],
-        log_format=v["LOG_FORMAT"],
-        log_level=v["LOG_LEVEL"],
-    )
+    """The settings tree from `env`; `ConfigError` with every problem at once."""
+    values = parse_env(env)
+    top: dict[str, Any] = {}
+    groups: dict[str, dict[str, Any]] = {name: {} for name in GROUPS}
+    for var in VARIABLES:
+        group, _, field = var.into.rpartition(".")
+        (groups[group] if group else top)[field] = values[var.name]
+    return Settings(**top, **{name: GROUPS[name](**fields) for name, fields in groups.items()})
 
 
 def describe_variables() -> str:

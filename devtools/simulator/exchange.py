@@ -20,8 +20,9 @@ from bisect import bisect_left
 from dataclasses import dataclass
 from typing import Any, Final
 
+from screener.mexc.names import INTERVAL_MINUTES
+
 __all__ = [
-    "INTERVAL_MINUTES",
     "Candle",
     "Market",
     "SimAddress",
@@ -37,18 +38,6 @@ KLINE_LIMIT: Final = 2000
 
 HISTORY_CAP: Final = 2000
 """Closed live candles kept per symbol; older ones fold into the synthetic past."""
-
-INTERVAL_MINUTES: Final[dict[str, int]] = {
-    "Min1": 1,
-    "Min5": 5,
-    "Min15": 15,
-    "Min30": 30,
-    "Min60": 60,
-    "Hour4": 240,
-    "Hour8": 480,
-    "Day1": 1440,
-}
-"""REST kline intervals served (Week1/Month1 are not: their alignment is undocumented)."""
 
 _SYNTH_PERIODS: Final = (47.0, 263.0, 1201.0, 5003.0, 19997.0)
 _MASK64: Final = (1 << 64) - 1

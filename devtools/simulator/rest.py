@@ -19,7 +19,8 @@ from hypercorn.trio import serve
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from devtools.simulator.exchange import INTERVAL_MINUTES, Market
+from devtools.simulator.exchange import Market
+from screener.mexc.names import INTERVAL_MINUTES
 
 __all__ = ["FAULTS", "RestSide"]
 

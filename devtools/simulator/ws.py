@@ -30,7 +30,8 @@ from trio_websocket import (
 )
 from wsproto.events import BytesMessage, TextMessage
 
-from devtools.simulator.exchange import INTERVAL_MINUTES, Market
+from devtools.simulator.exchange import Market
+from screener.mexc.names import INTERVAL_MINUTES
 
 __all__ = ["WsHub"]
 

@@ -22,6 +22,7 @@ import math
 import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, TypeVar
 
 import httpx
@@ -78,6 +79,7 @@ class _Retry(Exception):
         self.reason = reason
 
 
+@dataclass
 class TokenBucket:
     """Pure core of the rate limiter: `reserve(now)` books the next request slot.
 
@@ -87,22 +89,18 @@ class TokenBucket:
     queue of callers already booked, each told how long to wait.
     """
 
-    def __init__(
-        self,
-        rate_per_s: float,
-        *,
-        capacity: float = 1.0,
-        slow_for_s: float = SLOW_FOR_S,
-        min_factor: float = MIN_FACTOR,
-    ) -> None:
-        self.base_rate = rate_per_s
-        self.capacity = capacity
-        self.slow_for_s = slow_for_s
-        self.min_factor = min_factor
-        self.tokens = capacity
-        self.factor = 1.0
-        self.slow_until = -math.inf
-        self.updated: float | None = None
+    base_rate: float  # requests per second at full speed
+    _: KW_ONLY
+    capacity: float = 1.0
+    slow_for_s: float = SLOW_FOR_S
+    min_factor: float = MIN_FACTOR
+    tokens: float = field(init=False)
+    factor: float = field(init=False, default=1.0)
+    slow_until: float = field(init=False, default=-math.inf)
+    updated: float | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.tokens = self.capacity
 
     @property
     def rate(self) -> float:
@@ -164,33 +162,27 @@ class RateLimiter:
         return self.bucket.rate_at(trio.current_time())
 
 
+@dataclass
 class RestClient:
     """GET with pacing, a bounded number of open requests, retries and envelope decoding."""
 
-    def __init__(
-        self,
-        http: httpx.AsyncClient,
-        base: str,
-        *,
-        limiter: RateLimiter,
-        metrics: Metrics,
-        timeout_s: float,
-        attempts: int = ATTEMPTS,
-        retry_first_s: float = 0.5,
-        rand: Callable[[], float] = random.random,
-    ) -> None:
-        self.http = http
-        self.base = base
-        self.limiter = limiter
-        self.metrics = metrics
-        self.timeout_s = timeout_s
-        self.attempts = attempts
-        self.retry_first_s = retry_first_s
-        self.rand = rand
+    http: httpx.AsyncClient
+    base: str
+    _: KW_ONLY
+    limiter: RateLimiter
+    metrics: Metrics
+    timeout_s: float
+    attempts: int = ATTEMPTS
+    retry_first_s: float = 0.5
+    rand: Callable[[], float] = random.random
+    slots: trio.CapacityLimiter = field(init=False)
+    quiet: RateLimited = field(init=False)
+
+    def __post_init__(self) -> None:
         self.slots = trio.CapacityLimiter(MAX_IN_FLIGHT)
-        self.log = logger.bind(actor="rest")
         self.quiet = RateLimited(10.0)
-        metrics.rest_rate.set(limiter.bucket.base_rate)
+        self.log = logger.bind(actor="rest")
+        self.metrics.rest_rate.set(self.limiter.bucket.base_rate)
 
     async def get(
         self,
@@ -235,6 +227,7 @@ class RestClient:
     ) -> T:
         async with self.slots:
             await self.limiter.wait()
+            self.metrics.rest_rate.set(self.limiter.rate)  # back to full after a slow spell
             self.metrics.rest_requests.labels(endpoint).inc()
             response: httpx.Response | None = None
             with trio.move_on_after(self.timeout_s):

@@ -14,15 +14,7 @@ from typing import Any, Final, NamedTuple
 import orjson
 
 from screener.mexc.names import LIVE_INTERVAL, SYMBOL_RE, printable
-from screener.mexc.values import (
-    MAX_PUSH_DELAY_MS,
-    MAX_T,
-    MIN_T,
-    DecodeError,
-    amount,
-    price,
-    timestamp,
-)
+from screener.mexc.values import MAX_PUSH_DELAY_MS, MAX_T, MIN_T, DecodeError, candle, timestamp
 from screener.models import Kline
 
 PING: Final = orjson.dumps({"method": "ping"}).decode()
@@ -125,20 +117,7 @@ def _kline(msg: dict[str, Any]) -> Kline:
         q, a, ts = data["q"], data["a"], msg["ts"]
     except KeyError as exc:
         raise DecodeError("missing_field", str(exc.args[0])) from None
-    o, h, low, c = price(o), price(h), price(low), price(c)
-    if low > h:
-        raise DecodeError("bad_value", "low above high")
     t, ts = timestamp(t), timestamp(ts)
     if t % 60 or not MIN_T <= t <= MAX_T or not 0 <= ts - t * 1000 < MAX_PUSH_DELAY_MS:
         raise DecodeError("bad_value", "implausible candle or push time")
-    return Kline(
-        symbol=symbol,
-        t=t,
-        open=o,
-        high=h,
-        low=low,
-        close=c,
-        volume=amount(q),
-        amount=amount(a),
-        ts_ms=ts,
-    )
+    return candle(symbol, t, (o, h, low, c), q, a, ts_ms=ts)

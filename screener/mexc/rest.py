@@ -14,7 +14,7 @@ from typing import Any, Final, NamedTuple
 import orjson
 
 from screener.mexc.names import SYMBOL_RE, printable
-from screener.mexc.values import DecodeError, amount, loose_float, price, timestamp
+from screener.mexc.values import DecodeError, candle, loose_float, price, timestamp
 from screener.models import HISTORY_SOURCE, Kline
 
 CONTRACT_DETAIL_PATH: Final = "/api/v1/contract/detail"
@@ -130,23 +130,8 @@ def kline_rows(data: Any, symbol: str) -> list[Kline]:
     out: list[Kline] = []
     for t, o, h, low, c, q, a in zip(*columns, strict=True):
         start = timestamp(t)
-        o, h, low, c = price(o), price(h), price(low), price(c)
-        if low > h:
-            raise DecodeError("bad_value", "low above high")
-        out.append(
-            Kline(
-                symbol=symbol,
-                t=start,
-                open=o,
-                high=h,
-                low=low,
-                close=c,
-                volume=amount(q),
-                amount=amount(a),
-                ts_ms=start * 1000,
-                source=HISTORY_SOURCE,
-            )
-        )
+        ohlc = (o, h, low, c)
+        out.append(candle(symbol, start, ohlc, q, a, ts_ms=start * 1000, source=HISTORY_SOURCE))
     return out
 
 

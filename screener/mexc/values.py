@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from typing import Final
 
+from screener.models import LIVE_SOURCE, Kline
+
 # No listed contract trades anywhere near a trillion USDT or below 1e-15; outside that a price
 # is corrupt, and 1e308 or 5e-324 would turn the window's change into infinity.
 MIN_PRICE: Final = 1e-15
@@ -78,3 +80,32 @@ def loose_float(value: object) -> float:
         return float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return math.nan
+
+
+def candle(
+    symbol: str,
+    t: int,
+    ohlc: tuple[object, object, object, object],
+    volume: object,
+    turnover: object,
+    *,
+    ts_ms: int,
+    source: str = LIVE_SOURCE,
+) -> Kline:
+    """A candle from the venue's raw numbers, each checked: prices in range, low not above
+    high, volume and turnover not negative. The caller has checked the symbol and times."""
+    o, h, low, c = (price(v) for v in ohlc)
+    if low > h:
+        raise DecodeError("bad_value", "low above high")
+    return Kline(
+        symbol=symbol,
+        t=t,
+        open=o,
+        high=h,
+        low=low,
+        close=c,
+        volume=amount(volume),
+        amount=amount(turnover),
+        ts_ms=ts_ms,
+        source=source,
+    )

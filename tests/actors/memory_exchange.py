@@ -2,6 +2,8 @@
 
 Real trio-websocket on both ends, real MEXC frames; only the TCP socket is replaced by
 `trio.testing.memory_stream_pair`, so `autojump_clock` cannot jump while bytes are in flight.
+Pings are answered and subscriptions acknowledged; `send` pushes any frame (text or bytes)
+to the newest client, and `answer_unsubs` acknowledges unsubscriptions too.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class MemoryExchange:
     def __init__(self, nursery: trio.Nursery) -> None:
         self.nursery = nursery
         self.answer_pings = True
+        self.answer_unsubs = False
         self.connects: list[float] = []
         self.pings: list[float] = []
         self.subs: list[str] = []
@@ -34,13 +37,24 @@ class MemoryExchange:
         self.server_sockets: list[WebSocketConnection] = []
         self.connected = trio.Event()
 
+    async def send(self, message: str | bytes) -> None:
+        """Send one frame as the exchange, on the newest connection: text for `str`, binary
+        for `bytes`."""
+        await self.server_sockets[-1].send_message(message)
+
     @asynccontextmanager
     async def connect(self, settings: ExchangeSettings) -> AsyncIterator[WebSocketConnection]:
         client_stream, server_stream = trio.testing.memory_stream_pair()
         self.connects.append(trio.current_time())
         self.nursery.start_soon(self._serve, server_stream)
         async with trio.open_nursery() as nursery:
-            ws = await wrap_client_stream(nursery, client_stream, "mexc.test", "/edge")
+            ws = await wrap_client_stream(
+                nursery,
+                client_stream,
+                "mexc.test",
+                "/edge",
+                max_message_size=settings.max_message_bytes,
+            )
             try:
                 yield ws
             finally:
@@ -72,5 +86,11 @@ class MemoryExchange:
                         )
                     elif msg["method"] == "unsub.kline":
                         self.unsubs.append(msg["param"]["symbol"])
+                        if self.answer_unsubs:
+                            await ws.send_message(
+                                orjson.dumps(
+                                    {"channel": "rs.unsub.kline", "data": "success", "ts": now_ms}
+                                ).decode()
+                            )
             except ConnectionClosed as exc:
                 self.close_codes.append(exc.reason.code)

@@ -395,9 +395,13 @@ def test_healthcheck_fails_on_bad_config() -> None:
 
 
 def test_runtime_wheel_carries_no_development_tools(tmp_path: Path) -> None:
-    """The wheel the image installs holds the service only: no simulator, no benchmark."""
+    """The wheel the image installs holds the service only: no simulator, no benchmark.
+    Built from a copy of the tree, as the image's builder does (no build/ left behind)."""
+    src = tmp_path / "src"
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", ".venv", ".git", "build")
+    shutil.copytree(ROOT, src, ignore=ignore)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(src)],
         check=True,
         timeout=300,
         capture_output=True,
