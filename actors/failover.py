@@ -71,6 +71,70 @@ async def wait_stale(feed: Latest[FeedStatus], since: float, stale_after_s: floa
         await trio.sleep_until(deadline)
 
 
+class Failover:
+    """The actor's state: where prices go, where freshness and the tracked symbols are read."""
+
+    def __init__(
+        self,
+        outbox: trio.MemorySendChannel[WindowInbox],
+        fetch: FetchTickers,
+        views: tuple[Latest[FeedStatus], Latest[UniverseStatus], Latest[RestFeedStatus]],
+        metrics: Metrics,
+    ) -> None:
+        self.outbox = outbox
+        self.fetch = fetch
+        self.feed, self.universe, self.status = views
+        self.metrics = metrics
+        self.log = logger.bind(actor="failover")
+
+    async def poll(self, epoch: float | None) -> int:
+        """One round: prices into the windows; how many symbols were updated."""
+        try:
+            ticks = await self.fetch()
+        except RestFailed as exc:
+            self.status.set(self.status.value._replace(error=f"REST ticker unavailable: {exc}"))
+            return 0
+        if self.feed.value.last_push_at != epoch:
+            return 0  # a live push came while we asked: it wins
+        last = {stat.symbol: stat.price for stat in await ask_stats(self.outbox)}
+        updates = [
+            price_update(symbol, ticks[symbol], last.get(symbol))
+            for symbol in sorted(self.universe.value.tracked)
+            if symbol in ticks
+        ]
+        for update in updates:
+            await self.outbox.send(update)
+        self.status.set(RestFeedStatus(active=True, last_ok_at=trio.current_time(), error=None))
+        return len(updates)
+
+    async def spell(self, stale_after_s: float, poll_s: float) -> None:
+        """Poll every `poll_s` on a fixed grid from now until the first live push."""
+        epoch = self.feed.value.last_push_at
+        began = trio.current_time()
+        self.log.warning(
+            "no live push for {s:.0f}s: feeding the windows from the REST ticker every {p:g}s",
+            s=stale_after_s if epoch is None else began - epoch,
+            p=poll_s,
+        )
+        self.status.set(RestFeedStatus(active=True, last_ok_at=None, error=None))
+        self.metrics.feed_rest.set(1)
+        ticker = Ticker(poll_s, start=began)
+        polls = 0
+        while self.feed.value.last_push_at == epoch:
+            updated = await self.poll(epoch)
+            polls += 1
+            if polls == 1 and updated:
+                self.log.info("REST failover: {n} symbols updated per poll", n=updated)
+            await ticker.wait()  # a slow poll skips ticks instead of drifting
+        self.log.info(
+            "live pushes are back: REST failover ended after {d:.0f}s and {n} polls",
+            d=trio.current_time() - began,
+            n=polls,
+        )
+        self.status.set(RestFeedStatus(active=False, last_ok_at=None, error=None))
+        self.metrics.feed_rest.set(0)
+
+
 async def run_failover(
     outbox: trio.MemorySendChannel[WindowInbox],
     *,
@@ -83,55 +147,10 @@ async def run_failover(
     metrics: Metrics,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    log = logger.bind(actor="failover")
-
-    async def poll(epoch: float | None) -> int:
-        """One round: prices into the windows; how many symbols were updated."""
-        try:
-            ticks = await fetch()
-        except RestFailed as exc:
-            status.set(status.value._replace(error=f"REST ticker unavailable: {exc}"))
-            return 0
-        if feed.value.last_push_at != epoch:
-            return 0  # a live push came while we asked: it wins
-        stats = await ask_stats(outbox)
-        last = {stat.symbol: stat.price for stat in stats}
-        updates = [
-            price_update(symbol, ticks[symbol], last.get(symbol))
-            for symbol in sorted(universe.value.tracked)
-            if symbol in ticks
-        ]
-        for update in updates:
-            await outbox.send(update)
-        status.set(RestFeedStatus(active=True, last_ok_at=trio.current_time(), error=None))
-        return len(updates)
-
+    failover = Failover(outbox, fetch, (feed, universe, status), metrics)
     async with outbox:
         task_status.started()
         since = trio.current_time()
         while True:
             await wait_stale(feed, since, stale_after_s)
-            epoch = feed.value.last_push_at
-            began = trio.current_time()
-            log.warning(
-                "no live push for {s:.0f}s: feeding the windows from the REST ticker every {p:g}s",
-                s=stale_after_s if epoch is None else began - epoch,
-                p=poll_s,
-            )
-            status.set(RestFeedStatus(active=True, last_ok_at=None, error=None))
-            metrics.feed_rest.set(1)
-            ticker = Ticker(poll_s, start=began)
-            polls = 0
-            while feed.value.last_push_at == epoch:
-                updated = await poll(epoch)
-                polls += 1
-                if polls == 1 and updated:
-                    log.info("REST failover: {n} symbols updated per poll", n=updated)
-                await ticker.wait()  # a slow poll skips ticks instead of drifting
-            log.info(
-                "live pushes are back: REST failover ended after {d:.0f}s and {n} polls",
-                d=trio.current_time() - began,
-                n=polls,
-            )
-            status.set(RestFeedStatus(active=False, last_ok_at=None, error=None))
-            metrics.feed_rest.set(0)
+            await failover.spell(stale_after_s, poll_s)

@@ -62,6 +62,7 @@ class Update(NamedTuple):
     symbols: SymbolSet  # tracked from now on
     plan: dict[int, SymbolSet]  # every chunk, retired ones with an empty set
     added: int  # symbols not tracked before
+    removed: int  # symbols tracked before, gone now
     fill: SymbolSet  # to fill from REST history
     warnings: list[str]
 
@@ -101,10 +102,10 @@ class Universe:
         if self.stream:
             plan = plan_chunks(self.chunks, wanted, self.settings.max_symbols_per_conn)
             self.chunks = {cid: symbols for cid, symbols in plan.items() if symbols}
-        added = len(wanted - self.tracked)
+        added, removed = len(wanted - self.tracked), len(self.tracked - wanted)
         fill = wanted if not self.stream else wanted - self.tracked
         self.tracked = wanted
-        return Update(wanted, plan, added, fill, warnings)
+        return Update(wanted, plan, added, removed, fill, warnings)
 
 
 async def read_contracts(
@@ -153,6 +154,7 @@ async def run_universe(
         fills if fills is not None else contextlib.nullcontext(),
     ):
         ticker = Ticker(refresh_s)
+        first = True
         task_status.started()
         while True:
             contracts = await read_contracts(fetch, backoff, status=status, log=log.warning)
@@ -171,12 +173,15 @@ async def run_universe(
             )
             metrics.symbols.set(len(update.symbols))
             metrics.connections_total.set(len(universe.chunks))
-            log.info(
-                "universe: {n} symbols in {c} connections ({a} new)",
-                n=len(update.symbols),
-                c=len(universe.chunks),
-                a=update.added,
-            )
+            if first or update.added or update.removed:  # a quiet refresh logs nothing
+                log.info(
+                    "universe: {n} symbols in {c} connections ({a} new, {r} gone)",
+                    n=len(update.symbols),
+                    c=len(universe.chunks),
+                    a=update.added,
+                    r=update.removed,
+                )
+            first = False
             if fills is not None and update.fill:
                 await fills.send(update.fill)
             await ticker.wait()

@@ -7,13 +7,13 @@ A bad value raises `ConfigError` carrying one line per offending variable.
 
 from __future__ import annotations
 
-import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
-from screener.mexc.names import INTERVALS, SYMBOL_RE
+from screener.mexc.names import INTERVAL_MINUTES, INTERVALS, SYMBOL_RE
 
 
 class ConfigError(ValueError):
@@ -37,8 +37,21 @@ class Variable:
     secret: bool = False
 
 
+VENUE_REST_RATE: Final = 10.0
+"""MEXC's documented REST budget: 20 requests per 2 s."""
+MAX_REST_RATE: Final = 1000.0
+"""The ceiling with REST_RATE_OVERRIDE=on."""
+
+_WHOLE = re.compile(r"[0-9]+")
+_DECIMAL = re.compile(r"([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?")
+
+
 def _int_range(lo: int, hi: int) -> Callable[[str], int]:
+    """Digits only: no sign, padding, underscores or exponent (`1_0` is not ten here)."""
+
     def parse(raw: str) -> int:
+        if not _WHOLE.fullmatch(raw):
+            raise ValueError("not a whole number")
         value = int(raw)
         if not lo <= value <= hi:
             raise ValueError(f"must be between {lo} and {hi}")
@@ -47,11 +60,23 @@ def _int_range(lo: int, hi: int) -> Callable[[str], int]:
     return parse
 
 
-def _positive_float(raw: str) -> float:
-    value = float(raw)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError("must be a positive number")
-    return value
+def _number(lo: float, hi: float, unit: str) -> Callable[[str], float]:
+    """A plain decimal (`0.5`, `15`, `1e-3`) within [lo, hi]: finite, no padding, no `inf`."""
+
+    def parse(raw: str) -> float:
+        if not _DECIMAL.fullmatch(raw):
+            raise ValueError("not a number")
+        value = float(raw)
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo:g} and {hi:g} {unit}")
+        return value
+
+    return parse
+
+
+def _seconds(lo: float, hi: float) -> Callable[[str], float]:
+    """A period or timeout: a floor keeps loops from running hot, a ceiling keeps it finite."""
+    return _number(lo, hi, "seconds")
 
 
 def _choice(*options: str) -> Callable[[str], str]:
@@ -65,11 +90,22 @@ def _choice(*options: str) -> Callable[[str], str]:
 
 
 def _url(*schemes: str) -> Callable[[str], str]:
+    """A URL with one of `schemes`, a host (none for unix sockets) and, if given, a port in
+    1..65535: checked at start, so a typo is one line and exit 2, not a traceback later."""
+
     def parse(raw: str) -> str:
         value = raw.strip().rstrip("/")
         parts = urlsplit(value)
-        if parts.scheme not in schemes or not parts.netloc:
+        if parts.scheme not in schemes:
             raise ValueError(f"must be a {'/'.join(schemes)} URL")
+        if parts.scheme != "unix" and not parts.hostname:
+            raise ValueError("has no host")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError("has a port that is not a number in 1..65535") from None
+        if port == 0:
+            raise ValueError("has a port that is not a number in 1..65535")
         return value
 
     return parse
@@ -81,11 +117,28 @@ def _optional_url(*schemes: str) -> Callable[[str], str]:
 
 
 def _symbols(raw: str) -> frozenset[str]:
-    names = {part.strip().upper() for part in raw.split(",") if part.strip()}
+    if not raw.strip():
+        return frozenset()
+    parts = [part.strip() for part in raw.split(",")]
+    if not all(parts):
+        raise ValueError("has an empty entry (a stray comma would otherwise mean every symbol)")
+    names = {part.upper() for part in parts}
     bad = sorted(name for name in names if not SYMBOL_RE.match(name))
     if bad:
         raise ValueError(f"invalid symbol name(s): {', '.join(bad)} (expected e.g. BTC_USDT)")
     return frozenset(names)
+
+
+def _interval(raw: str) -> str:
+    """MEXC's interval name, from its own spelling or our short form; case-sensitive, as
+    `1m` (a minute) and `1M` (a month) differ. Week1 and Month1 have no fixed length."""
+    if raw in INTERVAL_MINUTES:
+        return raw
+    if raw in INTERVALS:
+        return INTERVALS[raw]
+    if raw in ("Week1", "Month1", "1w", "1W", "1M"):
+        raise ValueError("weeks and months have no fixed length in minutes: not supported")
+    raise ValueError("must be one of " + ", ".join([*INTERVALS, *INTERVAL_MINUTES]))
 
 
 def _text(raw: str) -> str:
@@ -124,7 +177,7 @@ VARIABLES: tuple[Variable, ...] = (
         "CONTRACTS_REFRESH_S",
         "3600",
         "seconds between re-reads of contract/detail",
-        _positive_float,
+        _seconds(0.1, 86_400),
         into="exchange.contracts_refresh_s",
     ),
     Variable(
@@ -146,7 +199,7 @@ VARIABLES: tuple[Variable, ...] = (
         "PING_INTERVAL_S",
         "15",
         "seconds between pings; silence for twice this closes and reconnects",
-        _positive_float,
+        _seconds(0.1, 300),
         into="exchange.ping_interval_s",
     ),
     Variable(
@@ -160,11 +213,15 @@ VARIABLES: tuple[Variable, ...] = (
         "STALE_AFTER_S",
         "60",
         "/health turns 503 when no push arrived for this long",
-        _positive_float,
+        _seconds(0.1, 3600),
         into="stale_after_s",
     ),
     Variable(
-        "RANK_INTERVAL_S", "15", "seconds between rankings", _positive_float, into="rank_interval_s"
+        "RANK_INTERVAL_S",
+        "15",
+        "seconds between rankings",
+        _seconds(0.1, 3600),
+        into="rank_interval_s",
     ),
     Variable("TOP_N", "5", "gainers and losers per ranking", _int_range(1, 100), into="top_n"),
     Variable(
@@ -180,14 +237,22 @@ VARIABLES: tuple[Variable, ...] = (
         "10",
         "REST requests per second, paced evenly (MEXC allows 20 per 2 s); halved for 30 s "
         "after a rate-limit answer",
-        _positive_float,
+        _number(0.1, MAX_REST_RATE, "requests per second"),
         into="rest.rate_per_s",
+    ),
+    Variable(
+        "REST_RATE_OVERRIDE",
+        "off",
+        f"on: allow REST_RATE_PER_S above MEXC's {VENUE_REST_RATE:g}/s (a simulator, a "
+        "private endpoint)",
+        lambda raw: _choice("on", "off")(raw) == "on",
+        into="rest.rate_override",
     ),
     Variable(
         "REST_TIMEOUT_S",
         "10",
         "seconds before a REST request counts as timed out (then retried)",
-        _positive_float,
+        _seconds(0.1, 300),
         into="rest.timeout_s",
     ),
     Variable(
@@ -201,14 +266,14 @@ VARIABLES: tuple[Variable, ...] = (
         "BACKFILL_GAP_S",
         "60",
         "a connection down at least this long refills its symbols from REST when back",
-        _positive_float,
+        _seconds(0.1, 86_400),
         into="rest.backfill_gap_s",
     ),
     Variable(
         "FALLBACK_POLL_S",
         "10",
         "seconds between REST ticker polls while no push arrives for STALE_AFTER_S",
-        _positive_float,
+        _seconds(0.1, 3600),
         into="rest.fallback_poll_s",
     ),
     Variable(
@@ -222,14 +287,15 @@ VARIABLES: tuple[Variable, ...] = (
         "REST_POLL_S",
         "300",
         "`screener rest`: seconds between kline polls of every symbol",
-        _positive_float,
+        _seconds(0.1, 86_400),
         into="rest.poll_s",
     ),
     Variable(
         "INTERVAL",
         "1m",
-        "`screener rest`: kline interval, 1m, 5m, 15m or 1h",
-        _choice(*INTERVALS),
+        "`screener rest`: kline interval, MEXC's name (Min1 ... Day1, case as MEXC writes "
+        "it) or its short form (1m, 5m, 15m, 30m, 1h, 4h, 8h, 1d; 1M is a month: refused)",
+        _interval,
         into="rest.interval",
     ),
     Variable(
@@ -312,7 +378,7 @@ VARIABLES: tuple[Variable, ...] = (
         "SUBSCRIBE_PAUSE_S",
         "0.05",
         "pause between subscribe batches",
-        _positive_float,
+        _seconds(0, 10),
         into="exchange.subscribe_pause_s",
     ),
     Variable(
@@ -381,17 +447,18 @@ class RedisSettings:
 @dataclass(frozen=True)
 class RestSettings:
     rate_per_s: float = 10.0
+    rate_override: bool = False
     timeout_s: float = 10.0
     backfill: bool = True
     backfill_gap_s: float = 60.0
     fallback_poll_s: float = 10.0
     port: int = 8080  # `screener rest` only, as the three below
     poll_s: float = 300.0
-    interval: str = "1m"
+    interval: str = "Min1"
 
     @property
     def mexc_interval(self) -> str:
-        return INTERVALS[self.interval]
+        return self.interval  # parsed into MEXC's name already
 
 
 @dataclass(frozen=True)
@@ -439,6 +506,12 @@ def parse_env(env: Mapping[str, str]) -> dict[str, Any]:
                 else "not a number"
             )
             problems.append(f"{var.name}={shown}: {reason}")
+    rate = values.get("REST_RATE_PER_S", 0.0)
+    if rate > VENUE_REST_RATE and values.get("REST_RATE_OVERRIDE") is False:
+        problems.append(
+            f"REST_RATE_PER_S={env.get('REST_RATE_PER_S')!r}: above MEXC's documented "
+            f"{VENUE_REST_RATE:g} requests per second; set REST_RATE_OVERRIDE=on to allow it"
+        )
     if problems:
         raise ConfigError(problems)
     return values

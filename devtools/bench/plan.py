@@ -52,7 +52,9 @@ QUICK = Plan(
     top5_s=1.0,
     profile_s=0.0,
     # Backfill in < 1 s; read-only, so no run can change the constant for the next one.
-    service_env=MappingProxyType({"RANK_INTERVAL_S": "1", "REST_RATE_PER_S": "100"}),
+    service_env=MappingProxyType(
+        {"RANK_INTERVAL_S": "1", "REST_RATE_PER_S": "100", "REST_RATE_OVERRIDE": "on"}
+    ),
 )
 
 

@@ -26,8 +26,17 @@ INTERVAL_MINUTES: Final[dict[str, int]] = {
 LIVE_INTERVAL: Final = "Min1"
 """The interval the live feed subscribes to and the windows are made of."""
 
-INTERVALS: Final[dict[str, str]] = {"1m": "Min1", "5m": "Min5", "15m": "Min15", "1h": "Min60"}
-"""`INTERVAL` values (`screener rest`) and MEXC's names for them."""
+INTERVALS: Final[dict[str, str]] = {
+    "1m": "Min1",
+    "5m": "Min5",
+    "15m": "Min15",
+    "30m": "Min30",
+    "1h": "Min60",
+    "4h": "Hour4",
+    "8h": "Hour8",
+    "1d": "Day1",
+}
+"""The short forms `INTERVAL` accepts beside MEXC's own names (`1M` would be a month)."""
 
 
 def printable(text: object, limit: int = 200) -> str:

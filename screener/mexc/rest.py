@@ -157,7 +157,9 @@ def ticker_prices(data: Any) -> dict[str, Tick]:
         if not isinstance(symbol, str) or not SYMBOL_RE.match(symbol):
             continue
         try:
-            ticks[symbol] = Tick(price(row.get("lastPrice")), timestamp(row.get("timestamp")))
+            ticks[symbol] = Tick(
+                price=price(row.get("lastPrice")), ts_ms=timestamp(row.get("timestamp"))
+            )
         except DecodeError:
             continue
     if rows and not ticks:

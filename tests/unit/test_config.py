@@ -41,12 +41,70 @@ def test_every_bad_value_is_reported_at_once_naming_the_variable() -> None:
         "LOG_FORMAT",
     ]
     assert "LOOKBACK_MIN='0': must be between 1 and 1440" in problems
-    assert "WS_SCREENER_PORT='http': not a number" in problems
+    assert "WS_SCREENER_PORT='http': not a whole number" in problems
 
 
 def test_whitelist_is_normalized() -> None:
-    s = load_settings({"SYMBOL_WHITELIST": " btc_usdt, ETH_USDT ,,"})
+    s = load_settings({"SYMBOL_WHITELIST": " btc_usdt, ETH_USDT "})
     assert s.exchange.whitelist == frozenset({"BTC_USDT", "ETH_USDT"})
+    assert load_settings({"SYMBOL_WHITELIST": " "}).exchange.whitelist == frozenset()
+
+
+# What an adversarial run fed the service: each is one line naming the variable, never a
+# traceback, a hot loop, an infinite deadline or a silent misreading.
+@pytest.mark.parametrize(
+    ("name", "raw", "reason"),
+    [
+        ("MEXC_BASE", "http://127.0.0.1:abc", "has a port that is not a number in 1..65535"),
+        ("MEXC_WS_URL", "ws://127.0.0.1:99999/edge", "has a port that is not a number"),
+        ("MEXC_WS_URL", "ws://:8802/edge", "has no host"),
+        ("REDIS_URL", "redis://127.0.0.1:notaport", "has a port that is not a number"),
+        ("CONTRACTS_REFRESH_S", "1e-9", "must be between 0.1 and 86400 seconds"),
+        ("RANK_INTERVAL_S", "1e-9", "must be between 0.1 and 3600 seconds"),
+        ("REST_POLL_S", "1e-9", "must be between 0.1 and 86400 seconds"),
+        ("PING_INTERVAL_S", "1e-9", "must be between 0.1 and 300 seconds"),
+        ("REST_RATE_PER_S", "1e20", "must be between 0.1 and 1000 requests per second"),
+        ("REST_RATE_PER_S", "11", "above MEXC's documented 10 requests per second"),
+        ("STALE_AFTER_S", "1e20", "must be between 0.1 and 3600 seconds"),
+        ("STALE_AFTER_S", "inf", "not a number"),
+        ("REST_TIMEOUT_S", "nan", "not a number"),
+        ("TOP_N", "1_0", "not a whole number"),
+        ("TOP_N", " 7 ", "not a whole number"),
+        ("REDIS_PORT", "+6379", "not a whole number"),
+        ("FALLBACK_POLL_S", "1_0", "not a number"),
+        ("INTERVAL", "1M", "weeks and months have no fixed length"),
+        ("INTERVAL", "min1", "must be one of"),
+        ("SYMBOL_WHITELIST", ",,,", "has an empty entry"),
+        ("SYMBOL_WHITELIST", "BTC_USDT,,ETH_USDT", "has an empty entry"),
+    ],
+)
+def test_hostile_values_are_refused_in_one_line(name: str, raw: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({name: raw})
+    [problem] = info.value.problems
+    shown = "<hidden>" if name == "REDIS_URL" else repr(raw)
+    assert problem.startswith(f"{name}={shown}: {reason}")
+
+
+def test_the_rate_override_allows_a_faster_endpoint() -> None:
+    env = {"REST_RATE_PER_S": "200", "REST_RATE_OVERRIDE": "on"}
+    assert load_settings(env).rest.rate_per_s == 200.0
+
+
+@pytest.mark.parametrize(
+    ("raw", "mexc"),
+    [
+        ("1m", "Min1"),
+        ("5m", "Min5"),
+        ("1h", "Min60"),
+        ("4h", "Hour4"),
+        ("1d", "Day1"),
+        ("Min15", "Min15"),
+        ("Hour8", "Hour8"),
+    ],
+)
+def test_interval_takes_mexc_names_and_short_forms(raw: str, mexc: str) -> None:
+    assert load_settings({"INTERVAL": raw}).rest.mexc_interval == mexc
 
 
 def test_secrets_never_echoed_in_errors() -> None:
