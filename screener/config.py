@@ -203,6 +203,14 @@ VARIABLES: tuple[Variable, ...] = (
         into="exchange.ping_interval_s",
     ),
     Variable(
+        "SILENT_RESUBSCRIBE_S",
+        "300",
+        "a subscribed connection with no push for this long resubscribes its chunk, and "
+        "reconnects if pushes still do not come (idle symbols push rarely: keep it minutes)",
+        _seconds(10, 86_400),
+        into="exchange.silent_resubscribe_s",
+    ),
+    Variable(
         "LOOKBACK_MIN",
         "15",
         "rolling window length in minutes",
@@ -361,6 +369,14 @@ VARIABLES: tuple[Variable, ...] = (
         into="http_port",
     ),
     Variable(
+        "HTTP_MAX_CONNECTIONS",
+        "64",
+        "HTTP connections served at once; more wait in the listen backlog, so HTTP clients can "
+        "never take the file descriptors the feed needs",
+        _int_range(1, 10_000),
+        into="http_max_connections",
+    ),
+    Variable(
         "WS_MAX_MESSAGE_BYTES",
         "1048576",
         "largest WebSocket message accepted",
@@ -410,6 +426,7 @@ class ExchangeSettings:
     max_message_bytes: int
     subscribe_batch: int
     subscribe_pause_s: float
+    silent_resubscribe_s: float = 300.0
 
     @property
     def dead_after_s(self) -> float:
@@ -473,6 +490,7 @@ class Settings:
     top_n: int
     http_host: str
     http_port: int
+    http_max_connections: int
     log_format: str
     log_level: str
 

@@ -121,6 +121,8 @@ class FeedStatus(NamedTuple):
     last_push_at: float | None  # trio.current_time() of the last accepted push
     conns_up: int
     conns_total: int
+    # trio.current_time() since when the longest-down connection has been down (None: all up)
+    down_since: float | None = None
 
 
 class UniverseStatus(NamedTuple):
@@ -133,8 +135,13 @@ class UniverseStatus(NamedTuple):
 
 
 class RedisStatus(NamedTuple):
+    """The publisher's view of Redis. `up` False: the last write failed or timed out (`error`
+    says why) and nothing is delivered. `refused`: Redis is reachable but refuses writes
+    (OOM, READONLY, ...): "degraded" in /health with that reason."""
+
     up: bool
     error: str | None
+    refused: str | None = None
 
 
 class BackfillProgress(NamedTuple):
