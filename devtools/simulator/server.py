@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar, overload
 
 import trio
+from quart_trio import QuartTrio
 from loguru import logger
 
 from devtools.simulator.exchange import Market, SimAddress, SimConfig
@@ -100,6 +101,11 @@ class FakeExchange:
             ws_url: str = await nursery.start(self._ws.serve, cfg.host, cfg.ws_port)
             self.address = SimAddress(rest_url=rest_url, ws_url=ws_url)
             task_status.started(self.address)
+
+    def rest_app(self) -> QuartTrio:
+        """The REST side as an ASGI app, for in-process clients (`httpx.ASGITransport`): no
+        socket, so tests can run it on trio's MockClock."""
+        return self._rest.create_app()
 
     async def push(
         self, symbol: str, *, price: float | None = None, **overrides: Any

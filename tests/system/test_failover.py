@@ -1,5 +1,7 @@
-"""REST failover: the schedule in exact virtual time, /health's view of it, and the whole
-service over loopback with the WebSocket side dark, then back."""
+"""REST failover through the whole service over loopback: the WebSocket side goes dark, the
+REST ticker keeps /top5 moving, then live pushes return. Real sockets, redis-server and
+hypercorn because the point is the hand-over between real feeds; the failover's schedule in
+exact virtual time is in tests/actors/test_failover*.py."""
 
 from __future__ import annotations
 

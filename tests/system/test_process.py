@@ -1,4 +1,5 @@
-"""The service as a real process: CLI, config errors, port in use, SIGTERM under load."""
+"""The service as a real process: CLI, config errors, port in use, SIGTERM under load. Real
+processes because exit codes, signals and what reaches stderr only exist for a process."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""The REST client: pacing in exact virtual time, and every scripted fault of the simulator
-over real loopback (500, 510, 429, hang, garbage, a venue refusal)."""
+"""The REST client against the simulator's real HTTP server over loopback, one scripted fault
+at a time (500, 510, 429, hang, garbage, a venue refusal): real sockets prove the client and
+the simulator agree on the wire; pacing and retry timing in exact virtual time are in
+tests/actors/test_rest_client.py."""
 
 from __future__ import annotations
 

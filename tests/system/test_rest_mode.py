@@ -1,4 +1,6 @@
-"""`screener rest` over loopback: the simulator's klines, a real redis-server, real HTTP."""
+"""`screener rest` over loopback: the simulator's klines, a real redis-server, real HTTP.
+Real processes and sockets because the REST screener's whole loop (poll, rank, publish,
+serve) is the thing under test."""
 
 from __future__ import annotations
 

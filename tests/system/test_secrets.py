@@ -1,6 +1,7 @@
-"""Security: secrets never reach logs or HTTP; HTTP answers only GET on known routes, in
-JSON, without stack traces; what the exchange sends (symbols, texts, compressed frames) is
-validated before it reaches logs, metrics or Redis."""
+"""Security through the whole service: secrets never reach logs or HTTP, and what the exchange
+sends (symbols, texts, compressed frames) is validated before it reaches logs, metrics or
+Redis. Real redis-server (with a password) and the simulator over loopback, because a leak
+would be in what real clients and real sockets carry."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""The whole service over loopback: simulator, real redis-server, real HTTP via hypercorn."""
+"""The whole service over loopback: simulator, real redis-server, real HTTP via hypercorn.
+Real sockets and processes because these tests check what consumers see end to end: events
+one to one with pushes, chunks across connections, /top5 against an independent ranking."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""PUBLISH_MODE=stream|both: a consumer that goes away resumes from its last id, losing nothing."""
+"""PUBLISH_MODE=stream|both: a consumer that goes away resumes from its last id, losing
+nothing. A real redis-server because stream ids, MAXLEN and consumer resumption are Redis's
+own behaviour."""
 
 from __future__ import annotations
 

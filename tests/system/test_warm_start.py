@@ -1,5 +1,7 @@
-"""Warm start and gap fill: the window's merge rule, the backfill actor in virtual time, a
-connection asking for a refill after an outage, and the whole service over loopback."""
+"""Warm start and gap fill through the whole service over loopback: /top5 is right for the
+full lookback at once from the simulator's kline history, and a connection back after a gap
+refills its chunk. Real sockets because history and live pushes must agree as the simulator
+serves them; the backfill actor's schedule is in tests/actors/test_backfill*.py."""
 
 from __future__ import annotations
 
