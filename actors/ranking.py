@@ -4,6 +4,12 @@ It asks the window actor for the current per-symbol stats (a `StatsRequest` with
 reply channel), ranks them with the pure `rank`, replaces the snapshot HTTP reads, logs one
 structured line and sends the ranking to the publisher. It owns clones of both channels and
 closes them on exit. Nothing here is retried.
+
+A round that finds no symbol with data (no contract list yet, windows not filled) ranks
+nothing: it is neither published (a consumer of `top_movers` would read an empty list as
+"nothing moves") nor put in the snapshot (/top5 keeps the last figures, whose `ts` shows
+their age, and /health says whether the feed is fresh), and it is not counted in
+`screener_rankings_total`. One line is logged when such a spell begins.
 """
 
 from __future__ import annotations
@@ -47,12 +53,19 @@ async def run_ranking(
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     log = logger.bind(actor="ranking")
+    empty_spell = False  # the last round found nothing to rank
     async with requests, outbox:
         ticker = Ticker(interval_s)
         task_status.started()
         while True:
             await ticker.wait()  # a slow round skips ticks instead of drifting
             stats = await ask_stats(requests)
+            if not stats:
+                if not empty_spell:
+                    log.info("ranking: no symbol has data in the window; nothing published")
+                empty_spell = True
+                continue
+            empty_spell = False
             ranking = rank(stats, top_n=top_n, lookback_min=lookback_min, wall_ts=wall())
             snapshot.set(ranking)
             metrics.rankings.inc()

@@ -13,6 +13,9 @@ Besides live pushes (`source` "mexc"), the inbox carries REST history (backfill 
 "mexc-rest-history": merged without events, never over a live candle) and REST prices
 (failover actor, "mexc-rest": an update of the minute's candle, with events). Only live
 pushes refresh `last_push_at`, the feed's freshness.
+
+`ConnStatus` items keep the feed snapshot's connection counts and `down_since` (`Links`): since
+when the longest-down connection has been down, for /health's "degraded".
 """
 
 from __future__ import annotations
@@ -142,6 +145,35 @@ class Windows:
         return sum(len(c) for c in self._candles.values())
 
 
+class Links:
+    """Each chunk's connection, up or down since when (trio time), from `ConnStatus` items.
+
+    A chunk counts as down from its first (down) status, sent when it starts, until it is up;
+    a repeated down keeps the earlier time, so an outage is measured from its beginning; a
+    retired chunk leaves the counts. `down_since` is the earliest time of the ones down.
+    """
+
+    def __init__(self) -> None:
+        self._down_since: dict[int, float | None] = {}  # conn_id -> None while up
+
+    def apply(self, status: ConnStatus, now: float) -> None:
+        if status.retired:
+            self._down_since.pop(status.conn_id, None)
+        elif status.up:
+            self._down_since[status.conn_id] = None
+        elif self._down_since.get(status.conn_id) is None:
+            self._down_since[status.conn_id] = now
+
+    def feed(self, feed: FeedStatus) -> FeedStatus:
+        """`feed` with this state's counts and `down_since`."""
+        down = [at for at in self._down_since.values() if at is not None]
+        return feed._replace(
+            conns_up=len(self._down_since) - len(down),
+            conns_total=len(self._down_since),
+            down_since=min(down, default=None),
+        )
+
+
 async def run_window(
     inbox: trio.MemoryReceiveChannel[WindowInbox],
     outbox: trio.MemorySendChannel[list[MarketData]],
@@ -156,7 +188,7 @@ async def run_window(
     channel hops downstream and the publisher's thread calls are paid per batch of many
     pushes rather than per push (a few ms of latency for a large cut in CPU)."""
     windows = Windows(lookback_min)
-    conns: dict[int, bool] = {}
+    links = Links()
     peak = 0
     peak_gauge = metrics.queue_peak.labels("ingest")
     log = logger.bind(actor="window")
@@ -186,13 +218,9 @@ async def run_window(
                     else:
                         batch.append(event)
                 elif type(item) is ConnStatus:
-                    if item.retired:
-                        conns.pop(item.conn_id, None)
-                    else:
-                        conns[item.conn_id] = item.up
-                    up = sum(conns.values())
-                    feed.set(feed.value._replace(conns_up=up, conns_total=len(conns)))
-                    metrics.connections_up.set(up)
+                    links.apply(item, arrived_at)
+                    feed.set(links.feed(feed.value))
+                    metrics.connections_up.set(feed.value.conns_up)
                 elif type(item) is StatsRequest:
                     try:
                         item.reply.send_nowait(windows.stats())

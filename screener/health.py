@@ -1,25 +1,33 @@
 """/health's verdict, a pure function of the snapshots and the time: which feed serves the
-windows, whether it is fresh, and the problems to report."""
+windows, whether it is fresh, and the problems to report.
+
+Three verdicts, the worst one wins: "stale" (503: nothing trustworthy is being followed: no
+fresh feed, or no symbol tracked at all), "degraded" (200: the market is followed, but not
+the way it should be: the REST failover feeds the windows, a connection has been down for
+`CONN_DOWN_GRACE_S`, or Redis refuses writes), "ok". Each reason is a line in `problems`.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
+from screener.models import FeedStatus, RedisStatus
 from screener.snapshot import Views
+
+CONN_DOWN_GRACE_S: Final = 5.0
+"""A connection down this long (or longer) makes /health "degraded". A healthy reconnect
+(first retry within 2 s, a handshake, the subscriptions) fits inside it, so a blip is not
+reported, while an outage of a chunk, whose symbols then go unwatched, is."""
 
 
 def _age(at: float | None, now: float) -> float | None:
     return None if at is None else max(0.0, now - at)
 
 
-def feed_state(
-    views: Views, now: float, stale_after_s: float, *, rest_mode: bool = False
+def _freshness(
+    views: Views, now: float, stale_after_s: float, rest_mode: bool
 ) -> tuple[str, str, float | None]:
-    """(feed, status, age). The WebSocket feed is fresh ("ok") while a live push arrived
-    within `stale_after_s`; without one, the REST failover is "degraded" while its last
-    ticker poll is that recent. `screener rest` is "ok" while a kline fetch succeeded within
-    `stale_after_s`. Anything else is "stale". `age` is that of the last push (of the last
-    kline fetch in `rest_mode`)."""
+    """(feed, status, age) from the freshness of the data alone; see `feed_state`."""
     if rest_mode:
         age = _age(views.backfill.value.last_ok_at, now)
         return "rest", "ok" if age is not None and age < stale_after_s else "stale", age
@@ -33,14 +41,55 @@ def feed_state(
     return "rest", "degraded" if polled is not None and polled < stale_after_s else "stale", age
 
 
+def feed_state(
+    views: Views, now: float, stale_after_s: float, *, rest_mode: bool = False
+) -> tuple[str, str, float | None]:
+    """(feed, status, age). The WebSocket feed is fresh ("ok") while a live push arrived
+    within `stale_after_s`; without one, the REST failover is "degraded" while its last
+    ticker poll is that recent. `screener rest` is "ok" while a kline fetch succeeded within
+    `stale_after_s`. Anything else is "stale", and so is any feed while no symbol is tracked:
+    a successful poll that updates nothing is no fresh data (the contract list failing while
+    the ticker works). `age` is that of the last push (of the last kline fetch in
+    `rest_mode`). /top5's `stale` flag is this status, so it agrees with /health."""
+    feed, fresh, age = _freshness(views, now, stale_after_s, rest_mode)
+    return feed, _unless_untracked(views, fresh), age
+
+
+def _unless_untracked(views: Views, status: str) -> str:
+    return "stale" if views.universe.value.symbols == 0 else status
+
+
+def connections_problem(feed: FeedStatus, now: float) -> str | None:
+    """The reason to report while a connection has been down for `CONN_DOWN_GRACE_S`."""
+    down_for = _age(feed.down_since, now)
+    if down_for is None or down_for < CONN_DOWN_GRACE_S:
+        return None
+    down = feed.conns_total - feed.conns_up
+    return f"{down} of {feed.conns_total} connections down, the longest for {down_for:.0f}s"
+
+
+def redis_state(red: RedisStatus) -> tuple[str, str | None]:
+    """("up" | "degraded" | "down", the problem to report). Down wins over refused: a write
+    that fails says nothing about whether Redis would accept it."""
+    if not red.up:
+        return "down", f"redis: {red.error}" if red.error else None
+    if red.refused:
+        return "degraded", f"redis refuses writes: {red.refused}"
+    return "up", None
+
+
 def health_report(
     views: Views, now: float, stale_after_s: float, *, rest_mode: bool = False
 ) -> tuple[int, dict[str, Any]]:
-    """200 while the feed is fresh ("ok") or served by the REST failover ("degraded"),
-    else 503 with the reasons; see `feed_state`."""
-    feed, universe, red = views.feed.value, views.universe.value, views.redis.value
+    """503 "stale" while no feed is fresh or no symbol is tracked (`feed_state`); else 200,
+    "degraded" while the REST failover serves, a connection has been down for
+    `CONN_DOWN_GRACE_S` or Redis refuses writes, "ok" otherwise. Redis being down alone keeps
+    "ok" (the events wait in the publish buffer); it shows in `problems` like every reason."""
+    feed, universe = views.feed.value, views.universe.value
     fill, rest = views.backfill.value, views.rest.value
-    source, status, age = feed_state(views, now, stale_after_s, rest_mode=rest_mode)
+    source, fresh, age = _freshness(views, now, stale_after_s, rest_mode)
+    status = _unless_untracked(views, fresh)
+    redis, redis_problem = redis_state(views.redis.value)
     body: dict[str, Any] = {
         "status": status,
         "feed": source,
@@ -48,19 +97,26 @@ def health_report(
         "age": None if age is None else round(age, 3),
         "connections": {"up": feed.conns_up, "total": feed.conns_total},
         "backfill": {"done": fill.done, "total": fill.total},
-        "redis": "up" if red.up else "down",
+        "redis": redis,
     }
     problems = []
-    if rest_mode and status == "stale":
+    if rest_mode and fresh == "stale":
         problems.append("no REST data yet" if age is None else f"no REST data for {age:.0f}s")
-    elif status != "ok":
+    elif fresh != "ok":
         problems.append("no push received yet" if age is None else f"no push for {age:.0f}s")
+    conns_problem = connections_problem(feed, now)
+    if conns_problem is not None:
+        problems.append(conns_problem)
     if rest.active and rest.error:
         problems.append(rest.error)
     if universe.error:
         problems.append(universe.error)
-    if red.error and not red.up:
-        problems.append(f"redis: {red.error}")
+    elif universe.symbols == 0:
+        problems.append("no symbols tracked")
+    if redis_problem is not None:
+        problems.append(redis_problem)
+    if status == "ok" and (conns_problem is not None or redis == "degraded"):
+        body["status"] = "degraded"
     if problems:
         body["problems"] = problems
     return (503 if status == "stale" else 200), body

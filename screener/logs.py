@@ -1,16 +1,54 @@
 """Logging set-up: loguru, configured once; JSON lines for machines, text for people.
 
-The stdlib loggers of hypercorn, trio-websocket and httpx are routed into loguru so there is
-one stream with one format.
+JSON lines have the shape log pipelines (Loki, ELK, Datadog, Vector) read without
+configuration: one object per line with `timestamp` (RFC 3339, UTC, `Z`), `level`,
+`message`, `logger` (the module), the context fields (`actor`, `conn`, and the values of the
+message) at the top level, and `exception` as text when there is one; no file paths. The
+stdlib loggers of hypercorn, trio-websocket and httpx are routed into loguru so there is one
+stream with one format.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import traceback
+from datetime import UTC
+from typing import TYPE_CHECKING, Any, Final
 
+import orjson
 import trio
 from loguru import logger
+
+if TYPE_CHECKING:
+    from loguru import Record
+
+RESERVED: Final = frozenset({"timestamp", "level", "message", "logger", "exception"})
+"""Top-level keys of a JSON line that context fields may not overwrite."""
+
+
+def json_line(record: Record) -> str:
+    """One log record as a JSON object in the shape log pipelines expect."""
+    line: dict[str, Any] = {
+        "timestamp": record["time"].astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z",
+        "level": record["level"].name,
+        "message": record["message"],
+        "logger": record["extra"].get("lib") or record["name"],
+    }
+    for key, value in record["extra"].items():
+        if key not in RESERVED and key not in ("lib", "_json"):
+            line[key] = value
+    exc = record["exception"]
+    if exc is not None and exc.type is not None:
+        line["exception"] = "".join(traceback.format_exception(exc.type, exc.value, exc.traceback))
+    return orjson.dumps(line, default=str).decode()
+
+
+def _json_format(record: Record) -> str:
+    # loguru formats the returned string with the record: stash the JSON where no brace in
+    # it can be taken for a field.
+    record["extra"]["_json"] = json_line(record)
+    return "{extra[_json]}\n"
 
 
 class _ToLoguru(logging.Handler):
@@ -27,7 +65,7 @@ class _ToLoguru(logging.Handler):
 def setup_logging(fmt: str, level: str) -> None:
     logger.remove()
     if fmt == "json":
-        logger.add(sys.stderr, level=level, serialize=True, backtrace=False, diagnose=False)
+        logger.add(sys.stderr, level=level, format=_json_format, backtrace=False, diagnose=False)
     else:
         logger.add(
             sys.stderr,

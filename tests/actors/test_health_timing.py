@@ -13,6 +13,7 @@ from screener.metrics import Metrics
 from screener.models import (
     Kline,
     MarketData,
+    UniverseStatus,
     WindowInbox,
 )
 from screener.snapshot import Views
@@ -22,6 +23,7 @@ async def test_health_turns_stale_exactly_at_stale_after(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     views = Views.empty()
+    views.universe.set(UniverseStatus(symbols=1, chunks=1, error=None))  # nothing tracked: stale
     inbox_send, inbox_recv = trio.open_memory_channel[WindowInbox](10)
     events_send, events_recv = trio.open_memory_channel[list[MarketData]](10)
     client = create_app(views, Metrics(), stale_after_s=60).test_client()

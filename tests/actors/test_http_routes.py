@@ -40,6 +40,13 @@ async def get(client: quart_typing.TestClientProtocol, path: str) -> tuple[int, 
     return response.status_code, await response.get_json()
 
 
+def tracking() -> Views:
+    """Views as after the universe's first read: no feed is fresh while no symbol is tracked."""
+    views = Views.empty()
+    views.universe.set(UniverseStatus(symbols=3, chunks=1, error=None))
+    return views
+
+
 def push(views: Views) -> None:
     """What the window actor does on an accepted live push."""
     views.feed.set(views.feed.value._replace(last_push_at=trio.current_time()))
@@ -98,7 +105,7 @@ async def test_health_before_any_push_is_stale_with_the_reason(
                 "connections": {"up": 0, "total": 0},
                 "backfill": {"done": 0, "total": 0},
                 "redis": "down",
-                "problems": ["no push received yet"],
+                "problems": ["no push received yet", "no symbols tracked"],
             },
         )
 
@@ -110,7 +117,7 @@ async def test_health_before_any_push_is_stale_with_the_reason(
 async def test_health_is_ok_after_a_push_and_stale_exactly_stale_after_the_last_one(
     autojump_clock: trio.testing.MockClock, stale_after_s: float, reason: str
 ) -> None:
-    views = Views.empty()
+    views = tracking()
     client = client_for(views, stale_after_s)
     with trio.fail_after(2000):
         await trio.sleep_until(10.0)
@@ -151,7 +158,7 @@ async def test_health_is_degraded_while_the_rest_failover_polls_fresh_then_stale
     age_at_61: float | None,
     problems_at: tuple[str, str, str],
 ) -> None:
-    views = Views.empty()
+    views = tracking()
     client = client_for(views, 60.0)
     with trio.fail_after(500):
         if push_at is not None:
@@ -197,7 +204,7 @@ async def test_health_lists_the_universe_and_redis_problems(
         views.universe.set(UniverseStatus(symbols=0, chunks=0, error=universe_error))
         views.redis.set(RedisStatus(up=False, error="Connection refused"))
         status, body = await get(client, "/health")
-        assert (status, body["status"], body["redis"]) == (200, "ok", "down")
+        assert (status, body["status"], body["redis"]) == (503, "stale", "down")  # no symbols
         assert body["problems"] == [universe_error, "redis: Connection refused"]
 
         await trio.sleep_until(65.0)  # the feed's reason comes first
@@ -251,7 +258,7 @@ async def test_health_body_carries_connection_and_backfill_counters(
 async def test_rest_mode_is_ok_while_a_kline_fetch_succeeded_within_stale_after(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    views = Views.empty()
+    views = tracking()
     client = client_for(views, 300.0, rest_mode=True)
     with trio.fail_after(1000):
         push(views)  # live pushes do not count in `screener rest`
@@ -293,7 +300,7 @@ async def test_top5_is_503_before_a_ranking_with_data(
 async def test_top5_serves_the_ranking_and_says_when_the_feed_is_stale(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    views = Views.empty()
+    views = tracking()
     client = client_for(views, 60.0)
     with trio.fail_after(500):
         push(views)
@@ -322,7 +329,7 @@ async def test_top5_serves_the_ranking_and_says_when_the_feed_is_stale(
 async def test_top5_in_rest_mode_is_stale_by_the_last_kline_fetch(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    views = Views.empty()
+    views = tracking()
     client = client_for(views, 300.0, rest_mode=True)
     with trio.fail_after(1000):
         push(views)  # ignored in `screener rest`

@@ -144,7 +144,7 @@ async def test_each_round_replaces_the_snapshot_and_sends_the_same_ranking(
 ) -> None:
     fake = FakeWindow(
         answers=[
-            (),  # an empty window still makes a ranking
+            (stat("A_USDT", 1.0, 5.0),),
             (stat("A_USDT", 2.0, 10.0), stat("B_USDT", -1.0, 20.0)),
         ]
     )
@@ -152,9 +152,10 @@ async def test_each_round_replaces_the_snapshot_and_sends_the_same_ranking(
         async with ranking_actor(fake, interval_s=10.0) as rig:
             first = await rig.ranking()
             second = await rig.ranking()
+    one = stat("A_USDT", 1.0, 5.0)
     assert first == (
         10.0,
-        Ranking(wall_ts=W0 + 10.0, lookback_min=15, gainers=(), losers=(), ranked=0),
+        Ranking(wall_ts=W0 + 10.0, lookback_min=15, gainers=(one,), losers=(one,), ranked=1),
     )
     a, b = stat("A_USDT", 2.0, 10.0), stat("B_USDT", -1.0, 20.0)
     assert second == (

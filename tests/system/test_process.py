@@ -4,6 +4,7 @@ processes because exit codes, signals and what reaches stderr only exist for a p
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -13,6 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 import trio
 
@@ -65,7 +67,7 @@ def test_bad_config_is_one_line_per_variable_and_exit_2() -> None:
     out = run_cli(env=env)
     assert out.returncode == 2
     assert out.stderr.splitlines() == [
-        "screener: config error: LOOKBACK_MIN='abc': not a number",
+        "screener: config error: LOOKBACK_MIN='abc': not a whole number",
         "screener: config error: TOP_N='0': must be between 1 and 100",
     ]
 
@@ -95,6 +97,14 @@ async def simulator(config: SimConfig) -> AsyncIterator[tuple[FakeExchange, SimA
         address = await nursery.start(exchange.serve)
         yield exchange, address
         nursery.cancel_scope.cancel()
+
+
+async def read_all(stream: trio.abc.ReceiveStream) -> bytes:
+    """Everything a process wrote, up to its EOF (one read may return only part)."""
+    chunks = []
+    while chunk := await stream.receive_some(1 << 16):
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def _sigterm_exits_cleanly(redis_port: int) -> tuple[FakeExchange, float, int, str]:
@@ -127,7 +137,7 @@ async def _sigterm_exits_cleanly(redis_port: int) -> tuple[FakeExchange, float, 
                 code = await proc.wait()
             elapsed = trio.current_time() - started
             assert proc.stderr is not None
-            log = (await proc.stderr.receive_some(1 << 20)).decode(errors="replace")
+            log = (await read_all(proc.stderr)).decode(errors="replace")
         finally:
             if proc.returncode is None:
                 proc.kill()
@@ -144,6 +154,23 @@ async def test_sigterm_under_load_exits_0_within_5s_closing_sockets_with_1000(
     assert elapsed < 5
     assert ex.closed_codes.count(1000) == 3
     assert "SIGTERM received" in log
+    assert_pipeline_json(log)
+
+
+def assert_pipeline_json(log: str) -> None:
+    """LOG_FORMAT=json as log pipelines read it: one object per line, the four keys at the
+    top, RFC 3339 UTC timestamps, the actor's context beside them, no file paths."""
+    lines = log.splitlines()
+    assert len(lines) > 5
+    records = [orjson.loads(line) for line in lines]
+    for record in records:
+        assert {"timestamp", "level", "message", "logger"} <= record.keys(), record
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", record["timestamp"])
+        assert record["level"] in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
+        assert "record" not in record
+    assert all(str(ROOT) not in line for line in lines)
+    assert any(r.get("actor") == "universe" and r["logger"] == "actors.universe" for r in records)
+    assert any(r["message"].startswith("SIGTERM received") and r["actor"] == "app" for r in records)
 
 
 async def test_sigterm_while_redis_is_down_exits_0_within_5s(tmp_path: Path) -> None:
