@@ -1,3 +1,8 @@
 """screener: MEXC perpetual-futures 1-minute candles -> rolling windows -> Redis and HTTP."""
 
-__version__ = "0.1.0"
+from importlib import metadata
+
+try:
+    __version__ = metadata.version("screener")
+except metadata.PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"

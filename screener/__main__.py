@@ -1,5 +1,6 @@
 """Command line: `screener` runs the service; `screener rest` the REST-only screener;
-`screener simulate` runs the fake exchange."""
+`screener check-config` prints the configuration it would run with; `screener simulate` and
+`screener bench` are the development tools, where installed."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from types import ModuleType
 import trio
 from loguru import logger
 
-from screener.config import ConfigError, describe_variables, load_settings
+from screener import __version__
+from screener.config import ConfigError, describe_variables, load_settings, resolved_variables
 from screener.http import ListenError
 from screener.logs import setup_logging
 from screener.supervise import split_retryable
@@ -26,8 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=describe_variables(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"screener {__version__}")
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("run", help="run the service (the default)")
+    sub.add_parser(
+        "check-config",
+        help="print the configuration the service would run with (secrets masked) and exit 0, "
+        "or exit 2 with one line per bad variable",
+    )
     sub.add_parser(
         "rest",
         help="the REST screener: top movers from kline polling every REST_POLL_S, "
@@ -63,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"screener: config error: {problem}", file=sys.stderr)
         return 2
+    if args.command == "check-config":
+        for name, shown, source in resolved_variables(os.environ):
+            print(f"{name}={shown}  # {source}")
+        return 0
     setup_logging(settings.log_format, settings.log_level)
     from screener.app import run_until_signal
 

@@ -550,6 +550,21 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     return Settings(**top, **{name: GROUPS[name](**fields) for name, fields in groups.items()})
 
 
+def resolved_variables(env: Mapping[str, str]) -> list[tuple[str, str, str]]:
+    """(name, value as it may be shown, "env" or "default") for every variable: secrets are
+    `<hidden>` when set, and a Redis URL loses its credentials."""
+    out: list[tuple[str, str, str]] = []
+    for var in VARIABLES:
+        raw = env.get(var.name)
+        value = var.default if raw is None else raw
+        if var.name == "REDIS_URL" and value:
+            value = redact_url(value)
+        elif var.secret and value:
+            value = "<hidden>"
+        out.append((var.name, value, "default" if raw is None else "env"))
+    return out
+
+
 def describe_variables() -> str:
     """The environment table for `screener --help`."""
     width = max(len(var.name) for var in VARIABLES)

@@ -193,3 +193,40 @@ def test_development_commands_say_how_to_install_them_where_absent(command: str)
     assert f"`screener {command}` is a development tool" in out.stderr
     assert "make install" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_version_names_the_installed_distribution() -> None:
+    from importlib import metadata
+
+    out = run_cli("--version")
+    assert out.returncode == 0
+    assert out.stdout.strip() == f"screener {metadata.version('screener')}"
+
+
+def test_check_config_prints_the_resolved_settings_with_secrets_masked() -> None:
+    env = env_for(None, 6380, 8000, TOP_N="7", REDIS_PASSWORD="hunter2")
+    env["REDIS_URL"] = "redis://:s3cret@cache:6380/0"
+    out = run_cli("check-config", env=env)
+    assert out.returncode == 0, out.stderr
+    lines = dict(line.split("=", 1) for line in out.stdout.splitlines())
+    assert lines["TOP_N"] == "7  # env"
+    assert lines["LOOKBACK_MIN"] == "15  # default"
+    assert lines["REDIS_PASSWORD"] == "<hidden>  # env"
+    assert lines["REDIS_URL"] == "redis://***@cache:6380/0  # env"
+    assert "hunter2" not in out.stdout + out.stderr
+    assert "s3cret" not in out.stdout + out.stderr
+    from screener.config import VARIABLES
+
+    assert list(lines) == [var.name for var in VARIABLES]
+
+
+def test_check_config_refuses_like_start_up() -> None:
+    env = env_for(None, 6380, 8000, TOP_N="0", MEXC_WS_URL="ws://127.0.0.1:99999/edge")
+    out = run_cli("check-config", env=env)
+    assert out.returncode == 2
+    assert out.stdout == ""
+    assert out.stderr.splitlines() == [
+        "screener: config error: MEXC_WS_URL='ws://127.0.0.1:99999/edge': has a port that is "
+        "not a number in 1..65535",
+        "screener: config error: TOP_N='0': must be between 1 and 100",
+    ]
