@@ -103,7 +103,12 @@ class Ranking(NamedTuple):
     ranked: int  # symbols with data in the window
 
     def as_dict(self) -> dict[str, object]:
+        """The `top_movers` document (and `/top5`'s, which adds `stale`). `ts_ms` is the time
+        in epoch milliseconds, as `market_data` dates its events; `ts` the same time as text,
+        kept for the consumers that read it."""
         return {
+            "type": "top_movers",
+            "ts_ms": round(self.wall_ts * 1000),
             "ts": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.wall_ts)),
             "lookback_min": self.lookback_min,
             "top5_gainers": [_stat_dict(s) for s in self.gainers],

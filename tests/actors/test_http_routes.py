@@ -71,6 +71,8 @@ def ranking() -> Ranking:
 
 
 RANKING_DOC = {
+    "type": "top_movers",
+    "ts_ms": round((M + 0.7) * 1000),
     "ts": "2026-02-05 22:28:00 UTC",
     "lookback_min": 15,
     "top5_gainers": [

@@ -27,6 +27,8 @@ def test_fewer_symbols_than_top_n() -> None:
 def test_as_dict_shape() -> None:
     r = rank([SymbolStat("A_USDT", 1.5, 2.0)], top_n=5, lookback_min=15, wall_ts=1_770_000_000)
     assert r.as_dict() == {
+        "type": "top_movers",
+        "ts_ms": 1_770_000_000_000,
         "ts": "2026-02-02 02:40:00 UTC",
         "lookback_min": 15,
         "top5_gainers": [{"symbol": "A_USDT", "change_pct": 1.5, "price": 2.0}],
