@@ -1,5 +1,5 @@
 """A MEXC-compatible futures exchange simulator (REST + ``/edge`` WebSocket) for tests,
-benchmarks and offline runs. Faithful to ``mexc-protocol.md``; see ``FakeExchange``.
+benchmarks and offline runs. Faithful to docs/exchange.md; see ``FakeExchange``.
 """
 
 from __future__ import annotations

@@ -95,7 +95,7 @@ def _unit(key: int, m: int, salt: int) -> float:
 
 
 def is_live_row(row: dict[str, Any], now_ms: int) -> bool:
-    """The protocol file's filter recipe for a tradable USDT-margined perpetual."""
+    """The filter recipe for a tradable USDT-margined perpetual (docs/exchange.md, section 6.2)."""
     opening = row.get("openingTime") or 0
     return (
         row.get("quoteCoin") == "USDT"
@@ -503,7 +503,8 @@ class Market:
         )
 
     def ticker(self, symbol: str, now: float) -> dict[str, Any]:
-        """A ``/contract/ticker`` entry shaped like the Docs-new sample."""
+        """A ``/contract/ticker`` entry shaped like MEXC's documented sample (docs/exchange.md,
+        section 6.4)."""
         book = self._book(symbol, now)
         spec = book.spec
         row = self.row(symbol) or {}
@@ -554,7 +555,8 @@ def _contract_row(
     hidden: bool = False,
     opening_ms: int = 0,
 ) -> dict[str, Any]:
-    """A ``contract/detail`` row with the Docs-new sample's fields (fee/risk arrays trimmed)."""
+    """A ``contract/detail`` row with the fields of MEXC's documented sample (fee and risk
+    arrays trimmed)."""
     base = symbol.split("_", 1)[0]
     return {
         "symbol": symbol,

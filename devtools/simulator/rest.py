@@ -120,8 +120,8 @@ class RestSide:
         now = self.clock()
         symbol = request.args.get("symbol")
         if symbol is None:
-            # "No symbol => an array of all contracts" (protocol file 2.3): every enabled,
-            # opened row, including the ones a USDT-perpetual client must filter out.
+            # "No symbol => an array of all contracts" (docs/exchange.md, section 6.4): every
+            # enabled, opened row, including the ones a USDT-perpetual client must filter out.
             now_ms = int(now * 1000)
             rows = [
                 r["symbol"]

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar, overload
 
 import trio
-from quart_trio import QuartTrio
 from loguru import logger
+from quart_trio import QuartTrio
 
 from devtools.simulator.exchange import Market, SimAddress, SimConfig
 from devtools.simulator.rest import RestSide

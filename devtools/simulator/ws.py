@@ -241,7 +241,7 @@ class WsHub:
         """Apply a sub.kline; returns the reply. The "gzip" flag is ignored: always JSON text.
 
         Whether the real venue gzips frames when "gzip" is absent or true is unverified (the
-        protocol file, section 4); the simulator always answers in plain JSON text.
+        docs/exchange.md, section 9); the simulator always answers in plain JSON text.
         """
         symbol = param.get("symbol")
         interval = param.get("interval", "Min1")

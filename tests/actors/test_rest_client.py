@@ -75,8 +75,8 @@ async def hang(request: httpx.Request) -> httpx.Response:
     raise AssertionError("unreachable")
 
 
-# Real-shaped answers (docs/exchange.md, ../shared/mexc-protocol.md, the simulator).
-KLINE_DATA = {  # Docs-new sample, Min15, two rows
+# Real-shaped answers (docs/exchange.md, the simulator).
+KLINE_DATA = {  # MEXC's documented sample, Min15, two rows
     "time": [1761876000, 1761876900],
     "open": [109573.9, 109006.4],
     "close": [109006.4, 109301.5],
@@ -116,7 +116,7 @@ KLINES = [
     ),
 ]
 TICKER_ROWS = [
-    {  # Docs-new sample
+    {  # MEXC's documented sample
         "contractId": 10,
         "symbol": "BTC_USDT",
         "lastPrice": 109167.1,

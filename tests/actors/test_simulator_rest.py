@@ -49,7 +49,7 @@ def make(symbols: int = 5, rate_per_s: float = 0.0) -> tuple[FakeExchange, FakeC
 
 
 def live_recipe(row: dict[str, Any], now_ms: int) -> bool:
-    """The protocol file's filter recipe, restated independently of the simulator."""
+    """The filter recipe of docs/exchange.md (section 6.2), restated apart from the simulator."""
     return (
         row["quoteCoin"] == "USDT"
         and row["settleCoin"] == "USDT"

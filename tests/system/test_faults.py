@@ -365,7 +365,8 @@ async def test_garbage_of_every_kind_is_counted_and_valid_pushes_still_flow(
                     if counter(svc, REJECTED, reason=reason) != before + 1:
                         missed.append(f"{what}: not counted as {reason}")
 
-                # Compressed valid pushes are accepted (the venue may gzip, section 1.4).
+                # Compressed valid pushes are accepted (the venue may gzip: docs/exchange.md,
+                # section 5.9).
                 for pack in (gzip.compress, zlib.compress):
                     push = await ex.push(ex.live_symbols[0])
                     push["ts"] += 1

@@ -1,4 +1,4 @@
-"""The decoder on the recorded frames of shared/mexc-protocol.md, and on garbage."""
+"""The decoder on the recorded frames of tests/frames (see docs/exchange.md), and on garbage."""
 
 from __future__ import annotations
 
