@@ -248,7 +248,12 @@ async def run_service(
 
         async def serve_then_stop(task_status: trio.TaskStatus[int]) -> None:
             await serve_http(
-                app, settings.http_host, shape.port, stop=stop, task_status=task_status
+                app,
+                settings.http_host,
+                shape.port,
+                stop=stop,
+                max_connections=settings.http_max_connections,
+                task_status=task_status,
             )
             nursery.cancel_scope.cancel()  # HTTP drained: now the actors stop
 

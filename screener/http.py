@@ -1,7 +1,9 @@
 """HTTP face: /health, /top5, /metrics on quart-trio, served by hypercorn.
 
 Handlers only read the latest immutable snapshots the actors publish (`Views`); they never
-reach into an actor. Unknown routes and methods answer JSON, never a stack trace.
+reach into an actor. Unknown routes and methods answer JSON, never a stack trace; only GET is
+served (HEAD too answers 405). The server (screener/http_server.py) closes connections when
+HTTP says so and holds at most `max_connections` at once.
 """
 
 from __future__ import annotations
@@ -14,14 +16,14 @@ from typing import Any, Final
 import orjson
 import trio
 from hypercorn.config import Config
-from hypercorn.trio import serve
 from loguru import logger
 from prometheus_client import CONTENT_TYPE_LATEST
-from quart import Response
+from quart import Response, request
 from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from screener.health import feed_state, health_report
+from screener.http_server import serve_hypercorn
 from screener.metrics import Metrics
 from screener.snapshot import Views
 from screener.supervise import split_retryable
@@ -35,6 +37,20 @@ def create_app(
     views: Views, metrics: Metrics, *, stale_after_s: float, rest_mode: bool = False
 ) -> QuartTrio:
     app = QuartTrio(__name__)
+
+    @app.before_request
+    async def get_only() -> None:
+        # Werkzeug adds HEAD to every GET rule; the service promises 405 for all but GET.
+        if request.method == "HEAD" and request.routing_exception is None:
+            raise MethodNotAllowed()
+
+    @app.after_request
+    async def close_if_ambiguous(response: Response) -> Response:
+        # RFC 9112 6.3: a request with both Content-Length and Transfer-Encoding may be a
+        # smuggling attempt; answer it, then close, so nothing pipelined behind it runs.
+        if "Content-Length" in request.headers and "Transfer-Encoding" in request.headers:
+            response.headers["Connection"] = "close"
+        return response
 
     @app.get("/health", provide_automatic_options=False)
     async def health() -> Response:
@@ -69,6 +85,13 @@ def create_app(
 DRAIN_S: Final = 1.0
 """How long requests in flight may take to finish once shutdown began."""
 
+KEEP_ALIVE_S: Final = 5.0
+"""An idle connection (no request yet, or none since the last response) is closed after this;
+hypercorn's default, kept explicit because the cap below counts idle connections too."""
+
+MAX_CONNECTIONS: Final = 64
+"""Default cap for callers other than the service, which passes HTTP_MAX_CONNECTIONS."""
+
 
 class ListenError(RuntimeError):
     """The HTTP port cannot be bound (in use, no permission)."""
@@ -80,19 +103,30 @@ async def serve_http(
     port: int,
     *,
     stop: Callable[[], Awaitable[None]] = trio.sleep_forever,
+    max_connections: int = MAX_CONNECTIONS,
+    keep_alive_s: float = KEEP_ALIVE_S,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until `stop` returns, then stop accepting, let the requests in flight finish
-    (within `DRAIN_S`) and return; `started()` reports the bound port (useful with port 0)."""
+    (within `DRAIN_S`) and return; `started()` reports the bound port (useful with port 0).
+    At most `max_connections` are open at once (more wait in the listen backlog), so HTTP
+    clients cannot take the file descriptors the feed needs."""
     config = Config()
     config.bind = [f"{host}:{port}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = DRAIN_S
+    config.keep_alive_timeout = keep_alive_s
     async with trio.open_nursery() as nursery:
         try:
             binds: list[str] = await nursery.start(
-                partial(serve, app, config, shutdown_trigger=stop)
+                partial(
+                    serve_hypercorn,
+                    app,
+                    config,
+                    max_connections=max_connections,
+                    shutdown_trigger=stop,
+                )
             )
         except BaseException as exc:
             found = split_retryable(exc, (OSError,))

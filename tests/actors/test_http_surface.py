@@ -38,7 +38,7 @@ def app() -> QuartTrio:
 
 
 @pytest.mark.parametrize("path", ["/health", "/top5", "/metrics"])
-@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "TRACE"])
+@pytest.mark.parametrize("method", ["HEAD", "POST", "PUT", "DELETE", "PATCH", "TRACE"])
 async def test_only_get_on_known_routes(
     autojump_clock: trio.testing.MockClock, app: QuartTrio, method: str, path: str
 ) -> None:
@@ -54,6 +54,15 @@ async def test_options_is_not_answered_either(
     """Quart answers OPTIONS on every route by itself (200, empty text/html)."""
     response = await app.test_client().open("/health", method="OPTIONS")
     assert_json_error(response, 405, await response.get_data())
+
+
+async def test_head_on_an_unknown_path_stays_404(
+    autojump_clock: trio.testing.MockClock, app: QuartTrio
+) -> None:
+    """HEAD is refused on the known routes (Werkzeug would answer it for every GET route),
+    but an unknown path is still "not found", as for any other method."""
+    response = await app.test_client().open("/nope", method="HEAD")
+    assert_json_error(response, 404, await response.get_data())
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,13 @@ PRODUCTION = sorted(
 
 # Layers from the bottom up; a module may import its own layer or any lower one.
 FACTS = {"screener.mexc.names"}  # the venue's names, which config validates against
-SHELL = {"screener.__main__", "screener.app", "screener.http", "screener.healthcheck"}
+SHELL = {
+    "screener.__main__",
+    "screener.app",
+    "screener.http",
+    "screener.http_server",
+    "screener.healthcheck",
+}
 BASE = {
     "screener",
     "screener.config",
