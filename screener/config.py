@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from screener.mexc.names import INTERVAL_MINUTES, INTERVALS, SYMBOL_RE
@@ -46,32 +46,34 @@ _WHOLE = re.compile(r"[0-9]+")
 _DECIMAL = re.compile(r"([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?")
 
 
-def _int_range(lo: int, hi: int) -> Callable[[str], int]:
-    """Digits only: no sign, padding, underscores or exponent (`1_0` is not ten here)."""
+N = TypeVar("N", int, float)
 
-    def parse(raw: str) -> int:
-        if not _WHOLE.fullmatch(raw):
-            raise ValueError("not a whole number")
-        value = int(raw)
+
+def _bounded(
+    shape: re.Pattern[str], convert: Callable[[str], N], lo: N, hi: N, unit: str, what: str
+) -> Callable[[str], N]:
+    """A number written plainly (`shape`: no sign, padding, underscores, `inf` or `nan`)
+    within [lo, hi]."""
+
+    def parse(raw: str) -> N:
+        if not shape.fullmatch(raw):
+            raise ValueError(f"not {what}")
+        value = convert(raw)
         if not lo <= value <= hi:
-            raise ValueError(f"must be between {lo} and {hi}")
+            raise ValueError(f"must be between {lo:g} and {hi:g}{unit}")
         return value
 
     return parse
+
+
+def _int_range(lo: int, hi: int) -> Callable[[str], int]:
+    """Digits only (`1_0` is not ten here, nor ` 7 ` seven)."""
+    return _bounded(_WHOLE, int, lo, hi, "", "a whole number")
 
 
 def _number(lo: float, hi: float, unit: str) -> Callable[[str], float]:
-    """A plain decimal (`0.5`, `15`, `1e-3`) within [lo, hi]: finite, no padding, no `inf`."""
-
-    def parse(raw: str) -> float:
-        if not _DECIMAL.fullmatch(raw):
-            raise ValueError("not a number")
-        value = float(raw)
-        if not lo <= value <= hi:
-            raise ValueError(f"must be between {lo:g} and {hi:g} {unit}")
-        return value
-
-    return parse
+    """A plain decimal (`0.5`, `15`, `1e-3`) within [lo, hi]: finite, no padding."""
+    return _bounded(_DECIMAL, float, lo, hi, f" {unit}", "a number")
 
 
 def _seconds(lo: float, hi: float) -> Callable[[str], float]:
