@@ -10,9 +10,15 @@ waiting.
 
 Each attempt connects, subscribes (paced), pings every `ping_interval_s` on absolute
 deadlines, and treats `2 x ping_interval_s` without any frame (pongs included) as a dead
-socket. Failures of the named network exceptions restart the attempt with capped, jittered
-exponential backoff; a chunk's trouble never touches another chunk. On cancel the socket is
-closed with code 1000 under a short shielded deadline.
+socket. A socket that still answers pings but brings no push of any of the chunk's symbols
+for `silent_resubscribe_s` (the exchange lost our subscriptions) is resubscribed; if pushes
+still do not come within another `silent_resubscribe_s`, it is replaced. Failures of the
+named network exceptions restart the attempt with capped, jittered exponential backoff; a
+chunk's trouble never touches another chunk. With the app's shared `Reachability`, a
+connection that could not reach the exchange retries as soon as another one gets through
+(and one of them probes within seconds while the exchange is away), so all chunks come back
+together after an outage. On cancel the socket is closed with code 1000 under a short
+shielded deadline.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from screener.mexc.values import DecodeError
 from screener.mexc.websocket import Connector, open_exchange_socket
 from screener.models import ConnStatus, Kline, SymbolSet, WindowInbox
 from screener.periodic import Pulse, Ticker
-from screener.supervise import Backoff, Spell, run_supervised
+from screener.supervise import Backoff, Reachability, Spell, run_supervised
 
 RETRY_ON: Final[tuple[type[Exception], ...]] = (
     OSError,
@@ -50,6 +56,10 @@ CLOSE_GRACE_S: Final = 1.0
 
 class ConnectionDead(OSError):
     """Nothing arrived for twice the ping interval: the socket only looks alive."""
+
+
+class ConnectionSilent(OSError):
+    """Pings answered but no push even after resubscribing: the exchange forgot this socket."""
 
 
 class _Chunk:
@@ -96,8 +106,11 @@ async def run_connection(
     connect: Connector = open_exchange_socket,
     gaps: trio.MemorySendChannel[SymbolSet] | None = None,
     gap_after_s: float = math.inf,
+    reachability: Reachability | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """`reachability`: the view of the exchange shared by every connection actor of the
+    service (None: this connection recovers on its own backoff alone)."""
     async with control, outbox, gaps if gaps is not None else contextlib.nullcontext():
         chunk = _Chunk(await control.receive(), gaps, gap_after_s)
         await _send_status(outbox, ConnStatus(conn_id=conn_id, up=False))  # counted, not up
@@ -125,6 +138,8 @@ async def run_connection(
                     backoff=Backoff(first_s=2.0, cap_s=60.0, rand=rand),
                     healthy_after_s=60.0,
                     on_failure=on_failure,
+                    reachability=reachability,
+                    on_early_retry=metrics.reconnects_early.inc,
                 )
             )
         if chunk.retired:
@@ -142,6 +157,7 @@ async def _connect_once(
 ) -> None:
     log = logger.bind(actor="connection", conn=conn_id)
     async with connect(settings) as ws:
+        spell.opened()  # the exchange answered: whatever fails now is not reachability
         link = _Link(ws, conn_id, metrics, outbox, spell, settings.max_message_bytes)
         try:
             async with trio.open_nursery() as nursery:
@@ -151,8 +167,11 @@ async def _connect_once(
                 await link.subscribe_all(chunk, settings)
                 await _send_status(outbox, ConnStatus(conn_id=conn_id, up=True))
                 link.up = True
+                link.last_push = trio.current_time()  # silence is counted from here
+                spell.reached()
                 chunk.came_up()
                 log.info("subscribed {n} symbols", n=len(link.subscribed))
+                nursery.start_soon(link.mind_pushes, settings)
                 await link.follow(chunk, settings)
         finally:
             metrics.subscriptions.dec(link.acked)
@@ -193,6 +212,8 @@ class _Link:
         self.outbox = outbox
         self.log = logger.bind(actor="connection", conn=conn_id)
         self.last_rx = trio.current_time()
+        self.last_push = self.last_rx  # of any subscribed symbol
+        self.sending = trio.Lock()  # one subscription change at a time
         self.subscribed: set[str] = set()
         self.acked = 0
         self.up = False
@@ -218,12 +239,13 @@ class _Link:
                 continue
             if type(frame) is Kline:
                 if frame.symbol in self.subscribed:
+                    self.last_push = self.last_rx
                     try:  # no scheduling round trip per push while there is room
                         outbox.send_nowait(frame)
                     except trio.WouldBlock:
                         await outbox.send(frame)
             elif type(frame) is SubAck:
-                if not self.acked:
+                if self.spell.healthy_since is None:
                     self.spell.healthy()  # backoff resets only after a real subscription
                 self.acked += 1
                 metrics.subscriptions.inc()
@@ -260,6 +282,49 @@ class _Link:
     async def subscribe_all(self, chunk: _Chunk, settings: ExchangeSettings) -> None:
         await self._sync(chunk.desired, settings)
 
+    async def mind_pushes(self, settings: ExchangeSettings) -> None:
+        """Pings prove the socket, not the subscriptions: an exchange that lost them keeps
+        answering pings and sends nothing. After `silent_resubscribe_s` without a push of any
+        of the chunk's symbols (per connection: one idle symbol is normal), resubscribe the
+        chunk; if pushes still do not come within another `silent_resubscribe_s`, raise
+        `ConnectionSilent` so the attempt is replaced."""
+        limit = settings.silent_resubscribe_s
+        while True:
+            await self._no_push_for(limit)
+            resubscribed_at = trio.current_time()
+            self.metrics.silent_resubscribes.inc()
+            self.log.warning(
+                "no push for {s:g}s on {n} symbols; resubscribing",
+                s=resubscribed_at - self.last_push,
+                n=len(self.subscribed),
+            )
+            await self.resubscribe(settings)
+            await trio.sleep_until(resubscribed_at + limit)
+            if self.last_push < resubscribed_at:
+                self.metrics.silent_reconnects.inc()
+                raise ConnectionSilent(
+                    f"no push for {trio.current_time() - self.last_push:g}s, "
+                    "resubscribing did not help"
+                )
+
+    async def _no_push_for(self, limit_s: float) -> None:
+        """Return once `limit_s` passed since the last push (pushes move the deadline)."""
+        while True:
+            deadline = self.last_push + limit_s
+            if trio.current_time() >= deadline:
+                return
+            await trio.sleep_until(deadline)
+
+    async def resubscribe(self, settings: ExchangeSettings) -> None:
+        """Send `sub.kline` again for every symbol of the chunk, acknowledgements counted
+        afresh. No unsubscribe first: an exchange that lost the subscriptions has nothing to
+        unsubscribe (the protocol notes do not say how MEXC answers a repeated `sub.kline`;
+        a refusal would show as `rs.error`, and the reconnect still follows)."""
+        async with self.sending:
+            self.metrics.subscriptions.dec(self.acked)
+            self.acked = 0
+            await self._send_paced([sub_kline(s) for s in sorted(self.subscribed)], settings)
+
     async def follow(self, chunk: _Chunk, settings: ExchangeSettings) -> None:
         """Subscribe or unsubscribe the difference whenever the chunk changes."""
         while True:
@@ -268,9 +333,13 @@ class _Link:
             self.log.info("chunk now {n} symbols", n=len(self.subscribed))
 
     async def _sync(self, desired: SymbolSet, settings: ExchangeSettings) -> None:
-        frames = [unsub_kline(s) for s in sorted(self.subscribed - desired)]
-        frames += [sub_kline(s) for s in sorted(desired - self.subscribed)]
-        self.subscribed = set(desired)
+        async with self.sending:
+            frames = [unsub_kline(s) for s in sorted(self.subscribed - desired)]
+            frames += [sub_kline(s) for s in sorted(desired - self.subscribed)]
+            self.subscribed = set(desired)
+            await self._send_paced(frames, settings)
+
+    async def _send_paced(self, frames: list[str], settings: ExchangeSettings) -> None:
         for i, frame in enumerate(frames):
             if i and i % settings.subscribe_batch == 0:
                 await trio.sleep(settings.subscribe_pause_s)

@@ -42,7 +42,7 @@ from screener.metrics import Metrics
 from screener.mexc.client import fetch_contracts, fetch_klines, fetch_tickers, open_rest_client
 from screener.models import ChunkPlan, PublisherInbox, SymbolSet, WindowInbox
 from screener.snapshot import Views
-from screener.supervise import supervise_pool
+from screener.supervise import Reachability, supervise_pool
 
 Mode = Literal["ws", "rest"]
 
@@ -204,6 +204,9 @@ async def run_service(
             # The connections' supervisor: one connection actor per chunk of the latest plan.
             ingest_for_conns = ingest_send.clone()
             fills_for_conns = fills.clone() if fills is not None else None
+            # One view of the exchange shared by every connection: when one gets through
+            # after an outage, the others stop waiting out their own backoff.
+            reachability = Reachability(rand=rand)
 
             def connection(
                 conn_id: int, control: trio.MemoryReceiveChannel[SymbolSet]
@@ -217,6 +220,7 @@ async def run_service(
                     rand=rand,
                     gaps=None if fills_for_conns is None else fills_for_conns.clone(),
                     gap_after_s=rest_settings.backfill_gap_s,
+                    reachability=reachability,
                 )
 
             await nursery.start(

@@ -52,6 +52,22 @@ class Metrics:
         self.reconnects = Counter(
             "screener_reconnects", "WebSocket reconnect attempts after a failure", registry=r
         )
+        self.reconnects_early = Counter(
+            "screener_reconnects_early",
+            "Reconnects started before their backoff ended: another connection reached the "
+            "exchange again after it had been unreachable",
+            registry=r,
+        )
+        self.silent_resubscribes = Counter(
+            "screener_silent_resubscribes",
+            "Chunks resubscribed after SILENT_RESUBSCRIBE_S without a push on a live socket",
+            registry=r,
+        )
+        self.silent_reconnects = Counter(
+            "screener_silent_reconnects",
+            "Connections replaced: still no push SILENT_RESUBSCRIBE_S after resubscribing",
+            registry=r,
+        )
         self.rs_errors = Counter(
             "screener_subscribe_errors", "rs.error answers from the exchange", registry=r
         )
