@@ -61,10 +61,11 @@ class Service:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.metrics = Metrics()
+        redis = settings.redis
+        self.metrics = Metrics(channels=(redis.market_data_channel, redis.top_movers_channel))
         self.views = Views.empty()
         self.http_port = 0
-        self.metrics.watch_age(lambda: self.views.push_age(trio.current_time()))
+        self.metrics.watch_last_push(lambda: self.views.push_age(trio.current_time()))
 
 
 class Shape(NamedTuple):

@@ -9,6 +9,7 @@ HTTP says so and holds at most `max_connections` at once.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, Final
@@ -18,13 +19,13 @@ import trio
 from hypercorn.config import Config
 from loguru import logger
 from prometheus_client import CONTENT_TYPE_LATEST
-from quart import Response, request
+from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from screener.health import feed_state, health_report
 from screener.http_server import serve_hypercorn
-from screener.metrics import Metrics
+from screener.metrics import ROUTES, Metrics
 from screener.snapshot import Views
 from screener.supervise import split_retryable
 
@@ -39,6 +40,10 @@ def create_app(
     app = QuartTrio(__name__)
 
     @app.before_request
+    async def started() -> None:
+        g.started = time.perf_counter()
+
+    @app.before_request
     async def get_only() -> None:
         # Werkzeug adds HEAD to every GET rule; the service promises 405 for all but GET.
         if request.method == "HEAD" and request.routing_exception is None:
@@ -50,6 +55,15 @@ def create_app(
         # smuggling attempt; answer it, then close, so nothing pipelined behind it runs.
         if "Content-Length" in request.headers and "Transfer-Encoding" in request.headers:
             response.headers["Connection"] = "close"
+        return response
+
+    @app.after_request
+    async def timed(response: Response) -> Response:
+        rule = request.url_rule.rule if request.url_rule is not None else "other"
+        route = rule if rule in ROUTES else "other"
+        started = g.get("started")
+        if started is not None:  # None only if an earlier hook failed
+            metrics.http_duration.labels(route).observe(time.perf_counter() - started)
         return response
 
     @app.get("/health", provide_automatic_options=False)

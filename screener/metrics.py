@@ -1,16 +1,35 @@
 """Prometheus metrics, one registry per service instance (no module-level singletons).
 
-Counters are thread-safe and monotonic, so actors update them directly; the hot paths add
-per batch rather than per message where they can.
+Every metric is declared once in `METRICS` (name, help, labels and the label values known in
+advance, so each labelled series exists at zero from the start instead of appearing on its
+first increment). The registry also carries the process and platform collectors
+(`process_*`: RSS, CPU, file descriptors, start time) and `screener_build_info`; no
+`_created` series. Counters are thread-safe and monotonic, so actors update them directly;
+the hot paths add per batch rather than per message where they can.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import platform
+import time
+from collections.abc import Callable, Sequence
+from typing import Final, NamedTuple
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 
-REJECT_REASONS = (
+from screener import __version__
+
+REJECT_REASONS: Final = (
     "json",
     "binary",
     "shape",
@@ -24,109 +43,210 @@ REJECT_REASONS = (
     "too_large",
     "unencodable",
 )
+ENDPOINTS: Final = ("contract_detail", "kline", "ticker")
+REST_REASONS: Final = (
+    "timeout",
+    "transport",
+    "server",
+    "rate_limited",
+    "envelope",
+    "malformed",
+    "status",
+)
+ROUTES: Final = ("/health", "/top5", "/metrics", "other")
+LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+"""Seconds; a push normally reaches Redis within a few ms, an outage shows in the top ones."""
+HTTP_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
+
+
+class Spec(NamedTuple):
+    """One metric: the attribute it is reached by, its kind, name, help and labels;
+    `values` are the label values (one tuple per series) created at zero."""
+
+    attr: str
+    kind: type[Counter] | type[Gauge] | type[Histogram]
+    name: str
+    help: str
+    labels: tuple[str, ...] = ()
+    values: Sequence[tuple[str, ...]] = ()
+    buckets: tuple[float, ...] = ()
+
+
+def _each(*values: str) -> tuple[tuple[str, ...], ...]:
+    return tuple((v,) for v in values)
+
+
+METRICS: Final = (
+    Spec("received", Counter, "screener_messages_received", "WebSocket messages received"),
+    Spec(
+        "rejected",
+        Counter,
+        "screener_messages_rejected",
+        "Messages or pushes rejected, by reason",
+        ("reason",),
+        _each(*REJECT_REASONS),
+    ),
+    Spec("published", Counter, "screener_events_published", "Events published", ("channel",)),
+    Spec(
+        "dropped",
+        Counter,
+        "screener_events_dropped",
+        "Events dropped before Redis (superseded by a newer one of the same symbol)",
+    ),
+    Spec("reconnects", Counter, "screener_reconnects", "WebSocket reconnects after a failure"),
+    Spec(
+        "reconnects_early",
+        Counter,
+        "screener_reconnects_early",
+        "Reconnects started before their backoff ended: another connection reached the "
+        "exchange again after it had been unreachable",
+    ),
+    Spec(
+        "silent_resubscribes",
+        Counter,
+        "screener_silent_resubscribes",
+        "Chunks resubscribed after SILENT_RESUBSCRIBE_S without a push on a live socket",
+    ),
+    Spec(
+        "silent_reconnects",
+        Counter,
+        "screener_silent_reconnects",
+        "Connections replaced: still no push SILENT_RESUBSCRIBE_S after resubscribing",
+    ),
+    Spec("rs_errors", Counter, "screener_subscribe_errors", "rs.error answers from the exchange"),
+    Spec(
+        "rest_errors",
+        Counter,
+        "screener_rest_errors",
+        "Failed REST calls",
+        ("endpoint",),
+        _each(*ENDPOINTS),
+    ),
+    Spec(
+        "rest_requests",
+        Counter,
+        "screener_rest_requests",
+        "REST requests sent (retries included)",
+        ("endpoint",),
+        _each(*ENDPOINTS),
+    ),
+    Spec(
+        "rest_failures",
+        Counter,
+        "screener_rest_failures",
+        "Failed REST attempts by reason, retried or not",
+        ("endpoint", "reason"),
+        tuple((e, r) for e in ENDPOINTS for r in REST_REASONS),
+    ),
+    Spec(
+        "rest_rate",
+        Gauge,
+        "screener_rest_request_rate_limit",
+        "REST requests per second in force (halved after rate-limit answers)",
+    ),
+    Spec(
+        "backfill_symbols",
+        Counter,
+        "screener_backfill_symbols",
+        "Symbols refilled from REST klines",
+        ("result",),
+        _each("ok", "failed"),
+    ),
+    Spec("feed_rest", Gauge, "screener_feed_rest", "1 while the REST ticker feeds the windows"),
+    Spec("connections_up", Gauge, "screener_connections_up", "WebSockets open and subscribed"),
+    Spec("connections_total", Gauge, "screener_connections", "WebSockets wanted (chunks)"),
+    Spec("subscriptions", Gauge, "screener_subscriptions", "kline subscriptions acknowledged"),
+    Spec("symbols", Gauge, "screener_symbols", "Symbols in the tracked universe"),
+    Spec("redis_up", Gauge, "screener_redis_up", "1 when the last Redis write worked"),
+    Spec("publish_backlog", Gauge, "screener_publish_backlog", "Events waiting for Redis"),
+    Spec("rankings", Counter, "screener_rankings", "Rankings made with at least one symbol"),
+    Spec(
+        "queue_peak",
+        Gauge,
+        "screener_queue_peak",
+        "Most items ever waiting in a bounded queue (ingest channel, publish buffer)",
+        ("queue",),
+        _each("ingest", "publish_buffer"),
+    ),
+    Spec(
+        "publish_latency",
+        Histogram,
+        "screener_push_to_publish_seconds",
+        "From the exchange's push time to the event written to Redis",
+        buckets=LATENCY_BUCKETS,
+    ),
+    Spec(
+        "http_duration",
+        Histogram,
+        "screener_http_request_duration_seconds",
+        "HTTP request handling time by route",
+        ("route",),
+        _each(*ROUTES),
+        HTTP_BUCKETS,
+    ),
+)
 
 
 class Metrics:
-    def __init__(self) -> None:
+    """The metrics of one service instance, each an attribute named as in `METRICS`."""
+
+    received: Counter
+    rejected: Counter
+    published: Counter
+    dropped: Counter
+    reconnects: Counter
+    reconnects_early: Counter
+    silent_resubscribes: Counter
+    silent_reconnects: Counter
+    rs_errors: Counter
+    rest_errors: Counter
+    rest_requests: Counter
+    rest_failures: Counter
+    rest_rate: Gauge
+    backfill_symbols: Counter
+    feed_rest: Gauge
+    connections_up: Gauge
+    connections_total: Gauge
+    subscriptions: Gauge
+    symbols: Gauge
+    redis_up: Gauge
+    publish_backlog: Gauge
+    rankings: Counter
+    queue_peak: Gauge
+    publish_latency: Histogram
+    http_duration: Histogram
+
+    def __init__(self, channels: Sequence[str] = ("market_data", "top_movers")) -> None:
+        # The client library offers only a process-wide switch for `_created` series; every
+        # registry of this process is ours, so turning them off here is what we want.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry()
         r = self.registry
-        self.received = Counter(
-            "screener_messages_received", "WebSocket messages received", registry=r
+        for spec in METRICS:
+            metric = (
+                Histogram(spec.name, spec.help, spec.labels, registry=r, buckets=spec.buckets)
+                if spec.kind is Histogram
+                else spec.kind(spec.name, spec.help, spec.labels, registry=r)
+            )
+            values = _each(*channels) if spec.attr == "published" else spec.values
+            for labels in values:
+                metric.labels(*labels)
+            setattr(self, spec.attr, metric)
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        Info("screener_build", "The running screener", registry=r).info(
+            {"version": __version__, "python": platform.python_version()}
         )
-        self.rejected = Counter(
-            "screener_messages_rejected",
-            "Messages or pushes rejected, by reason",
-            ["reason"],
-            registry=r,
-        )
-        for reason in REJECT_REASONS:
-            self.rejected.labels(reason)
-        self.published = Counter(
-            "screener_events_published", "Events published to Redis", ["channel"], registry=r
-        )
-        self.dropped = Counter(
-            "screener_events_dropped",
-            "Events dropped before Redis (superseded by a newer one of the same symbol)",
-            registry=r,
-        )
-        self.reconnects = Counter(
-            "screener_reconnects", "WebSocket reconnect attempts after a failure", registry=r
-        )
-        self.reconnects_early = Counter(
-            "screener_reconnects_early",
-            "Reconnects started before their backoff ended: another connection reached the "
-            "exchange again after it had been unreachable",
-            registry=r,
-        )
-        self.silent_resubscribes = Counter(
-            "screener_silent_resubscribes",
-            "Chunks resubscribed after SILENT_RESUBSCRIBE_S without a push on a live socket",
-            registry=r,
-        )
-        self.silent_reconnects = Counter(
-            "screener_silent_reconnects",
-            "Connections replaced: still no push SILENT_RESUBSCRIBE_S after resubscribing",
-            registry=r,
-        )
-        self.rs_errors = Counter(
-            "screener_subscribe_errors", "rs.error answers from the exchange", registry=r
-        )
-        self.rest_errors = Counter(
-            "screener_rest_errors", "Failed REST calls", ["endpoint"], registry=r
-        )
-        self.rest_requests = Counter(
-            "screener_rest_requests",
-            "REST requests sent (retries included)",
-            ["endpoint"],
-            registry=r,
-        )
-        self.rest_failures = Counter(
-            "screener_rest_failures",
-            "Failed REST attempts by reason, retried or not",
-            ["endpoint", "reason"],
-            registry=r,
-        )
-        self.rest_rate = Gauge(
-            "screener_rest_rate_per_s",
-            "REST request rate in force (halved after rate-limit answers)",
-            registry=r,
-        )
-        self.backfill_symbols = Counter(
-            "screener_backfill_symbols", "Symbols refilled from REST klines", ["result"], registry=r
-        )
-        self.feed_rest = Gauge(
-            "screener_feed_rest", "1 while the REST ticker failover feeds the windows", registry=r
-        )
-        self.connections_up = Gauge(
-            "screener_connections_up", "WebSocket connections open and subscribed", registry=r
-        )
-        self.connections_total = Gauge(
-            "screener_connections", "WebSocket connections wanted (chunks)", registry=r
-        )
-        self.subscriptions = Gauge(
-            "screener_subscriptions", "kline subscriptions acknowledged", registry=r
-        )
-        self.symbols = Gauge("screener_symbols", "Symbols in the tracked universe", registry=r)
-        self.redis_up = Gauge("screener_redis_up", "1 when the last Redis call worked", registry=r)
-        self.publish_backlog = Gauge(
-            "screener_publish_backlog", "Events waiting for Redis", registry=r
-        )
-        self.last_push_age = Gauge(
-            "screener_last_push_age_seconds",
-            "Seconds since the last accepted push (-1 before any)",
-            registry=r,
-        )
-        self.rankings = Counter("screener_rankings", "Rankings computed", registry=r)
-        self.queue_peak = Gauge(
-            "screener_queue_peak",
-            "Most items ever waiting in a bounded queue (ingest channel, publish buffer)",
-            ["queue"],
+        self.last_push = Gauge(
+            "screener_last_push_timestamp_seconds",
+            "Unix time of the last accepted live push (0 before any)",
             registry=r,
         )
 
-    def watch_age(self, age: Callable[[], float | None]) -> None:
-        """Compute the last-push age at scrape time rather than on every push."""
-        self.last_push_age.set_function(lambda: -1.0 if (a := age()) is None else a)
+    def watch_last_push(self, age: Callable[[], float | None]) -> None:
+        """Compute the last push's Unix time at scrape time from its age (on trio's clock),
+        rather than on every push."""
+        self.last_push.set_function(lambda: 0.0 if (a := age()) is None else time.time() - a)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -3,6 +3,7 @@ with the snapshots set by the test as the actors would, changing over virtual ti
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -345,12 +346,12 @@ async def test_top5_in_rest_mode_is_stale_by_the_last_kline_fetch(
         assert await get(client, "/top5") == (200, {**RANKING_DOC, "stale": True})
 
 
-async def test_metrics_last_push_age_is_computed_at_scrape_time(
+async def test_metrics_last_push_is_a_unix_time_computed_at_scrape_time(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     views = Views.empty()
     metrics = Metrics()
-    metrics.watch_age(lambda: views.push_age(trio.current_time()))  # as `Service` wires it
+    metrics.watch_last_push(lambda: views.push_age(trio.current_time()))  # as `Service` does
     client = client_for(views, 60.0, metrics=metrics)
     with trio.fail_after(100):
         await trio.sleep_until(5.0)
@@ -358,13 +359,29 @@ async def test_metrics_last_push_age_is_computed_at_scrape_time(
         assert response.status_code == 200
         assert response.headers["content-type"] == CONTENT_TYPE_LATEST
         text = await response.get_data(as_text=True)
-        assert scraped(text, "screener_last_push_age_seconds") == -1.0
+        assert scraped(text, "screener_last_push_timestamp_seconds") == 0.0  # no push yet
 
         await trio.sleep_until(10.0)
         push(views)
-        await trio.sleep_until(25.5)
-        text = await (await client.get("/metrics")).get_data(as_text=True)
-        assert scraped(text, "screener_last_push_age_seconds") == 15.5
-        await trio.sleep_until(70.0)  # nothing updated the gauge meanwhile
-        text = await (await client.get("/metrics")).get_data(as_text=True)
-        assert scraped(text, "screener_last_push_age_seconds") == 60.0
+        for now, age in ((25.5, 15.5), (70.0, 60.0)):  # nothing updates the gauge meanwhile
+            await trio.sleep_until(now)
+            before = time.time()
+            text = await (await client.get("/metrics")).get_data(as_text=True)
+            pushed_at = scraped(text, "screener_last_push_timestamp_seconds")
+            assert before - age - 0.5 <= pushed_at <= time.time() - age
+
+
+async def test_http_request_durations_are_counted_by_route(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    metrics = Metrics()
+    client = client_for(Views.empty(), 60.0, metrics=metrics)
+    with trio.fail_after(10):
+        for path in ("/health", "/health", "/top5", "/nope", "/metrics"):
+            await client.get(path)
+    registry = metrics.registry
+    for route, n in (("/health", 2), ("/top5", 1), ("other", 1), ("/metrics", 1)):
+        count = registry.get_sample_value(
+            "screener_http_request_duration_seconds_count", {"route": route}
+        )
+        assert count == n, route

@@ -226,7 +226,7 @@ def counters(metrics: Metrics, endpoint: str) -> tuple[float | None, float | Non
 
 
 def rate_gauge(metrics: Metrics) -> float | None:
-    return sample(metrics, "screener_rest_rate_per_s")
+    return sample(metrics, "screener_rest_request_rate_limit")
 
 
 async def klines(client: RestClient) -> list[Kline]:
@@ -245,7 +245,7 @@ async def test_requests_are_paced_one_over_rate_apart(
             for _ in range(6):
                 nursery.start_soon(fetch_tickers, client)
     assert venue.times == [0.0, 0.25, 0.5, 0.75, 1.0, 1.25]
-    assert counters(metrics, "ticker") == (6.0, None)
+    assert counters(metrics, "ticker") == (6.0, 0.0)
     assert failures(metrics) == {}
 
 
@@ -271,7 +271,7 @@ async def test_at_most_max_in_flight_requests_are_open(
     # The fifth waits for the first to finish at 10 s, not for the pacing at 1 s.
     assert venue.times == [0.0, 0.25, 0.5, 0.75, 10.0, 10.25, 10.5, 10.75]
     assert done == [10.0, 10.25, 10.5, 10.75, 20.0, 20.25, 20.5, 20.75]
-    assert counters(metrics, "ticker") == (8.0, None)
+    assert counters(metrics, "ticker") == (8.0, 0.0)
 
 
 @pytest.mark.parametrize(
@@ -355,7 +355,7 @@ async def test_rate_limit_slows_the_pacing_for_30s_then_full_speed_again(
                 for _ in range(3):
                     nursery.start_soon(fetch_tickers, client)
     assert venue.times == [0.0, 0.5, 1.0, 1.5, 2.0, 30.0, 30.25, 30.5]
-    assert counters(metrics, "ticker") == (8.0, None)
+    assert counters(metrics, "ticker") == (8.0, 0.0)
     assert failures(metrics) == {("ticker", "rate_limited"): 1.0}
 
 
@@ -382,7 +382,7 @@ async def test_a_hanging_request_is_cut_at_the_timeout_and_retried(
             assert await klines(client) == KLINES
             assert trio.current_time() == 2.5  # cut at 2, retried 0.5 s later
     assert venue.times == [0.0, 2.5]
-    assert counters(metrics, "kline") == (2.0, None)
+    assert counters(metrics, "kline") == (2.0, 0.0)
     assert failures(metrics) == {("kline", "timeout"): 1.0}
 
 
@@ -463,7 +463,7 @@ async def test_cancel_abandons_open_requests_and_frees_their_slots(
             }
             assert trio.current_time() == 1.0
     assert venue.times == [0.0, 0.25, 0.5, 0.75, 1.0]
-    assert counters(metrics, "ticker") == (5.0, None)
+    assert counters(metrics, "ticker") == (5.0, 0.0)
     assert failures(metrics) == {}
 
 
@@ -487,7 +487,7 @@ async def test_fetch_contracts_decodes_the_recorded_detail_answer(
     ]
     [(_, url)] = venue.requests
     assert str(url) == f"{BASE}/api/v1/contract/detail"
-    assert counters(metrics, "contract_detail") == (1.0, None)
+    assert counters(metrics, "contract_detail") == (1.0, 0.0)
 
 
 async def test_fetch_klines_decodes_columnar_history_and_sends_the_window(

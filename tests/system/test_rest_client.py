@@ -86,7 +86,7 @@ async def test_passing_faults_are_retried_then_given_up(fault: str, reason: str)
             slowed = reason == "rate_limited"
             # Four rate-limit answers: 1000/s halved four times.
             assert client.limiter.rate == (1000.0 / 16 if slowed else 1000.0)
-            assert sample(metrics, "screener_rest_rate_per_s") == client.limiter.rate
+            assert sample(metrics, "screener_rest_request_rate_limit") == client.limiter.rate
             ex.rest_fault = None
             assert "BTC_USDT" in await fetch_tickers(client)  # the client carries on
 
