@@ -131,6 +131,10 @@ def _symbols(raw: str) -> frozenset[str]:
     return frozenset(names)
 
 
+def _on_off(raw: str) -> bool:
+    return _choice("on", "off")(raw) == "on"
+
+
 def _interval(raw: str) -> str:
     """MEXC's interval name, from its own spelling or our short form; case-sensitive, as
     `1m` (a minute) and `1M` (a month) differ. Week1 and Month1 have no fixed length."""
@@ -255,7 +259,7 @@ VARIABLES: tuple[Variable, ...] = (
         "off",
         f"on: allow REST_RATE_PER_S above MEXC's {VENUE_REST_RATE:g}/s (a simulator, a "
         "private endpoint)",
-        lambda raw: _choice("on", "off")(raw) == "on",
+        _on_off,
         into="rest.rate_override",
     ),
     Variable(
@@ -269,7 +273,7 @@ VARIABLES: tuple[Variable, ...] = (
         "BACKFILL",
         "on",
         "on: fill the windows from REST klines at start and after a connection gap",
-        lambda raw: _choice("on", "off")(raw) == "on",
+        _on_off,
         into="rest.backfill",
     ),
     Variable(
