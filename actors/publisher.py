@@ -2,18 +2,32 @@
 
 Input: batches of `MarketData` (from the window actor) and `Ranking`s (from the ranking
 actor), fanned in on one channel. The collector moves them at once into a bounded
-`PublishBuffer`, so ingest never waits for Redis; the flusher sends everything pending as one
-pipeline per batch through `trio.to_thread.run_sync` (redis-py is synchronous), one thread
-call in flight. When Redis fails: one warning, `status` down, retry with backoff, and the
-buffer keeps at most `capacity` events by keeping only the newest per symbol, counting what
-it dropped. It closes nothing but its inbox. On cancel, what is pending is flushed under a
-shielded deadline and the outcome logged.
+`PublishBuffer`, so ingest never waits for Redis; the flusher sends what is pending in slices
+of at most `PIPELINE_EVENTS` events, one pipeline each, through `trio.to_thread.run_sync`
+(redis-py is synchronous), one thread call in flight: a backlog is never encoded at once.
+
+Only what Redis does with a write decides the status. A failed or timed-out write marks it
+down (one warning) until a write succeeds (one `redis up at` line); a PING answer is no
+proof (`CLIENT PAUSE WRITE` answers it), it only spares encoding a slice for a dead link.
+The failed slice goes back in front and is retried with backoff. Commands Redis refuses for
+now (OOM, READONLY, ...: `HELD_CODES`) make it degraded (`refused`; one warning, then `redis
+writes accepted again`): their events stay buffered and are retried with backoff. A command
+refused for its own content (WRONGTYPE) is dropped and counted. Nothing refused is counted as
+published. The buffer keeps at most `capacity` events by keeping the newest per symbol,
+counting what it dropped. It closes nothing but its inbox.
+
+On cancel, under one shielded deadline: the write in flight is waited for (its thread records
+the outcome, so it is neither lost nor sent twice), then what is pending goes in slices; the
+log says `flushed N pending events` or `final flush failed, N events not published (REASON)`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
 from typing import Final
 
 import redis
@@ -25,11 +39,16 @@ from screener.logs import RateLimited
 from screener.metrics import Metrics
 from screener.models import MarketData, PublisherInbox, Ranking, RedisStatus
 from screener.periodic import Pulse
-from screener.redis_client import REDIS_ERRORS, BatchResult, make_client, publish_batch
+from screener.redis_client import REDIS_ERRORS, BatchResult, Held, make_client, publish_batch
 from screener.snapshot import Latest
 from screener.supervise import Backoff, failure_text
 
 FINAL_FLUSH_S: Final = 2.0
+PIPELINE_EVENTS: Final = 500
+"""Most events in one pipeline, so what one round trip holds encoded is bounded. Sending a
+backlog at once raised RSS by two thirds after a 30 s outage at 1,000 pushes/s (+40 MB for
+10,000 events); slices of 2,000 cost 12 MB, of 500 3 MB, and their round trips still take
+a fraction of a second (normal batches, a few ms of pushes, are far smaller)."""
 
 WriteBatch = Callable[[redis.Redis, RedisSettings, list[MarketData], Ranking | None], BatchResult]
 """`publish_batch`, run in a worker thread; tests pass their own."""
@@ -59,9 +78,14 @@ class PublishBuffer:
         self.events = kept
         return before - len(kept)
 
-    def take(self) -> tuple[list[MarketData], Ranking | None]:
+    def take(self, limit: int | None = None) -> tuple[list[MarketData], Ranking | None]:
+        """The oldest `limit` events (all by default) and the ranking."""
         events, ranking = self.events, self.ranking
-        self.events, self.ranking = [], None
+        self.ranking = None
+        if limit is not None and len(events) > limit:
+            self.events = events[limit:]
+            return events[:limit], ranking
+        self.events = []
         return events, ranking
 
     def put_back(self, events: list[MarketData], ranking: Ranking | None) -> int:
@@ -71,6 +95,28 @@ class PublishBuffer:
         newer = self.events
         self.events = []
         return self.add(events + newer)
+
+
+class Attempt:
+    """One slice on its way to the targets of `mode` in a worker thread. The thread records
+    the outcome here itself: when the flusher is cancelled meanwhile (the call is abandoned,
+    the thread runs on), shutdown still learns whether the slice went."""
+
+    __slots__ = ("done", "events", "mode", "ranking", "result")
+
+    def __init__(self, mode: str, events: list[MarketData], ranking: Ranking | None) -> None:
+        self.mode = mode
+        self.events = events
+        self.ranking = ranking
+        self.done = threading.Event()
+        self.result: BatchResult | None = None  # None once done: it failed
+
+    def run(self, write: WriteBatch, client: redis.Redis, settings: RedisSettings) -> BatchResult:
+        try:
+            result = self.result = write(client, settings, self.events, self.ranking)
+        finally:
+            self.done.set()
+        return result
 
 
 class Publisher:
@@ -89,78 +135,207 @@ class Publisher:
         self.status = status
         self.metrics = metrics
         self.write = write
-        self.buffer = PublishBuffer(settings.buffer)
+        self.buffer = PublishBuffer(settings.buffer)  # owed to every target of PUBLISH_MODE
+        # PUBLISH_MODE=both: events one target took and the other held, by the target still
+        # owed ("stream" or "pubsub"); sent before `buffer`, being older.
+        self.owed: dict[str, PublishBuffer] = {}
+        self.targets = {settings.mode: settings}  # the settings a lane is written with
+        self.retry_at: dict[str, float] = {}  # lane -> not before (a held lane's backoff)
         self.backoff = Backoff(first_s=0.5, cap_s=30.0, rand=rand)
         self.arrived = Pulse()
         self.inbox_closed = False
+        self.in_flight: Attempt | None = None
+        self.probe = not status.value.up  # PING before the next write: at start, after a failure
+        self.holding = False  # Redis refuses for now: warned once, its end will be logged
         self.peak = 0  # most events ever pending, for screener_queue_peak
         self.quiet = RateLimited(10.0)
         self.log = logger.bind(actor="publisher")
 
     async def collect(self, inbox: trio.MemoryReceiveChannel[PublisherInbox]) -> None:
         async with inbox:
-            async for item in inbox:
-                if type(item) is Ranking:
-                    self.buffer.ranking = item
-                else:
-                    self._dropped(self.buffer.add(item))  # type: ignore[arg-type]
-                self._gauge_backlog()
-                self.arrived.fire()
+            try:
+                async for item in inbox:
+                    self._add(item)
+            finally:  # on cancel, what was already handed over is pending too (no checkpoint)
+                for item in _drained(inbox):
+                    self._add(item)
         self.inbox_closed = True
         self.arrived.fire()
 
+    def _add(self, item: PublisherInbox) -> None:
+        if type(item) is Ranking:
+            self.buffer.ranking = item
+        else:
+            self._dropped(self.buffer.add(item))  # type: ignore[arg-type]
+        self._gauge_backlog()
+        self.arrived.fire()
+
     async def flush(self, client: redis.Redis) -> None:
-        """Send what is pending, batch after batch; returns once the inbox ended and the
-        buffer is empty."""
+        """Send what is pending, slice after slice; returns once the inbox ended and nothing
+        is pending."""
         while True:
-            if not self.status.value.up and not await self._reconnect(client):
+            if self.probe and not await self._probe(client):
                 continue
-            if not len(self.buffer):
-                if self.inbox_closed:
+            attempt = self._next(trio.current_time())
+            if attempt is None:
+                if self.inbox_closed and not self.has_pending():
                     return
-                await self.arrived.wait()
+                await self._wait()
                 continue
-            events, ranking = self.buffer.take()
             try:
-                result = await trio.to_thread.run_sync(
-                    self.write, client, self.settings, events, ranking, abandon_on_cancel=True
-                )
+                result = await self._send(client, attempt)
             except REDIS_ERRORS as exc:
-                self._dropped(self.buffer.put_back(events, ranking))
-                self._gauge_backlog()
+                self._put_back(attempt)
                 await trio.sleep(self._went_down(exc))
                 continue
-            self._published(events, ranking, result)
+            self._settle(attempt, result)
 
-    async def final_flush(self, events: list[MarketData], ranking: Ranking | None) -> None:
-        """On shutdown: one last pipeline with a fresh client (an abandoned call may still
-        hold the old one). The caller bounds it with a deadline; a refusal is logged here."""
+    async def finish(self) -> None:
+        """On shutdown: account for everything pending in one line, within FINAL_FLUSH_S
+        whatever Redis does (a fresh client: the old one's link may be dead or taken)."""
+        if not self.has_pending():
+            return
+        pending = self.pending_events()
+        reason: str | None = None
         client = make_client(self.settings)
         try:
-            await trio.to_thread.run_sync(
-                self.write, client, self.settings, events, ranking, abandon_on_cancel=True
-            )
-            self.log.info("flushed {n} pending events", n=len(events))
-        except REDIS_ERRORS as exc:
-            self.report_unflushed(len(events), failure_text(exc))
+            deadline = trio.current_time() + FINAL_FLUSH_S
+            with trio.CancelScope(shield=True, deadline=deadline) as final:
+                reason = await self.final_flush(client)
         finally:
             client.close()
+        if final.cancelled_caught:  # Redis hangs: say what is lost, never wait longer
+            reason = f"no answer within {FINAL_FLUSH_S:g}s"
+        if reason is None:
+            self.log.info("flushed {n} pending events", n=pending)
+        else:
+            self.report_unflushed(self.pending_events(), reason)
+
+    async def final_flush(self, client: redis.Redis) -> str | None:
+        """Learn how the write in flight went, then send each lane slice by slice until
+        Redis fails or holds it. Returns why something is left, None when nothing is."""
+        attempt = self.in_flight
+        if attempt is not None:
+            done = await trio.to_thread.run_sync(
+                attempt.done.wait, FINAL_FLUSH_S, abandon_on_cancel=True
+            )
+            if not done:  # still unknown: counted as not published, never sent twice
+                return f"no answer within {FINAL_FLUSH_S:g}s"
+            self.in_flight = None
+            if attempt.result is None:
+                self._put_back(attempt)
+            else:
+                self._settle(attempt, attempt.result, final=True)
+        reason = None
+        for mode, lane in list(self._lanes()):
+            while len(lane):
+                events, ranking = lane.take(PIPELINE_EVENTS)
+                attempt = Attempt(mode, events, ranking)
+                try:
+                    result = await self._send(client, attempt)
+                except REDIS_ERRORS as exc:
+                    self._put_back(attempt)
+                    return failure_text(exc)
+                self._settle(attempt, result, final=True)
+                if result.held:
+                    reason = result.hold
+                    break
+        return reason
 
     def report_unflushed(self, n: int, reason: str) -> None:
         self.log.warning(
             "final flush failed, {n} events not published ({reason})", n=n, reason=reason
         )
 
-    async def _reconnect(self, client: redis.Redis) -> bool:
+    def has_pending(self) -> bool:
+        return self.in_flight is not None or any(len(lane) for _, lane in self._lanes())
+
+    def pending_events(self) -> int:
+        """Events not yet published: buffered, held, or in a write of unknown outcome."""
+        in_flight = self.in_flight
+        queued = sum(len(lane.events) for _, lane in self._lanes())
+        return queued + (len(in_flight.events) if in_flight is not None else 0)
+
+    # --- the lanes: what each set of targets is owed ------------------------------------
+
+    def _lanes(self) -> Iterator[tuple[str, PublishBuffer]]:
+        yield from self.owed.items()
+        yield self.settings.mode, self.buffer
+
+    def _lane(self, mode: str) -> PublishBuffer:
+        if mode == self.settings.mode:
+            return self.buffer
+        lane = self.owed.get(mode)
+        if lane is None:
+            lane = self.owed[mode] = PublishBuffer(self.settings.buffer)
+            self.targets[mode] = dataclasses.replace(self.settings, mode=mode)
+        return lane
+
+    def _next(self, now: float) -> Attempt | None:
+        """The next slice of the first lane with something to send and no backoff to wait."""
+        for mode, lane in self._lanes():
+            if len(lane) and self.retry_at.get(mode, now) <= now:
+                self.retry_at.pop(mode, None)
+                events, ranking = lane.take(PIPELINE_EVENTS)
+                return Attempt(mode, events, ranking)
+        return None
+
+    async def _wait(self) -> None:
+        """Until something arrives, or a held lane's backoff ends."""
+        if not self.retry_at:
+            await self.arrived.wait()
+            return
+        with trio.move_on_at(min(self.retry_at.values())):
+            await self.arrived.wait()
+
+    async def _send(self, client: redis.Redis, attempt: Attempt) -> BatchResult:
+        """One slice in a worker thread. On cancel it stays `in_flight` for `final_flush`."""
+        self.in_flight = attempt
+        try:
+            result = await trio.to_thread.run_sync(
+                attempt.run,
+                self.write,
+                client,
+                self.targets[attempt.mode],
+                abandon_on_cancel=True,
+            )
+        except REDIS_ERRORS:
+            self.in_flight = None
+            raise
+        self.in_flight = None
+        return result
+
+    def _hold(self, attempt: Attempt, group: Held) -> None:
+        """Keep what Redis held in the lane of the targets still owed: in front of that lane
+        when it came from there, else behind (a write of `buffer` under PUBLISH_MODE=both
+        whose XADDs were held: newer than what the stream lane already owes)."""
+        lane = self._lane(group.mode)
+        if group.mode == attempt.mode:
+            self._dropped(lane.put_back(group.events, group.ranking))
+            return
+        self._dropped(lane.add(group.events))
+        if group.ranking is not None:
+            lane.ranking = group.ranking
+
+    def _put_back(self, attempt: Attempt) -> None:
+        self._dropped(self._lane(attempt.mode).put_back(attempt.events, attempt.ranking))
+        self._gauge_backlog()
+
+    # --- what Redis said ------------------------------------------------------------------
+
+    async def _probe(self, client: redis.Redis) -> bool:
+        """PING before writing again: a dead link fails here without encoding a slice. An
+        answer proves nothing about writes, so it changes no status, except at start, when
+        no write has failed yet."""
         try:
             await trio.to_thread.run_sync(client.ping, abandon_on_cancel=True)
         except REDIS_ERRORS as exc:
             await trio.sleep(self._went_down(exc))
             return False
-        self.log.info("redis up at {target}", target=self.settings.safe_target())
-        self.status.set(RedisStatus(up=True, error=None))
-        self.metrics.redis_up.set(1)
-        self.backoff.reset()
+        self.probe = False
+        if self.status.value == RedisStatus(up=False, error=None):
+            self.log.info("redis up at {target}", target=self.settings.safe_target())
+            self._set_status(RedisStatus(up=True, error=None))
         return True
 
     def _went_down(self, exc: BaseException) -> float:
@@ -172,13 +347,13 @@ class Publisher:
                 target=self.settings.safe_target(),
                 reason=reason,
             )
-        self.status.set(RedisStatus(up=False, error=reason))
-        self.metrics.redis_up.set(0)
+        self.probe = True
+        self.holding = False
+        self._set_status(RedisStatus(up=False, error=reason))
         return self.backoff.next_delay()
 
-    def _published(
-        self, events: list[MarketData], ranking: Ranking | None, result: BatchResult
-    ) -> None:
+    def _settle(self, attempt: Attempt, result: BatchResult, *, final: bool = False) -> None:
+        """Account for a slice Redis answered (published, dropped or held), then the status."""
         metrics = self.metrics
         if result.unencodable:
             metrics.rejected.labels("unencodable").inc(result.unencodable)
@@ -192,23 +367,76 @@ class Publisher:
                     why=result.refusal,
                     n=n,
                 )
-        metrics.published.labels(self.settings.market_data_channel).inc(
-            len(events) - result.unencodable
-        )
-        if ranking is not None:
+        now = trio.current_time()
+        for group in result.held:
+            self._hold(attempt, group)
+            if group.mode not in self.retry_at:
+                self.retry_at[group.mode] = now + self.backoff.next_delay()
+        refused_events = result.refused - result.ranking_refused
+        sent = len(attempt.events) - result.unencodable - refused_events - result.held_events
+        metrics.published.labels(self.settings.market_data_channel).inc(sent)
+        if sent == len(attempt.events):  # the usual case: every event is in Redis now
+            written_ms = time.time() * 1000
+            observe = metrics.publish_latency.observe
+            for event in attempt.events:
+                observe(max(0.0, written_ms - event.kline.ts_ms) / 1000)
+        ranking_held = any(group.ranking is not None for group in result.held)
+        if attempt.ranking is not None and not (result.ranking_refused or ranking_held):
             metrics.published.labels(self.settings.top_movers_channel).inc()
+        if not final:  # on shutdown the one final line says it all
+            self._answered(result)
         self._gauge_backlog()
+
+    def _answered(self, result: BatchResult) -> None:
+        """Redis answered a write: the link works; whatever it refused degrades the status."""
+        refused = result.hold or result.refusal
+        was = self.status.value
+        if refused is None and was.up and was.refused is None:  # the usual case: all is well
+            self.backoff.reset()
+            return
+        target = self.settings.safe_target()
+        if not was.up:
+            self.log.info("redis up at {target}", target=target)
+        if result.held:
+            if not self.holding:
+                self.holding = True
+                self.log.warning(
+                    "redis refuses writes at {target} ({reason}); events kept and retried",
+                    target=target,
+                    reason=result.hold,
+                )
+        else:
+            if self.holding:
+                self.holding = False
+                self.log.info("redis writes accepted again at {target}", target=target)
+            self.backoff.reset()
+            self.retry_at.clear()  # what was held goes now, not after its backoff
+        self._set_status(RedisStatus(up=True, error=None, refused=refused))
+
+    def _set_status(self, status: RedisStatus) -> None:
+        self.status.set(status)
+        self.metrics.redis_up.set(1 if status.up and status.refused is None else 0)
 
     def _dropped(self, n: int) -> None:
         if n:
             self.metrics.dropped.inc(n)
 
     def _gauge_backlog(self) -> None:
-        backlog = len(self.buffer.events)
+        backlog = sum(len(lane.events) for _, lane in self._lanes())
         self.metrics.publish_backlog.set(backlog)
         if backlog > self.peak:
             self.peak = backlog
             self.metrics.queue_peak.labels("publish_buffer").set(backlog)
+
+
+def _drained(inbox: trio.MemoryReceiveChannel[PublisherInbox]) -> list[PublisherInbox]:
+    """What is already in the channel, without waiting (a cancelled task may not)."""
+    items: list[PublisherInbox] = []
+    while True:
+        try:
+            items.append(inbox.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+            return items
 
 
 async def run_publisher(
@@ -229,11 +457,7 @@ async def run_publisher(
             nursery.start_soon(publisher.collect, inbox)
             nursery.start_soon(publisher.flush, client)
     finally:
-        client.close()
-        events, ranking = publisher.buffer.take()
-        if events or ranking is not None:
-            deadline = trio.current_time() + FINAL_FLUSH_S
-            with trio.CancelScope(shield=True, deadline=deadline) as final:
-                await publisher.final_flush(events, ranking)
-            if final.cancelled_caught:  # Redis hangs: say what is lost, never wait longer
-                publisher.report_unflushed(len(events), f"no answer within {FINAL_FLUSH_S:g}s")
+        try:
+            await publisher.finish()
+        finally:
+            client.close()

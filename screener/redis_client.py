@@ -47,10 +47,66 @@ def encode_event(event: MarketData) -> bytes:
     return orjson.dumps(event.as_dict())
 
 
+HELD_CODES: Final = frozenset(
+    (
+        "OOM",
+        "READONLY",
+        "MASTERDOWN",
+        "LOADING",
+        "BUSY",
+        "MISCONF",
+        "NOREPLICAS",
+        "TRYAGAIN",
+        "CLUSTERDOWN",
+    )
+)
+"""Refusals that say "not now" about Redis itself (full memory, a replica, a failover, a
+dataset loading, a busy script, a disk that cannot persist), not about the command: what
+they refused is kept and sent again. Any other refusal (WRONGTYPE, NOPERM, ...) would refuse
+the same command forever, so it is dropped."""
+
+
+class Held(NamedTuple):
+    """What Redis refused for now, to send again to the targets of `mode` only (with
+    PUBLISH_MODE=both, an event whose PUBLISH went out but whose XADD was refused owes the
+    stream only: sending it again to both would duplicate it on pub/sub)."""
+
+    mode: str  # "pubsub", "stream" or "both"
+    events: list[MarketData]
+    ranking: Ranking | None
+    reason: str  # Redis's words for the first of them, e.g. "OOM command not allowed ..."
+
+
 class BatchResult(NamedTuple):
+    """How one pipeline went, message by message (a message: an event or the ranking, sent
+    to one or both targets). A message is published when every target accepted it."""
+
     unencodable: int
-    refused: int
-    refusal: str | None  # the first refusal's text, for the log
+    refused: int  # messages refused for their own content (e.g. WRONGTYPE): dropped
+    refusal: str | None  # the first of those refusals, for the log and /health
+    held: tuple[Held, ...] = ()  # messages refused for now (OOM, READONLY, ...): kept
+    ranking_refused: bool = False  # the ranking is one of the `refused`
+
+    @property
+    def held_events(self) -> int:
+        return sum(len(group.events) for group in self.held)
+
+    @property
+    def hold(self) -> str | None:
+        """Why Redis refused for now, None when it did not."""
+        return self.held[0].reason if self.held else None
+
+
+def refusal_text(exc: redis.RedisError) -> str:
+    """Redis's own words: redis-py strips the code off the errors it knows (OOM, READONLY,
+    LOADING, ...) and keeps it apart; it is put back, as operators search for it."""
+    code = getattr(exc, "status_code", None)
+    text = str(exc)
+    return f"{code} {text}" if code else text
+
+
+def is_held(refusal: str) -> bool:
+    return refusal.split(" ", 1)[0] in HELD_CODES
 
 
 def _resp(*parts: bytes) -> bytes:
@@ -85,36 +141,90 @@ def publish_batch(
     events: list[MarketData],
     ranking: Ranking | None,
 ) -> BatchResult:
-    """Runs in a worker thread: serialize and send the whole batch in one round trip.
+    """Runs in a worker thread: serialize and send the batch in one round trip.
 
-    Events that cannot be serialized and commands Redis refuses are counted and skipped:
-    one bad record must not block, or crash, the rest."""
+    Events that cannot be serialized are counted and skipped; so are commands Redis refuses
+    for their content: one bad record must not block, or crash, the rest. Commands Redis
+    refuses for now (`HELD_CODES`) come back in `held`, to be sent again. The caller keeps
+    batches to a bounded slice, so this never holds a whole backlog encoded at once."""
     messages: list[tuple[str, bytes]] = []
-    unencodable = 0
+    skipped: list[MarketData] = []
     channel = settings.market_data_channel
     for event in events:
         try:
             messages.append((channel, encode_event(event)))
         except orjson.JSONEncodeError:
-            unencodable += 1
+            skipped.append(event)
     if ranking is not None:
         messages.append((settings.top_movers_channel, orjson.dumps(ranking.as_dict())))
     commands = packed_commands(settings, messages)
+    unencodable = len(skipped)
     if not commands:
         return BatchResult(unencodable, 0, None)
+    del messages  # the commands carry the payloads now; hold them once, not twice
     pool = client.connection_pool
     conn = pool.get_connection()
-    refused: list[str] = []
+    refusals: list[tuple[int, str]] = []  # (command index, Redis's words)
     try:
         conn.send_packed_command([b"".join(commands)])  # type: ignore[no-untyped-call]
-        for _ in commands:
+        for index in range(len(commands)):
             try:
                 conn.read_response()
-            except redis.ResponseError as exc:  # one command refused (e.g. WRONGTYPE), not
-                refused.append(str(exc))  # the link: retrying it would loop forever
+            # A refusal is one error reply: the reply stream stays in step, the link is fine.
+            # LOADING is one too, although redis-py files it under ConnectionError.
+            except (redis.ResponseError, redis.BusyLoadingError) as exc:
+                refusals.append((index, refusal_text(exc)))
     except BaseException:
         conn.disconnect()  # type: ignore[no-untyped-call]  # a half-read reply stream is useless
         raise
     finally:
         pool.release(conn)
-    return BatchResult(unencodable, len(refused), refused[0] if refused else None)
+    if not refusals:
+        return BatchResult(unencodable, 0, None)
+    gone = {id(event) for event in skipped}
+    sources: list[MarketData | Ranking] = [e for e in events if id(e) not in gone]
+    if ranking is not None:
+        sources.append(ranking)
+    return sort_refusals(settings, sources, refusals, unencodable)
+
+
+def sort_refusals(
+    settings: RedisSettings,
+    sources: list[MarketData | Ranking],
+    refusals: list[tuple[int, str]],
+    unencodable: int,
+) -> BatchResult:
+    """Which messages (`sources`: the records sent, in order) are dropped, refused for their
+    content on some target, and which are held, by the targets that still owe them. Commands
+    come target by target (`packed_commands`: every PUBLISH, then every XADD), so command `i`
+    is message `i % len(sources)`."""
+    targets = [
+        mode for mode, on in (("pubsub", settings.to_pubsub), ("stream", settings.to_stream)) if on
+    ]
+    n = len(sources)
+    owed: dict[int, tuple[list[str], str]] = {}  # message -> (targets that held it, why)
+    dropped: dict[int, str] = {}  # message -> why it was refused for its content
+    for index, why in refusals:
+        message, target = index % n, targets[index // n]
+        if is_held(why):
+            owed.setdefault(message, ([], why))[0].append(target)
+        else:
+            dropped.setdefault(message, why)
+    groups: dict[str, Held] = {}
+    for message in sorted(owed.keys() - dropped.keys()):
+        held_by, why = owed[message]
+        mode = settings.mode if len(held_by) == len(targets) else held_by[0]
+        group = groups.setdefault(mode, Held(mode=mode, events=[], ranking=None, reason=why))
+        source = sources[message]
+        if isinstance(source, Ranking):
+            groups[mode] = group._replace(ranking=source)
+        else:
+            group.events.append(source)
+    refusal = next(iter(dropped.values()), None)
+    return BatchResult(
+        unencodable=unencodable,
+        refused=len(dropped),
+        refusal=refusal,
+        held=tuple(groups.values()),
+        ranking_refused=type(sources[-1]) is Ranking and (n - 1) in dropped,
+    )

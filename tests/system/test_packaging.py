@@ -246,6 +246,29 @@ def check_services(services: dict[str, Any]) -> None:
     assert services["screener_demo"]["depends_on"]["simulator"]["condition"] == "service_healthy"
     for name in ("screener_ws", "screener_demo"):
         assert "screener.healthcheck" in str(services[name]["healthcheck"]["test"]), name
+    check_memory_limits(services)
+
+
+MIB = 1 << 20
+
+
+def memory_bytes(value: object) -> int:
+    """A compose memory value (`256m`, `1g`, or bytes as compose v2's `config` writes them)."""
+    text = str(value).strip().lower().removesuffix("b")
+    unit = {"k": 1 << 10, "m": MIB, "g": 1 << 30}.get(text[-1:], 1)
+    return int(float(text.rstrip("kmg")) * unit)
+
+
+def check_memory_limits(services: dict[str, Any]) -> None:
+    """Every container has a memory limit: the screeners' leaves room for a full publish
+    buffer (about 60-90 MB in use); Redis's own `--maxmemory` sits well below its container
+    limit, so a full Redis refuses writes rather than being killed with what it holds."""
+    for name in (*SCREENERS, "simulator"):
+        assert 128 * MIB <= memory_bytes(services[name]["mem_limit"]) <= 1024 * MIB, name
+    redis_limit = memory_bytes(services["redis"]["mem_limit"])
+    maxmemory = re.search(r"--maxmemory (\w+)", str(services["redis"]["command"]))
+    assert maxmemory, "redis-server runs without --maxmemory"
+    assert memory_bytes(maxmemory.group(1)) <= redis_limit * 3 // 4
 
 
 # --- Dockerfile -------------------------------------------------------------------------------

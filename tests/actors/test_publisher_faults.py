@@ -1,0 +1,478 @@
+"""The publisher under the faults of an adversarial run, on MockClock: a fake Redis whose
+writes time out while PINGs answer (CLIENT PAUSE WRITE), whose writes are held (OOM), that
+hangs with a write in flight at shutdown, and a backlog sent in bounded slices. Exact
+virtual times, statuses, metrics and log lines."""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any, NamedTuple, cast
+
+import pytest
+import redis
+import trio
+import trio.testing
+from loguru import logger
+
+from actors.publisher import FINAL_FLUSH_S, PIPELINE_EVENTS, Publisher, run_publisher
+from screener.config import RedisSettings, load_settings
+from screener.metrics import Metrics
+from screener.models import Kline, MarketData, PublisherInbox, Ranking, RedisStatus
+from screener.redis_client import BatchResult, Held
+from screener.snapshot import Latest
+
+PUBSUB: RedisSettings = load_settings({"PUBLISH_BUFFER": "20000"}).redis
+STREAM: RedisSettings = load_settings({"PUBLISH_BUFFER": "20000", "PUBLISH_MODE": "stream"}).redis
+TARGET = "redis://localhost:6379"
+TIMEOUT = "TimeoutError: Timeout reading from socket"
+OOM = "OOM command not allowed when used memory > 'maxmemory'."
+CAME_UP = ("INFO", f"redis up at {TARGET}")
+HELD = ("WARNING", f"redis refuses writes at {TARGET} ({OOM}); events kept and retried")
+ACCEPTED = ("INFO", f"redis writes accepted again at {TARGET}")
+OK = BatchResult(unencodable=0, refused=0, refusal=None)
+M = 1_770_330_480  # a minute boundary, unix seconds
+
+
+def event(symbol: str, n: int = 1) -> MarketData:
+    close = float(n)
+    return MarketData(
+        kline=Kline(
+            symbol=symbol,
+            t=M,
+            open=1.0,
+            high=max(1.0, close),
+            low=min(1.0, close),
+            close=close,
+            volume=10.0,
+            amount=10.0 * close,
+            ts_ms=M * 1000 + n,
+        ),
+        change_pct=(close - 1.0) * 100,
+        window_min=15,
+    )
+
+
+def ranking(n: int) -> Ranking:
+    return Ranking(wall_ts=M + 15.0 * n, lookback_min=15, gainers=(), losers=(), ranked=0)
+
+
+class Write(NamedTuple):
+    at: float
+    mode: str
+    events: list[MarketData]
+    ranking: Ranking | None
+
+
+class FakeRedis:
+    """Redis as the publisher sees it. `link`: "up"; "down" (connections refused); "paused"
+    (`CLIENT PAUSE WRITE`: PING answers, every write times out). `oom`: writes answered, every
+    XADD refused with OOM (held). `gate`: the next write waits for it (Redis hangs)."""
+
+    def __init__(self, clock: trio.testing.MockClock) -> None:
+        self.clock = clock
+        self.link = "up"
+        self.oom = False
+        self.gate: threading.Event | None = None
+        self.stalled = threading.Event()  # set once a write waits for `gate`
+        self.writes: list[Write] = []  # every attempt, failed ones included
+        self.delivered: list[Write] = []
+        self.pings: list[float] = []
+
+    def write(
+        self,
+        client: redis.Redis,
+        settings: RedisSettings,
+        events: list[MarketData],
+        ranking: Ranking | None,
+    ) -> BatchResult:
+        attempt = Write(self.clock.current_time(), settings.mode, list(events), ranking)
+        self.writes.append(attempt)
+        gate, self.gate = self.gate, None
+        if gate is not None:
+            self.stalled.set()
+            if not gate.wait(timeout=30):
+                raise AssertionError("the stalled write was never released")
+        if self.link == "down":
+            raise redis.ConnectionError("Connection refused")
+        if self.link == "paused":
+            raise redis.TimeoutError("Timeout reading from socket")
+        if self.oom and settings.to_stream:
+            return OK._replace(held=(Held(settings.mode, list(events), ranking, OOM),))
+        self.delivered.append(attempt)
+        return OK
+
+    def ping(self) -> bool:
+        self.pings.append(self.clock.current_time())
+        if self.link == "down":
+            raise redis.ConnectionError("Connection refused")
+        return True
+
+
+@asynccontextmanager
+async def threads_hold_clock(clock: trio.testing.MockClock) -> AsyncIterator[None]:
+    """Autojump, except while a worker thread runs (as in test_publisher.py): MockClock's own
+    autojump would jump while a write is in a thread; this waits for threads first, so a
+    write takes no virtual time."""
+
+    async def jumper() -> None:
+        while True:
+            await trio.testing.wait_all_tasks_blocked(cushion=0.0001)
+            if trio.testing.active_thread_count():
+                await trio.testing.wait_all_threads_completed()
+                continue
+            gap = trio.lowlevel.current_statistics().seconds_to_next_deadline
+            if 0 < gap < math.inf:
+                clock.jump(gap)
+
+    clock.autojump_threshold = math.inf
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(jumper)
+            yield
+            nursery.cancel_scope.cancel()
+    finally:
+        clock.autojump_threshold = 0
+
+
+@pytest.fixture
+def fake(autojump_clock: trio.testing.MockClock) -> FakeRedis:
+    return FakeRedis(autojump_clock)
+
+
+@pytest.fixture
+def logs() -> Iterator[list[tuple[str, str]]]:
+    """The publisher's log lines as (level, message)."""
+    lines: list[tuple[str, str]] = []
+
+    def sink(message: Any) -> None:
+        record = message.record
+        if record["extra"].get("actor") == "publisher":
+            lines.append((record["level"].name, record["message"]))
+
+    sink_id = logger.add(sink, level="DEBUG", format="{message}")
+    try:
+        yield lines
+    finally:
+        logger.remove(sink_id)
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+def published(metrics: Metrics) -> float:
+    return sample(metrics, "screener_events_published_total", channel="market_data")
+
+
+def publisher(fake: FakeRedis, settings: RedisSettings = PUBSUB) -> Publisher:
+    return Publisher(
+        settings,
+        status=Latest(RedisStatus(up=True, error=None)),
+        metrics=Metrics(),
+        rand=lambda: 0.5,  # delays 0.25, 0.5, 1, 2, 4, ... (half of 0.5 * 2**n)
+        write=fake.write,
+    )
+
+
+def start(nursery: trio.Nursery, pub: Publisher, fake: FakeRedis) -> trio.MemorySendChannel[Any]:
+    """The publisher's two tasks, the fake standing in for the client (for `ping`)."""
+    inbox_send, inbox_recv = trio.open_memory_channel[PublisherInbox](64)
+    nursery.start_soon(pub.collect, inbox_recv)
+    nursery.start_soon(pub.flush, cast(redis.Redis, fake))
+    return inbox_send
+
+
+class Actor:
+    """`run_publisher` in its own cancel scope, with the time it returned."""
+
+    def __init__(self, settings: RedisSettings = PUBSUB) -> None:
+        self.settings = settings
+        self.scope = trio.CancelScope()
+        self.ended = trio.Event()
+        self.ended_at: float | None = None
+        self.status: Latest[RedisStatus] = Latest(RedisStatus(up=True, error=None))
+        self.metrics = Metrics()
+
+    async def run(self, inbox: trio.MemoryReceiveChannel[PublisherInbox], fake: FakeRedis) -> None:
+        with self.scope:
+            await run_publisher(
+                inbox,
+                settings=self.settings,
+                status=self.status,
+                metrics=self.metrics,
+                rand=lambda: 0.5,
+                write=fake.write,
+            )
+        self.ended_at = trio.current_time()
+        self.ended.set()
+
+
+# --- fault 4: CLIENT PAUSE WRITE ------------------------------------------------------------
+
+
+async def test_writes_timing_out_keep_redis_down_although_pings_answer(
+    autojump_clock: trio.testing.MockClock, fake: FakeRedis, logs: list[tuple[str, str]]
+) -> None:
+    """PING answers while writes are paused: no `redis up` per PING, no backoff reset by a
+    PING; down from the first timed-out write until a write succeeds."""
+    pub = publisher(fake)
+    a1, b1 = event("A"), event("B")
+    samples: dict[float, RedisStatus] = {}
+    with trio.fail_after(60):
+        async with threads_hold_clock(autojump_clock), trio.open_nursery() as nursery:
+            inbox = start(nursery, pub, fake)
+            fake.link = "paused"
+            await inbox.send([a1])
+            for at in (0.1, 0.5, 1.0, 2.0, 2.9):
+                await trio.sleep_until(at)
+                samples[at] = pub.status.value
+                assert sample(pub.metrics, "screener_redis_up") == 0
+            await inbox.send([b1])
+            await trio.sleep_until(3.0)
+            fake.link = "up"  # the pause ends; the next retry (3.75) gets through
+            await trio.sleep_until(3.5)
+            assert pub.status.value.up is False
+            await trio.sleep_until(4.0)
+            assert pub.status.value == RedisStatus(up=True, error=None)
+            assert sample(pub.metrics, "screener_redis_up") == 1
+            await inbox.aclose()
+    assert set(samples.values()) == {RedisStatus(up=False, error=TIMEOUT)}
+    assert [w.at for w in fake.writes] == [0.0, 0.25, 0.75, 1.75, 3.75]
+    assert fake.pings == [0.25, 0.75, 1.75, 3.75]
+    assert fake.delivered == [Write(3.75, "pubsub", [a1, b1], None)]
+    assert logs == [
+        (
+            "WARNING",
+            f"redis unavailable at {TARGET} ({TIMEOUT}); buffering, newest event per symbol kept",
+        ),
+        CAME_UP,
+    ]
+    assert published(pub.metrics) == 2
+
+
+# --- fault 3: OOM ---------------------------------------------------------------------------
+
+
+async def test_held_writes_stay_buffered_and_are_retried_with_backoff(
+    autojump_clock: trio.testing.MockClock, fake: FakeRedis, logs: list[tuple[str, str]]
+) -> None:
+    """OOM: Redis answers but holds every XADD. Degraded (not down, not up), nothing counted
+    as published or dropped, the held events retried in order ahead of newer ones."""
+    pub = publisher(fake, STREAM)
+    a1, b1, a2, c1 = event("A", 1), event("B", 1), event("A", 2), event("C", 1)
+    with trio.fail_after(60):
+        async with threads_hold_clock(autojump_clock), trio.open_nursery() as nursery:
+            inbox = start(nursery, pub, fake)
+            fake.oom = True
+            await inbox.send([a1, b1])
+            await trio.sleep_until(0.1)
+            await inbox.send([a2])  # arrives during the backoff: waits for the retry at 0.25
+            await inbox.send(ranking(1))
+            await trio.sleep_until(1.0)
+            assert pub.status.value == RedisStatus(up=True, error=None, refused=OOM)
+            assert sample(pub.metrics, "screener_redis_up") == 0
+            assert sample(pub.metrics, "screener_publish_backlog") == 3
+            assert published(pub.metrics) == 0
+            assert logs == [HELD]  # one warning, however many refusals
+            fake.oom = False
+            await inbox.send([c1])  # no retry before the backoff ends (1.75)
+            await trio.sleep_until(2.0)
+            assert pub.status.value == RedisStatus(up=True, error=None)
+            assert sample(pub.metrics, "screener_redis_up") == 1
+            await inbox.aclose()
+    assert [w.at for w in fake.writes] == [0.0, 0.25, 0.75, 1.75]
+    assert fake.delivered == [Write(1.75, "stream", [a1, b1, a2, c1], ranking(1))]
+    assert logs == [HELD, ACCEPTED]
+    assert published(pub.metrics) == 4
+    assert sample(pub.metrics, "screener_events_published_total", channel="top_movers") == 1
+    assert sample(pub.metrics, "screener_events_dropped_total") == 0
+    assert sample(pub.metrics, "screener_publish_backlog") == 0
+
+
+async def test_both_mode_owes_a_held_stream_entry_to_the_stream_only(
+    autojump_clock: trio.testing.MockClock, fake: FakeRedis, logs: list[tuple[str, str]]
+) -> None:
+    """PUBLISH_MODE=both under OOM: PUBLISH is accepted, XADD held. Pub/sub keeps flowing,
+    each event once; the stream gets the held events later, each once, without a second
+    PUBLISH. They count as published once the stream took them."""
+    both = load_settings({"PUBLISH_BUFFER": "20000", "PUBLISH_MODE": "both"}).redis
+    pub = publisher(fake, both)
+    a1, b1, c1 = event("A"), event("B"), event("C")
+    delivered_to: dict[str, list[MarketData]] = {"pubsub": [], "stream": []}
+
+    def write(
+        client: redis.Redis, settings: RedisSettings, events: list[MarketData], r: Ranking | None
+    ) -> BatchResult:
+        at = fake.clock.current_time()
+        fake.writes.append(Write(at, settings.mode, list(events), r))
+        if settings.to_pubsub:
+            delivered_to["pubsub"] += events
+        if fake.oom:
+            return OK._replace(held=(Held("stream", list(events), r, OOM),))
+        if settings.to_stream:
+            delivered_to["stream"] += events
+        return OK
+
+    pub.write = write
+    with trio.fail_after(60):
+        async with threads_hold_clock(autojump_clock), trio.open_nursery() as nursery:
+            inbox = start(nursery, pub, fake)
+            fake.oom = True
+            await inbox.send([a1])
+            await trio.sleep_until(0.1)
+            await inbox.send([b1])  # pub/sub does not wait for the stream's backoff
+            await trio.sleep_until(0.2)
+            assert delivered_to == {"pubsub": [a1, b1], "stream": []}
+            assert published(pub.metrics) == 0
+            await trio.sleep_until(1.0)
+            fake.oom = False
+            await inbox.send([c1])
+            await trio.sleep_until(1.5)
+            await inbox.aclose()
+    assert [(w.at, w.mode, w.events) for w in fake.writes] == [
+        (0.0, "both", [a1]),
+        (0.1, "both", [b1]),
+        (0.25, "stream", [a1, b1]),  # the stream lane's retries, still held
+        (0.75, "stream", [a1, b1]),
+        (1.0, "both", [c1]),  # accepted: what was held goes at once, not after its backoff
+        (1.0, "stream", [a1, b1]),
+    ]
+    assert delivered_to == {"pubsub": [a1, b1, c1], "stream": [c1, a1, b1]}
+    assert published(pub.metrics) == 3
+    assert logs == [HELD, ACCEPTED]
+
+
+# --- fault 7: a backlog in bounded slices --------------------------------------------------
+
+
+async def test_a_backlog_leaves_in_slices_of_at_most_pipeline_events(
+    autojump_clock: trio.testing.MockClock, fake: FakeRedis, logs: list[tuple[str, str]]
+) -> None:
+    """After an outage, and at shutdown, no pipeline carries more than PIPELINE_EVENTS events:
+    a backlog is never encoded at once."""
+    backlog = [event(f"S{i:05}") for i in range(2 * PIPELINE_EVENTS + 500)]
+    later = [event(f"T{i:05}") for i in range(PIPELINE_EVENTS + 1)]
+    pub = publisher(fake)
+    with trio.fail_after(60):
+        async with threads_hold_clock(autojump_clock):
+            async with trio.open_nursery() as nursery:
+                inbox = start(nursery, pub, fake)
+                fake.link = "down"
+                for i in range(0, len(backlog), 100):
+                    await inbox.send(backlog[i : i + 100])
+                await trio.sleep_until(1.0)
+                fake.link = "up"
+                await trio.sleep_until(2.0)  # the retry at 1.75 sends the backlog
+                assert [(w.at, len(w.events)) for w in fake.delivered] == [
+                    (1.75, PIPELINE_EVENTS),
+                    (1.75, PIPELINE_EVENTS),
+                    (1.75, 500),
+                ]
+                fake.link = "down"
+                await inbox.send(later)
+                await trio.sleep_until(2.1)
+                fake.link = "up"
+                nursery.cancel_scope.cancel()
+            await pub.finish()  # the shutdown's final flush, in slices too
+    assert [(w.at, len(w.events)) for w in fake.delivered[3:]] == [
+        (2.1, PIPELINE_EVENTS),
+        (2.1, 1),
+    ]
+    assert [ev for w in fake.delivered for ev in w.events] == backlog + later
+    assert max(len(w.events) for w in fake.writes) == PIPELINE_EVENTS
+    assert published(pub.metrics) == len(backlog) + len(later)
+    assert logs[-1] == ("INFO", f"flushed {len(later)} pending events")
+
+
+# --- fault 2: shutdown accounts for the backlog, whatever Redis does --------------------
+
+
+@pytest.mark.parametrize("answers", [True, False])
+async def test_shutdown_waits_for_the_write_in_flight_then_accounts_for_everything(
+    autojump_clock: trio.testing.MockClock,
+    fake: FakeRedis,
+    logs: list[tuple[str, str]],
+    answers: bool,
+) -> None:
+    """The write in flight at cancel is neither lost (it once was: nothing pending in the
+    buffer, no line at all) nor sent again: its outcome decides. A Redis that never answers
+    costs FINAL_FLUSH_S and the line counts it with the buffered events."""
+    inbox_send, inbox_recv = trio.open_memory_channel[PublisherInbox](64)
+    actor = Actor()
+    a1, b1, c1 = event("A"), event("B"), event("C")
+    gate = threading.Event()
+    try:
+        with trio.fail_after(60):
+            async with threads_hold_clock(autojump_clock), trio.open_nursery() as nursery:
+                nursery.start_soon(actor.run, inbox_recv, fake)
+                await trio.sleep_until(1.0)
+                fake.gate = gate
+                await inbox_send.send([a1, b1])
+                await trio.to_thread.run_sync(fake.stalled.wait)  # Redis stops answering
+                await inbox_send.send([c1])
+                actor.scope.cancel()
+                if answers:
+                    gate.set()
+                else:
+                    await trio.testing.wait_all_tasks_blocked()
+                    autojump_clock.jump(FINAL_FLUSH_S)
+                await actor.ended.wait()
+    finally:
+        gate.set()
+    if answers:
+        assert actor.ended_at == 1.0
+        assert fake.delivered == [
+            Write(1.0, "pubsub", [a1, b1], None),
+            Write(1.0, "pubsub", [c1], None),
+        ]
+        assert logs == [("INFO", "flushed 3 pending events")]
+        assert sample(actor.metrics, "screener_events_published_total", channel="market_data") == 3
+    else:
+        assert actor.ended_at == 1.0 + FINAL_FLUSH_S
+        assert [w.events for w in fake.writes] == [[a1, b1]]
+        assert logs == [
+            ("WARNING", "final flush failed, 3 events not published (no answer within 2s)")
+        ]
+
+
+async def test_shutdown_while_redis_holds_writes_says_why_events_are_lost(
+    autojump_clock: trio.testing.MockClock, fake: FakeRedis, logs: list[tuple[str, str]]
+) -> None:
+    inbox_send, inbox_recv = trio.open_memory_channel[PublisherInbox](64)
+    actor = Actor(STREAM)
+    with trio.fail_after(60):
+        async with threads_hold_clock(autojump_clock), trio.open_nursery() as nursery:
+            nursery.start_soon(actor.run, inbox_recv, fake)
+            fake.oom = True
+            await inbox_send.send([event("A"), event("B")])
+            await trio.sleep_until(0.1)
+            actor.scope.cancel()
+            await actor.ended.wait()
+    assert actor.ended_at == 0.1
+    assert [w.at for w in fake.writes] == [0.0, 0.1]
+    assert logs == [HELD, ("WARNING", f"final flush failed, 2 events not published ({OOM})")]
+
+
+async def test_shutdown_counts_what_was_still_in_the_inbox(
+    autojump_clock: trio.testing.MockClock, fake: FakeRedis, logs: list[tuple[str, str]]
+) -> None:
+    """Batches the window actor already handed over are pending too, even if the collector
+    had not taken them when the cancel came."""
+    inbox_send, inbox_recv = trio.open_memory_channel[PublisherInbox](64)
+    actor = Actor()
+    a1, b1 = event("A"), event("B")
+    with trio.fail_after(60):
+        async with threads_hold_clock(autojump_clock), trio.open_nursery() as nursery:
+            nursery.start_soon(actor.run, inbox_recv, fake)
+            await trio.testing.wait_all_tasks_blocked()
+            inbox_send.send_nowait([a1])
+            inbox_send.send_nowait([b1])
+            inbox_send.send_nowait(ranking(1))
+            actor.scope.cancel()  # no checkpoint since the sends
+            await actor.ended.wait()
+    assert [(w.events, w.ranking) for w in fake.delivered] == [([a1, b1], ranking(1))]
+    assert logs == [("INFO", "flushed 2 pending events")]
