@@ -429,7 +429,11 @@ def test_runtime_wheel_carries_no_development_tools(tmp_path: Path) -> None:
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", ".venv", ".git", "build")
     shutil.copytree(ROOT, src, ignore=ignore)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(src)],
+        # The venv's own setuptools (no isolated build env to set up: seconds saved).
+        [
+            *(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"),
+            *("-w", str(tmp_path), str(src)),
+        ],
         check=True,
         timeout=300,
         capture_output=True,
