@@ -230,3 +230,21 @@ def test_check_config_refuses_like_start_up() -> None:
         "not a number in 1..65535",
         "screener: config error: TOP_N='0': must be between 1 and 100",
     ]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("MEXC_BASE", "http://127.0.0.1:abc"),
+        ("MEXC_WS_URL", "ws://127.0.0.1:99999/edge"),
+        ("REDIS_URL", "redis://127.0.0.1:notaport"),
+    ],
+)
+def test_a_bad_url_stops_the_start_in_one_line_with_exit_2(name: str, value: str) -> None:
+    """They used to crash with exit 1 and a 55-75-line traceback."""
+    out = run_cli(env=env_for(None, 6380, 8000, **{name: value}))
+    assert out.returncode == 2
+    shown = "<hidden>" if name == "REDIS_URL" else repr(value)
+    assert out.stderr.splitlines() == [
+        f"screener: config error: {name}={shown}: has a port that is not a number in 1..65535"
+    ]
