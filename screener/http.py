@@ -1,4 +1,4 @@
-"""HTTP face: /health, /top5, /metrics on quart-trio, served by hypercorn.
+"""HTTP face: /health, /top5, /metrics, /openapi.json on quart-trio, served by hypercorn.
 
 Handlers only read the latest immutable snapshots the actors publish (`Views`); they never
 reach into an actor. Unknown routes and methods answer JSON, never a stack trace; only GET is
@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
+from importlib import resources
 from typing import Any, Final
 
 import orjson
@@ -34,10 +35,19 @@ def _json(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status=status, mimetype="application/json")
 
 
+def openapi_document() -> bytes:
+    """The OpenAPI 3.1 description of these routes, shipped as package data beside the JSON
+    Schemas of every document the service emits (screener/schemas/), so consumers can check
+    what they receive against the same files the tests validate with."""
+    return resources.files("screener").joinpath("schemas/openapi.json").read_bytes()
+
+
 def create_app(
     views: Views, metrics: Metrics, *, stale_after_s: float, rest_mode: bool = False
 ) -> QuartTrio:
     app = QuartTrio(__name__)
+    # Read once here: the document is package data and never changes while the process runs.
+    openapi = openapi_document()
 
     @app.before_request
     async def started() -> None:
@@ -83,6 +93,10 @@ def create_app(
     @app.get("/metrics", provide_automatic_options=False)
     async def prometheus() -> Response:
         return Response(metrics.render(), status=200, content_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/openapi.json", provide_automatic_options=False)
+    async def openapi_json() -> Response:
+        return Response(openapi, status=200, mimetype="application/json")
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:

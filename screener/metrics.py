@@ -53,7 +53,7 @@ REST_REASONS: Final = (
     "malformed",
     "status",
 )
-ROUTES: Final = ("/health", "/top5", "/metrics", "other")
+ROUTES: Final = ("/health", "/top5", "/metrics", "/openapi.json", "other")
 LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 """Seconds; a push normally reaches Redis within a few ms, an outage shows in the top ones."""
 HTTP_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)

@@ -1,5 +1,10 @@
 """Helpers for tests that run the whole service over loopback: the simulator, a real
-redis-server, the service in-process (or as a subprocess), a Redis subscriber."""
+redis-server, the service in-process (or as a subprocess), a Redis subscriber.
+
+Every document these helpers receive is checked against the packaged JSON Schemas
+(screener/schemas/): each `market_data`/`top_movers` message the `Subscriber` collects and
+each GET /health and /top5 answer fetched through `running(...)`'s client. A document that
+does not match fails the test, so every system test also checks the published contract."""
 
 from __future__ import annotations
 
@@ -8,13 +13,16 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from functools import partial
+from functools import cache, partial
+from importlib import resources
 from typing import Any
 
 import httpx
 import orjson
 import redis
 import trio
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
 
 from devtools.simulator import FakeExchange, SimAddress, SimConfig
 from screener.app import Service, run_service
@@ -43,25 +51,99 @@ def service_settings(sim: SimAddress, redis_port: int, **overrides: str) -> Sett
     return load_settings(env)
 
 
+SCHEMA_BASE = "https://screener.example/schemas/"
+SCHEMA_NAMES = ("market_data", "top_movers", "top5", "health", "error")
+TOP5_RANKING = "top5.schema.json#/$defs/ranking"
+
+
+def packaged_schema(name: str) -> dict[str, Any]:
+    """`screener/schemas/<name>.schema.json`, read from the installed package."""
+    path = resources.files("screener").joinpath(f"schemas/{name}.schema.json")
+    document: dict[str, Any] = orjson.loads(path.read_bytes())
+    return document
+
+
+@cache
+def schema_registry() -> Registry[Any]:
+    """Every packaged schema under its `$id`, so cross-file `$ref`s resolve offline."""
+    resources_ = [Resource.from_contents(packaged_schema(n)) for n in SCHEMA_NAMES]
+    return Registry().with_resources((r.id(), r) for r in resources_ if r.id() is not None)
+
+
+@cache
+def schema_validator(ref: str) -> Draft202012Validator:
+    """A validator for `name` (a schema file's stem) or a reference relative to the schemas'
+    base URI (e.g. `TOP5_RANKING`)."""
+    uri = SCHEMA_BASE + (ref if ref.endswith(".json") or "#" in ref else f"{ref}.schema.json")
+    return Draft202012Validator({"$ref": uri}, registry=schema_registry())
+
+
+def schema_errors(ref: str, document: Any) -> list[str]:
+    """What is wrong with `document` against the schema `ref` (empty: it matches)."""
+    return [
+        f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+        for e in schema_validator(ref).iter_errors(document)
+    ]
+
+
+def check_document(ref: str, document: Any) -> None:
+    errors = schema_errors(ref, document)
+    if errors:
+        raise AssertionError(f"not a valid {ref} document: {errors}: {document!r}")
+
+
+HTTP_SCHEMAS = {
+    ("/health", 200): "health",
+    ("/health", 503): "health",
+    ("/top5", 200): TOP5_RANKING,
+    ("/top5", 503): "error",
+}
+"""The document each answer of GET /health and /top5 must be, by path and status; other
+statuses and methods (404, 405, HEAD) are the error tests' own business."""
+
+
+async def check_http_answer(response: httpx.Response) -> None:
+    """httpx response hook: validate GET /health and /top5 bodies against the schemas."""
+    ref = HTTP_SCHEMAS.get((response.request.url.path, response.status_code))
+    if response.request.method != "GET" or ref is None:
+        return
+    await response.aread()
+    check_document(ref, response.json())
+
+
 class Subscriber:
     """Collects every message of some Redis pub/sub channels on a thread of its own.
 
-    Create it before the service starts so nothing published is missed.
+    Create it before the service starts so nothing published is missed. Messages of the
+    `market_data` and `top_movers` channels are validated against their schemas; one that
+    does not match makes `get` and `close` raise, so the test fails.
     """
 
     def __init__(self, port: int, *channels: str, password: str | None = None) -> None:
         self.client = redis.Redis(port=port, password=password)
         self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
         self.messages: dict[str, list[dict[str, Any]]] = {c: [] for c in channels}
+        self.invalid: list[str] = []
         self._lock = threading.Lock()
         self.pubsub.subscribe(**dict.fromkeys(channels, self._handle))
         self._thread = self.pubsub.run_in_thread(sleep_time=0.01, daemon=True)
 
     def _handle(self, message: dict[str, Any]) -> None:
+        channel = message["channel"].decode()
+        document = orjson.loads(message["data"])
+        # Raising here would only end the reader thread; the test's own thread raises instead.
+        errors = schema_errors(channel, document) if channel in SCHEMA_NAMES else []
         with self._lock:
-            self.messages[message["channel"].decode()].append(orjson.loads(message["data"]))
+            self.messages[channel].append(document)
+            self.invalid.extend(f"{channel}: {e}: {document!r}" for e in errors)
+
+    def _raise_if_invalid(self) -> None:
+        with self._lock:
+            if self.invalid:
+                raise AssertionError(f"messages not matching their schema: {self.invalid}")
 
     def get(self, channel: str) -> list[dict[str, Any]]:
+        self._raise_if_invalid()
         with self._lock:
             return list(self.messages[channel])
 
@@ -70,6 +152,7 @@ class Subscriber:
         self._thread.join(5)
         self.pubsub.close()
         self.client.close()
+        self._raise_if_invalid()
 
 
 async def eventually(check: Callable[[], bool], *, within_s: float = 10.0, what: str = "") -> None:
@@ -105,11 +188,15 @@ async def running(
     rand: Callable[[], float] = random.random,
     **env: str,
 ) -> AsyncIterator[tuple[Service, httpx.AsyncClient]]:
-    """The whole service in-process against `sim`, with an HTTP client on its port."""
+    """The whole service in-process against `sim`, with an HTTP client on its port whose
+    GET /health and /top5 answers are checked against the schemas."""
     settings = service_settings(sim, redis_port, **env)
     async with trio.open_nursery() as nursery:
         svc: Service = await nursery.start(partial(run_service, settings, wall=wall, rand=rand))
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{svc.http_port}") as http:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{svc.http_port}",
+            event_hooks={"response": [check_http_answer]},
+        ) as http:
             yield svc, http
         nursery.cancel_scope.cancel()
 

@@ -446,3 +446,8 @@ def test_runtime_wheel_carries_no_development_tools(tmp_path: Path) -> None:
     assert not any(top.startswith("devtools") for top in tops), sorted(tops)
     assert not [m for m in modules if "simulator" in m or "bench" in m]
     assert "screener/mexc/frames.py" in modules
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    schemas = {"market_data", "top_movers", "top5", "health", "error"}
+    assert {f"screener/schemas/{name}.schema.json" for name in schemas} <= names
+    assert {"screener/schemas/openapi.json", "screener/py.typed"} <= names

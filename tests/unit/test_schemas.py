@@ -1,0 +1,210 @@
+"""The packaged JSON Schemas (screener/schemas/) and the OpenAPI description: valid schemas,
+real documents (built by the records that emit them) match, broken ones do not, and the
+OpenAPI document embeds exactly the packaged schemas with every reference resolving."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import orjson
+import pytest
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+from screener.health import health_report
+from screener.http import openapi_document
+from screener.models import (
+    FeedStatus,
+    Kline,
+    MarketData,
+    Ranking,
+    RedisStatus,
+    SymbolStat,
+    UniverseStatus,
+)
+from screener.snapshot import Views
+from tests.system.service_harness import (
+    SCHEMA_NAMES,
+    TOP5_RANKING,
+    packaged_schema,
+    schema_errors,
+)
+
+M = 1_770_330_480  # 2026-02-05 22:28:00 UTC
+
+
+def market_data(source: str = "mexc") -> dict[str, Any]:
+    kline = Kline(
+        symbol="BTC_USDT",
+        t=M,
+        open=6.86769e-6,
+        high=6.86769e-6,
+        low=6.8528e-6,
+        close=6.85735e-6,
+        volume=0.0 if source == "mexc-rest" else 187.0,
+        amount=0.1283,
+        ts_ms=M * 1000 + 46_237,
+        source=source,
+    )
+    return orjson.loads(
+        orjson.dumps(MarketData(kline=kline, change_pct=-0.15, window_min=15).as_dict())
+    )
+
+
+def top_movers() -> dict[str, Any]:
+    ranking = Ranking(
+        wall_ts=M + 0.7,
+        lookback_min=15,
+        gainers=(SymbolStat(symbol="A_USDT", change_pct=12.5, price=1.25),),
+        losers=(SymbolStat(symbol="C_USDT", change_pct=-4.25, price=0.0125),),
+        ranked=2,
+    )
+    return orjson.loads(orjson.dumps(ranking.as_dict()))
+
+
+def health(*, stale: bool) -> dict[str, Any]:
+    views = Views.empty()
+    if not stale:
+        views.universe.set(UniverseStatus(symbols=3, chunks=1, error=None))
+        views.feed.set(FeedStatus(last_push_at=99.0, conns_up=1, conns_total=1))
+        views.redis.set(RedisStatus(up=True, error=None))
+    status, body = health_report(views, 100.0, 60.0)
+    assert status == (503 if stale else 200)
+    return orjson.loads(orjson.dumps(body))
+
+
+REAL = [
+    pytest.param("market_data", market_data(), id="market_data"),
+    pytest.param("market_data", market_data("mexc-rest"), id="market_data-rest"),
+    pytest.param("top_movers", top_movers(), id="top_movers"),
+    pytest.param("top5", {**top_movers(), "stale": False}, id="top5"),
+    pytest.param(TOP5_RANKING, {**top_movers(), "stale": True}, id="top5-ranking"),
+    pytest.param("top5", {"error": "no data yet"}, id="top5-503"),
+    pytest.param("health", health(stale=False), id="health-ok"),
+    pytest.param("health", health(stale=True), id="health-stale"),
+]
+
+
+def test_real_health_documents_are_the_expected_kinds() -> None:
+    assert health(stale=False)["status"] == "ok"
+    assert "problems" not in health(stale=False)
+    assert health(stale=True)["problems"]
+
+
+@pytest.mark.parametrize("name", SCHEMA_NAMES)
+def test_every_packaged_schema_is_a_strict_2020_12_schema(name: str) -> None:
+    schema = packaged_schema(name)
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert schema["$id"] == f"https://screener.example/schemas/{name}.schema.json"
+    Draft202012Validator.check_schema(schema)
+    closed = orjson.dumps(schema)
+    assert b'"additionalProperties":false' in closed or b'"unevaluatedProperties":false' in closed
+
+
+@pytest.mark.parametrize(("ref", "document"), REAL)
+def test_real_documents_match(ref: str, document: dict[str, Any]) -> None:
+    assert schema_errors(ref, document) == []
+
+
+def _set(doc: dict[str, Any], path: tuple[str | int, ...], value: Any) -> dict[str, Any]:
+    broken = copy.deepcopy(doc)
+    target: Any = broken
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return broken
+
+
+def _drop(doc: dict[str, Any], key: str) -> dict[str, Any]:
+    return {k: v for k, v in doc.items() if k != key}
+
+
+BROKEN = [
+    ("market_data", _drop(market_data(), "candle_ts"), "missing field"),
+    ("market_data", _set(market_data(), ("ts",), "1770330526237"), "ts as a string"),
+    ("market_data", _set(market_data(), ("candle_ts",), 1.5), "fractional seconds"),
+    ("market_data", _set(market_data(), ("extra",), 1), "extra field"),
+    ("market_data", _set(market_data(), ("source",), "binance"), "unknown source"),
+    ("market_data", _set(market_data(), ("interval",), "Min5"), "other interval"),
+    ("market_data", _set(market_data(), ("volume",), -1.0), "negative volume"),
+    ("market_data", _set(market_data(), ("symbol",), "btc usdt"), "bad symbol"),
+    ("top_movers", _drop(top_movers(), "ts_ms"), "missing ts_ms"),
+    ("top_movers", _set(top_movers(), ("type",), "market_data"), "wrong type"),
+    ("top_movers", _set(top_movers(), ("stale",), False), "stale belongs to /top5 only"),
+    ("top_movers", _set(top_movers(), ("top5_gainers", 0, "rank"), 1), "extra entry field"),
+    ("top_movers", _set(top_movers(), ("top5_losers", 0, "price"), "0.01"), "price string"),
+    ("top_movers", _set(top_movers(), ("ts",), "2026-02-05T22:28:00Z"), "other time format"),
+    ("top5", top_movers(), "no stale"),
+    ("top5", {**top_movers(), "stale": "no"}, "stale not a boolean"),
+    ("top5", {**top_movers(), "stale": False, "x": 1}, "extra field"),
+    ("top5", {"error": "no data yet", "stale": True}, "error with extra field"),
+    (TOP5_RANKING, {"error": "no data yet"}, "the 503 body is not a 200 ranking"),
+    ("health", _drop(health(stale=False), "redis"), "missing redis"),
+    ("health", _set(health(stale=False), ("status",), "fine"), "unknown status"),
+    ("health", _set(health(stale=False), ("age",), "0.1"), "age as a string"),
+    ("health", _set(health(stale=False), ("connections", "down"), 0), "extra nested field"),
+    ("health", _set(health(stale=False), ("problems",), []), "empty problems"),
+    ("health", _set(health(stale=False), ("feed",), "grpc"), "unknown feed"),
+    ("error", {"error": ""}, "empty error"),
+]
+
+
+@pytest.mark.parametrize(("ref", "document", "what"), BROKEN, ids=[b[2] for b in BROKEN])
+def test_broken_documents_do_not_match(ref: str, document: dict[str, Any], what: str) -> None:
+    assert schema_errors(ref, document), what
+
+
+def openapi() -> dict[str, Any]:
+    document: dict[str, Any] = orjson.loads(openapi_document())
+    return document
+
+
+def test_openapi_describes_the_four_routes() -> None:
+    doc = openapi()
+    assert doc["openapi"].startswith("3.1.")
+    assert set(doc["paths"]) == {"/health", "/top5", "/metrics", "/openapi.json"}
+    for path, item in doc["paths"].items():
+        assert set(item) == {"get"}, path
+        assert {"200", "404", "405", "500"} <= set(item["get"]["responses"]), path
+    assert set(doc["paths"]["/health"]["get"]["responses"]) >= {"503"}
+    assert set(doc["paths"]["/top5"]["get"]["responses"]) >= {"503"}
+
+
+def test_openapi_embeds_exactly_the_packaged_schemas() -> None:
+    embedded = openapi()["components"]["schemas"]
+    assert sorted(s["$id"] for s in embedded.values()) == sorted(
+        packaged_schema(n)["$id"] for n in SCHEMA_NAMES
+    )
+    for schema in embedded.values():
+        name = schema["$id"].rsplit("/", 1)[1].removesuffix(".schema.json")
+        assert schema == packaged_schema(name), name
+
+
+def _refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        own = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+        return own + [r for v in node.values() for r in _refs(v)]
+    if isinstance(node, list):
+        return [r for v in node for r in _refs(v)]
+    return []
+
+
+def test_every_reference_in_the_openapi_document_resolves() -> None:
+    doc = openapi()
+    base = "https://screener.example/openapi.json"
+    root = DRAFT202012.create_resource(doc)
+    registry = Registry().with_resource(base, root)
+    # Each embedded schema is a resource of its own ($id); its relative refs resolve there.
+    registry = registry.with_resources(
+        (s["$id"], Resource.from_contents(s)) for s in doc["components"]["schemas"].values()
+    ).crawl()
+    operation_refs = _refs(doc["paths"])
+    assert operation_refs
+    for ref in operation_refs:
+        assert registry.resolver(base).lookup(ref).contents, ref
+    for schema in doc["components"]["schemas"].values():
+        resolver = registry.resolver(schema["$id"])
+        for ref in _refs(schema):
+            assert resolver.lookup(ref).contents, (schema["$id"], ref)
