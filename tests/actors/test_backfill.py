@@ -10,7 +10,6 @@ import trio.testing
 
 from actors.backfill import run_backfill
 from actors.connection import run_connection
-from actors.window import run_window
 from screener.config import load_settings
 from screener.metrics import Metrics
 from screener.mexc.client import RestFailed
@@ -25,19 +24,9 @@ from screener.models import (
     WindowInbox,
 )
 from screener.snapshot import Latest
+from tests.actors.fakes import start_window
 from tests.actors.memory_exchange import MemoryExchange
-
-M = 1_770_330_480  # a minute boundary (seconds)
-
-
-def k(minute: int, o: float, c: float, *, source: str = "mexc", at_s: float = 30.0) -> Kline:
-    t = M + minute * 60
-    ts_ms = t * 1000 if source == HISTORY_SOURCE else int((t + at_s) * 1000)
-    return Kline("A_USDT", t, o, max(o, c), min(o, c), c, 5.0, 50.0, ts_ms, source)
-
-
-def history(minute: int, o: float, c: float) -> Kline:
-    return k(minute, o, c, source=HISTORY_SOURCE)
+from tests.kline_builders import M, history, k
 
 
 def counter_value(metrics: Metrics, name: str, **labels: str) -> float:
@@ -54,15 +43,8 @@ async def test_window_actor_sends_no_event_for_history_and_rest_prices_keep_it_s
     events_send, events_recv = trio.open_memory_channel[list[MarketData]](10)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            await nursery.start(
-                partial(
-                    run_window,
-                    inbox_recv,
-                    events_send,
-                    lookback_min=3,
-                    feed=feed,
-                    metrics=metrics,
-                )
+            await start_window(
+                nursery, inbox_recv, events_send, lookback_min=3, feed=feed, metrics=metrics
             )
             await inbox_send.send(history(-10, 1.0, 1.0))  # too old once minute 0 is in
             await inbox_send.send(history(0, 1.0, 1.0))

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 import pytest
 import trio
 import trio.testing
 
-from actors.connection import run_connection
 from screener.config import load_settings
 from screener.metrics import Metrics
 from screener.models import ConnStatus, WindowInbox
+from tests.actors.fakes import start_connection
 from tests.actors.memory_exchange import MemoryExchange
 
 SETTINGS = load_settings(
@@ -22,24 +20,10 @@ SETTINGS = load_settings(
 async def start_actor(
     nursery: trio.Nursery, exchange: MemoryExchange, symbols: frozenset[str], rand: float = 0.5
 ) -> tuple[trio.MemorySendChannel[frozenset[str]], trio.MemoryReceiveChannel[WindowInbox]]:
-    control_send, control_recv = trio.open_memory_channel[frozenset[str]](4)
-    out_send, out_recv = trio.open_memory_channel[WindowInbox](100)
-    control_send.send_nowait(symbols)
-    await nursery.start(
-        partial(
-            run_connection,
-            control_recv,
-            out_send,
-            conn_id=7,
-            settings=SETTINGS,
-            metrics=Metrics(),
-            rand=lambda: rand,
-            connect=exchange.connect,
-        )
-    )
     # The chunk is counted at once (for /health's connections total), as down.
-    assert out_recv.receive_nowait() == ConnStatus(7, up=False)
-    return control_send, out_recv
+    return await start_connection(
+        nursery, exchange, symbols, settings=SETTINGS, metrics=Metrics(), rand=rand
+    )
 
 
 async def test_pings_every_interval_on_absolute_deadlines(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +14,10 @@ import trio
 import trio.testing
 from loguru import logger
 
-from actors.connection import run_connection
 from screener.config import ExchangeSettings, load_settings
 from screener.metrics import REJECT_REASONS, Metrics
 from screener.models import ConnStatus, Kline, WindowInbox
+from tests.actors.fakes import start_connection
 from tests.actors.memory_exchange import MemoryExchange
 
 FRAMES = Path(__file__).parent.parent / "frames"
@@ -113,22 +112,9 @@ async def start_actor(
     settings: ExchangeSettings = SETTINGS,
 ) -> tuple[trio.MemorySendChannel[frozenset[str]], trio.MemoryReceiveChannel[WindowInbox]]:
     """Start the actor for `symbols` and wait until it is subscribed (up)."""
-    control_send, control_recv = trio.open_memory_channel[frozenset[str]](4)
-    out_send, out_recv = trio.open_memory_channel[WindowInbox](100)
-    control_send.send_nowait(symbols)
-    await nursery.start(
-        partial(
-            run_connection,
-            control_recv,
-            out_send,
-            conn_id=7,
-            settings=settings,
-            metrics=metrics,
-            rand=lambda: 0.5,
-            connect=exchange.connect,
-        )
+    control_send, out_recv = await start_connection(
+        nursery, exchange, symbols, settings=settings, metrics=metrics
     )
-    assert out_recv.receive_nowait() == ConnStatus(7, up=False)
     assert await out_recv.receive() == ConnStatus(7, up=True)
     return control_send, out_recv
 

@@ -15,11 +15,11 @@ import trio.testing
 from loguru import logger
 from trio_websocket import WebSocketConnection
 
-from actors.connection import run_connection
 from screener.config import ExchangeSettings, load_settings
 from screener.metrics import Metrics
 from screener.models import ConnStatus, Kline, WindowInbox
 from screener.supervise import Reachability
+from tests.actors.fakes import start_connection
 from tests.actors.memory_exchange import MemoryExchange
 
 # No silence check in the recovery tests (they push nothing): the longest allowed.
@@ -63,23 +63,17 @@ async def start_conn(
     settings: ExchangeSettings = SETTINGS,
 ) -> trio.MemoryReceiveChannel[WindowInbox]:
     """Start one connection actor; returns its outbox after the initial "down"."""
-    control_send, control_recv = trio.open_memory_channel[frozenset[str]](4)
-    out_send, out_recv = trio.open_memory_channel[WindowInbox](1000)
-    control_send.send_nowait(symbols)
-    await nursery.start(
-        partial(
-            run_connection,
-            control_recv,
-            out_send,
-            conn_id=conn_id,
-            settings=settings,
-            metrics=metrics,
-            rand=lambda: rand,
-            connect=exchange.connect,
-            reachability=reachability,
-        )
+    _, out_recv = await start_connection(
+        nursery,
+        exchange,
+        symbols,
+        settings=settings,
+        metrics=metrics,
+        rand=rand,
+        conn_id=conn_id,
+        outbox=1000,
+        reachability=reachability,
     )
-    assert out_recv.receive_nowait() == ConnStatus(conn_id, up=False)
     return out_recv
 
 

@@ -13,7 +13,6 @@ import trio.testing
 from loguru import logger
 
 from actors.failover import price_update, run_failover
-from actors.window import run_window
 from screener.metrics import Metrics
 from screener.mexc.client import RestFailed
 from screener.mexc.rest import Tick
@@ -28,6 +27,7 @@ from screener.models import (
     WindowInbox,
 )
 from screener.snapshot import Views
+from tests.actors.fakes import start_window
 
 M = 1_770_330_480  # a minute boundary (seconds); virtual time 0 is this exchange time
 ERROR = "REST ticker unavailable: ticker: timeout: no answer within 10s"
@@ -381,15 +381,8 @@ async def test_rest_prices_move_a_real_window_which_stays_stale(
     with trio.fail_after(200):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(record)
-            await nursery.start(
-                partial(
-                    run_window,
-                    inbox_recv,
-                    events_send,
-                    lookback_min=15,
-                    feed=views.feed,
-                    metrics=metrics,
-                )
+            await start_window(
+                nursery, inbox_recv, events_send, lookback_min=15, feed=views.feed, metrics=metrics
             )
             live = Kline(
                 symbol="A_USDT",

@@ -8,18 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import Any
 
 import pytest
 import trio
 import trio.testing
 from loguru import logger
-from quart import typing as quart_typing
 
 from actors.ranking import run_ranking
-from actors.window import run_window
 from screener.health import CONN_DOWN_GRACE_S, health_report
-from screener.http import create_app
 from screener.metrics import Metrics
 from screener.models import (
     ConnStatus,
@@ -36,18 +32,12 @@ from screener.models import (
     WindowInbox,
 )
 from screener.snapshot import Latest, Views
+from tests.actors.fakes import client_for, get, start_window, tracking
 
 M = 1_770_330_480  # a minute boundary (seconds)
 W0 = 1_770_000_000.0  # the wall clock at virtual time 0
 CONTRACTS_DOWN = "contract list unavailable: contract_detail: server: HTTP 502"
 OOM = "OOM command not allowed when used memory > 'maxmemory'."
-
-
-def tracking(symbols: int = 3) -> Views:
-    """Views as after the universe's first successful read."""
-    views = Views.empty()
-    views.universe.set(UniverseStatus(symbols=symbols, chunks=1, error=None))
-    return views
 
 
 def pushed(views: Views, *, up: int = 1, total: int = 1, down_since: float | None = None) -> None:
@@ -57,15 +47,6 @@ def pushed(views: Views, *, up: int = 1, total: int = 1, down_since: float | Non
             last_push_at=trio.current_time(), conns_up=up, conns_total=total, down_since=down_since
         )
     )
-
-
-def client_for(views: Views) -> quart_typing.TestClientProtocol:
-    return create_app(views, Metrics(), stale_after_s=60.0).test_client()
-
-
-async def get(client: quart_typing.TestClientProtocol, path: str) -> tuple[int, Any]:
-    response = await client.get(path)
-    return response.status_code, await response.get_json()
 
 
 def ranking(*stats: SymbolStat) -> Ranking:
@@ -302,16 +283,7 @@ async def test_the_window_keeps_since_when_the_longest_down_connection_is_down(
 
     with trio.fail_after(100):
         async with trio.open_nursery() as nursery:
-            await nursery.start(
-                partial(
-                    run_window,
-                    inbox_recv,
-                    events_send,
-                    lookback_min=15,
-                    feed=feed,
-                    metrics=Metrics(),
-                )
-            )
+            await start_window(nursery, inbox_recv, events_send, lookback_min=15, feed=feed)
             # Each chunk starts down (the connection actor says so before its first attempt).
             assert await at(1.0, ConnStatus(conn_id=0, up=False)) == (0, 1, 1.0)
             assert await at(2.0, ConnStatus(conn_id=1, up=False)) == (0, 2, 1.0)
@@ -350,16 +322,7 @@ async def test_a_connection_reported_down_by_the_window_degrades_health_exactly_
     )
     with trio.fail_after(100):
         async with trio.open_nursery() as nursery:
-            await nursery.start(
-                partial(
-                    run_window,
-                    inbox_recv,
-                    events_send,
-                    lookback_min=15,
-                    feed=views.feed,
-                    metrics=Metrics(),
-                )
-            )
+            await start_window(nursery, inbox_recv, events_send, lookback_min=15, feed=views.feed)
             await inbox_send.send(ConnStatus(conn_id=0, up=False))  # the chunk starts
             await trio.sleep_until(1.0)
             await inbox_send.send(ConnStatus(conn_id=0, up=True))

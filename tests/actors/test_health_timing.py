@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 import trio
 import trio.testing
 
-from actors.window import run_window
 from screener.http import create_app
 from screener.metrics import Metrics
 from screener.models import (
@@ -17,6 +14,7 @@ from screener.models import (
     WindowInbox,
 )
 from screener.snapshot import Views
+from tests.actors.fakes import start_window
 
 
 async def test_health_turns_stale_exactly_at_stale_after(
@@ -29,16 +27,7 @@ async def test_health_turns_stale_exactly_at_stale_after(
     client = create_app(views, Metrics(), stale_after_s=60).test_client()
     with trio.fail_after(500):
         async with trio.open_nursery() as nursery:
-            await nursery.start(
-                partial(
-                    run_window,
-                    inbox_recv,
-                    events_send,
-                    lookback_min=15,
-                    feed=views.feed,
-                    metrics=Metrics(),
-                )
-            )
+            await start_window(nursery, inbox_recv, events_send, lookback_min=15, feed=views.feed)
             await trio.sleep(10)
             await inbox_send.send(Kline("A_USDT", 60, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 61_000))
             await events_recv.receive()

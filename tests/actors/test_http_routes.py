@@ -4,16 +4,13 @@ with the snapshots set by the test as the actors would, changing over virtual ti
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import pytest
 import trio
 import trio.testing
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
-from quart import typing as quart_typing
 
-from screener.http import create_app
 from screener.metrics import Metrics
 from screener.models import (
     BackfillProgress,
@@ -25,27 +22,9 @@ from screener.models import (
     UniverseStatus,
 )
 from screener.snapshot import Views
+from tests.actors.fakes import client_for, get, tracking
 
 M = 1_770_330_480  # 2026-02-05 22:28:00 UTC
-
-
-def client_for(
-    views: Views, stale_after_s: float, *, rest_mode: bool = False, metrics: Metrics | None = None
-) -> quart_typing.TestClientProtocol:
-    app = create_app(views, metrics or Metrics(), stale_after_s=stale_after_s, rest_mode=rest_mode)
-    return app.test_client()
-
-
-async def get(client: quart_typing.TestClientProtocol, path: str) -> tuple[int, Any]:
-    response = await client.get(path)
-    return response.status_code, await response.get_json()
-
-
-def tracking() -> Views:
-    """Views as after the universe's first read: no feed is fresh while no symbol is tracked."""
-    views = Views.empty()
-    views.universe.set(UniverseStatus(symbols=3, chunks=1, error=None))
-    return views
 
 
 def push(views: Views) -> None:

@@ -6,22 +6,28 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
-from typing import Any, NamedTuple, cast
+from collections.abc import Callable, Iterator
+from typing import NamedTuple, cast
 
 import pytest
 import redis
 import trio
 import trio.testing
-from loguru import logger
 
-from actors.publisher import FINAL_FLUSH_S, PIPELINE_EVENTS, Publisher, run_publisher
+from actors.publisher import FINAL_FLUSH_S, PIPELINE_EVENTS, Publisher
 from screener.config import RedisSettings, load_settings
 from screener.metrics import Metrics
-from screener.models import Kline, MarketData, PublisherInbox, Ranking, RedisStatus, SymbolStat
+from screener.models import MarketData, PublisherInbox, Ranking, RedisStatus, SymbolStat
 from screener.redis_client import BatchResult, Held
 from screener.snapshot import Latest
+from tests.actors.fakes import (
+    M,
+    PublisherActor,
+    StallingRedis,
+    market_data,
+    publisher_lines,
+    threads_hold_clock,
+)
 
 SETTINGS: RedisSettings = load_settings({"PUBLISH_BUFFER": "100"}).redis
 TARGET = "redis://localhost:6379"
@@ -33,7 +39,6 @@ WENT_DOWN = (
 CAME_UP = ("INFO", f"redis up at {TARGET}")
 OOM = "OOM command not allowed when used memory > 'maxmemory'."
 WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"
-M = 1_770_330_480  # a minute boundary, unix seconds
 
 Respond = Callable[[list[MarketData], Ranking | None], BatchResult]
 
@@ -43,21 +48,7 @@ def accept(events: list[MarketData], ranking: Ranking | None) -> BatchResult:
 
 
 def event(symbol: str, close: float = 1.0) -> MarketData:
-    return MarketData(
-        kline=Kline(
-            symbol=symbol,
-            t=M,
-            open=1.0,
-            high=max(1.0, close),
-            low=min(1.0, close),
-            close=close,
-            volume=10.0,
-            amount=10.0 * close,
-            ts_ms=M * 1000 + 500,
-        ),
-        change_pct=(close - 1.0) * 100,
-        window_min=15,
-    )
+    return market_data(symbol, close, M * 1000 + 500)
 
 
 def ranking(n: int) -> Ranking:
@@ -76,18 +67,15 @@ class Batch(NamedTuple):
     ranking: Ranking | None
 
 
-class FakeRedis:
+class FakeRedis(StallingRedis):
     """Redis as the publisher sees it: `write` stands in for `publish_batch`, `ping` for the
     client's. Both run in worker threads; the virtual time of each call is recorded."""
 
     def __init__(self, clock: trio.testing.MockClock) -> None:
-        self.clock = clock
+        super().__init__(clock)
         self.up = True
         self.respond: Respond = accept  # what Redis answers to a write while up
-        self.hold: threading.Event | None = None  # the next write waits for it (a stall)
-        self.stalled = threading.Event()  # set once a write waits for `hold`
         self.attempts: list[float] = []  # every write, failed ones included
-        self.pings: list[float] = []
         self._sent, self.sent = trio.open_memory_channel[Batch](math.inf)
 
     def write(
@@ -99,58 +87,20 @@ class FakeRedis:
     ) -> BatchResult:
         at = self.clock.current_time()  # frozen while a thread runs (see threads_hold_clock)
         self.attempts.append(at)
-        hold, self.hold = self.hold, None
-        if hold is not None:
-            self.stalled.set()
-            if not hold.wait(timeout=30):
-                raise AssertionError("the stalled write was never released")
+        self.wait_if_held()
         if not self.up:
             raise redis.ConnectionError("Connection refused")
         trio.from_thread.run_sync(self._sent.send_nowait, Batch(at, list(events), ranking))
         return self.respond(events, ranking)
 
-    def ping(self) -> bool:
-        self.pings.append(self.clock.current_time())
-        if not self.up:
-            raise redis.ConnectionError("Connection refused")
-        return True
+    def down(self) -> bool:
+        return not self.up
 
     async def answered(self) -> Batch:
         """The next batch Redis took, once the publisher has accounted for its answer."""
         batch = await self.sent.receive()
         await trio.testing.wait_all_threads_completed()
         return batch
-
-
-@asynccontextmanager
-async def threads_hold_clock(clock: trio.testing.MockClock) -> AsyncIterator[None]:
-    """Autojump, except while a worker thread runs.
-
-    MockClock's own autojump sees a task waiting for `trio.to_thread` as idle and jumps to the
-    next deadline before the thread is done (then even `fail_after` fires). This jumper
-    waits for threads to finish first, so a write takes no virtual time, as an instant Redis.
-    """
-
-    async def jumper() -> None:
-        while True:
-            # A real-time cushion above 0, so a test's own wait_all_tasks_blocked() wakes
-            # first and sees the virtual time it expects.
-            await trio.testing.wait_all_tasks_blocked(cushion=0.0001)
-            if trio.testing.active_thread_count():
-                await trio.testing.wait_all_threads_completed()
-                continue
-            gap = trio.lowlevel.current_statistics().seconds_to_next_deadline
-            if 0 < gap < math.inf:
-                clock.jump(gap)
-
-    clock.autojump_threshold = math.inf
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(jumper)
-            yield
-            nursery.cancel_scope.cancel()
-    finally:
-        clock.autojump_threshold = 0
 
 
 @pytest.fixture
@@ -161,18 +111,8 @@ def fake(autojump_clock: trio.testing.MockClock) -> FakeRedis:
 @pytest.fixture
 def logs() -> Iterator[list[tuple[str, str]]]:
     """The publisher's log lines as (level, message)."""
-    lines: list[tuple[str, str]] = []
-
-    def sink(message: Any) -> None:
-        record = message.record
-        if record["extra"].get("actor") == "publisher":
-            lines.append((record["level"].name, record["message"]))
-
-    sink_id = logger.add(sink, level="DEBUG", format="{message}")
-    try:
+    with publisher_lines() as lines:
         yield lines
-    finally:
-        logger.remove(sink_id)
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
@@ -181,31 +121,6 @@ def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
 
 def published(metrics: Metrics, channel: str) -> float | None:
     return sample(metrics, "screener_events_published_total", channel=channel)
-
-
-class Actor:
-    """`run_publisher` in its own cancel scope, with the time it returned. Redis starts up,
-    so the real client `run_publisher` makes is never used (no PING, no socket)."""
-
-    def __init__(self) -> None:
-        self.scope = trio.CancelScope()
-        self.ended = trio.Event()
-        self.ended_at: float | None = None
-        self.status: Latest[RedisStatus] = Latest(RedisStatus(up=True, error=None))
-        self.metrics = Metrics()
-
-    async def run(self, inbox: trio.MemoryReceiveChannel[PublisherInbox], fake: FakeRedis) -> None:
-        with self.scope:
-            await run_publisher(
-                inbox,
-                settings=SETTINGS,
-                status=self.status,
-                metrics=self.metrics,
-                rand=lambda: 0.5,
-                write=fake.write,
-            )
-        self.ended_at = trio.current_time()
-        self.ended.set()
 
 
 async def run_direct(
@@ -233,7 +148,7 @@ async def test_each_wakeup_sends_everything_pending_as_one_batch_in_order(
     autojump_clock: trio.testing.MockClock, fake: FakeRedis, logs: list[tuple[str, str]]
 ) -> None:
     inbox_send, inbox_recv = trio.open_memory_channel[PublisherInbox](16)
-    actor = Actor()
+    actor = PublisherActor(SETTINGS)
     a1, b1, a2, b2, c1, a3 = (event(s) for s in ("A", "B", "A", "B", "C", "A"))
     with trio.fail_after(60):
         async with threads_hold_clock(autojump_clock), trio.open_nursery() as nursery:
@@ -501,7 +416,7 @@ async def test_cancel_flushes_what_is_pending_and_logs_the_outcome(
     outcome: tuple[str, str],
 ) -> None:
     inbox_send, inbox_recv = trio.open_memory_channel[PublisherInbox](16)
-    actor = Actor()
+    actor = PublisherActor(SETTINGS)
     a1, b1 = event("A"), event("B")
     with trio.fail_after(60):
         async with threads_hold_clock(autojump_clock), trio.open_nursery() as nursery:
@@ -524,7 +439,7 @@ async def test_cancel_during_a_write_waits_for_it_then_sends_the_rest_once(
     autojump_clock: trio.testing.MockClock, fake: FakeRedis, logs: list[tuple[str, str]]
 ) -> None:
     inbox_send, inbox_recv = trio.open_memory_channel[PublisherInbox](16)
-    actor = Actor()
+    actor = PublisherActor(SETTINGS)
     a1, b1 = event("A"), event("B")
     with trio.fail_after(60):
         async with threads_hold_clock(autojump_clock), trio.open_nursery() as nursery:
@@ -553,7 +468,7 @@ async def test_a_final_flush_cut_by_its_deadline_is_logged(
     autojump_clock: trio.testing.MockClock, fake: FakeRedis, logs: list[tuple[str, str]]
 ) -> None:
     inbox_send, inbox_recv = trio.open_memory_channel[PublisherInbox](16)
-    actor = Actor()
+    actor = PublisherActor(SETTINGS)
     gate = threading.Event()
     try:
         with trio.fail_after(60):
@@ -581,7 +496,7 @@ async def test_a_closed_inbox_ends_the_actor_once_everything_is_sent(
     autojump_clock: trio.testing.MockClock, fake: FakeRedis, logs: list[tuple[str, str]]
 ) -> None:
     inbox_send, inbox_recv = trio.open_memory_channel[PublisherInbox](16)
-    actor = Actor()
+    actor = PublisherActor(SETTINGS)
     a1, b1 = event("A"), event("B")
     with trio.fail_after(60):
         async with threads_hold_clock(autojump_clock), trio.open_nursery() as nursery:

@@ -5,24 +5,29 @@ virtual times, statuses, metrics and log lines."""
 
 from __future__ import annotations
 
-import math
 import threading
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from typing import Any, NamedTuple, cast
 
 import pytest
 import redis
 import trio
 import trio.testing
-from loguru import logger
 
-from actors.publisher import FINAL_FLUSH_S, PIPELINE_EVENTS, Publisher, run_publisher
+from actors.publisher import FINAL_FLUSH_S, PIPELINE_EVENTS, Publisher
 from screener.config import RedisSettings, load_settings
 from screener.metrics import Metrics
-from screener.models import Kline, MarketData, PublisherInbox, Ranking, RedisStatus
+from screener.models import MarketData, PublisherInbox, Ranking, RedisStatus
 from screener.redis_client import BatchResult, Held
 from screener.snapshot import Latest
+from tests.actors.fakes import (
+    M,
+    PublisherActor,
+    StallingRedis,
+    market_data,
+    publisher_lines,
+    threads_hold_clock,
+)
 
 PUBSUB: RedisSettings = load_settings({"PUBLISH_BUFFER": "20000"}).redis
 STREAM: RedisSettings = load_settings({"PUBLISH_BUFFER": "20000", "PUBLISH_MODE": "stream"}).redis
@@ -33,26 +38,10 @@ CAME_UP = ("INFO", f"redis up at {TARGET}")
 HELD = ("WARNING", f"redis refuses writes at {TARGET} ({OOM}); events kept and retried")
 ACCEPTED = ("INFO", f"redis writes accepted again at {TARGET}")
 OK = BatchResult(unencodable=0, refused=0, refusal=None)
-M = 1_770_330_480  # a minute boundary, unix seconds
 
 
 def event(symbol: str, n: int = 1) -> MarketData:
-    close = float(n)
-    return MarketData(
-        kline=Kline(
-            symbol=symbol,
-            t=M,
-            open=1.0,
-            high=max(1.0, close),
-            low=min(1.0, close),
-            close=close,
-            volume=10.0,
-            amount=10.0 * close,
-            ts_ms=M * 1000 + n,
-        ),
-        change_pct=(close - 1.0) * 100,
-        window_min=15,
-    )
+    return market_data(symbol, float(n), M * 1000 + n)
 
 
 def ranking(n: int) -> Ranking:
@@ -66,20 +55,17 @@ class Write(NamedTuple):
     ranking: Ranking | None
 
 
-class FakeRedis:
+class FakeRedis(StallingRedis):
     """Redis as the publisher sees it. `link`: "up"; "down" (connections refused); "paused"
     (`CLIENT PAUSE WRITE`: PING answers, every write times out). `oom`: writes answered, every
-    XADD refused with OOM (held). `gate`: the next write waits for it (Redis hangs)."""
+    XADD refused with OOM (held). `hold`: the next write waits for it (Redis hangs)."""
 
     def __init__(self, clock: trio.testing.MockClock) -> None:
-        self.clock = clock
+        super().__init__(clock)
         self.link = "up"
         self.oom = False
-        self.gate: threading.Event | None = None
-        self.stalled = threading.Event()  # set once a write waits for `gate`
         self.writes: list[Write] = []  # every attempt, failed ones included
         self.delivered: list[Write] = []
-        self.pings: list[float] = []
 
     def write(
         self,
@@ -90,11 +76,7 @@ class FakeRedis:
     ) -> BatchResult:
         attempt = Write(self.clock.current_time(), settings.mode, list(events), ranking)
         self.writes.append(attempt)
-        gate, self.gate = self.gate, None
-        if gate is not None:
-            self.stalled.set()
-            if not gate.wait(timeout=30):
-                raise AssertionError("the stalled write was never released")
+        self.wait_if_held()
         if self.link == "down":
             raise redis.ConnectionError("Connection refused")
         if self.link == "paused":
@@ -104,37 +86,8 @@ class FakeRedis:
         self.delivered.append(attempt)
         return OK
 
-    def ping(self) -> bool:
-        self.pings.append(self.clock.current_time())
-        if self.link == "down":
-            raise redis.ConnectionError("Connection refused")
-        return True
-
-
-@asynccontextmanager
-async def threads_hold_clock(clock: trio.testing.MockClock) -> AsyncIterator[None]:
-    """Autojump, except while a worker thread runs (as in test_publisher.py): MockClock's own
-    autojump would jump while a write is in a thread; this waits for threads first, so a
-    write takes no virtual time."""
-
-    async def jumper() -> None:
-        while True:
-            await trio.testing.wait_all_tasks_blocked(cushion=0.0001)
-            if trio.testing.active_thread_count():
-                await trio.testing.wait_all_threads_completed()
-                continue
-            gap = trio.lowlevel.current_statistics().seconds_to_next_deadline
-            if 0 < gap < math.inf:
-                clock.jump(gap)
-
-    clock.autojump_threshold = math.inf
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(jumper)
-            yield
-            nursery.cancel_scope.cancel()
-    finally:
-        clock.autojump_threshold = 0
+    def down(self) -> bool:
+        return self.link == "down"
 
 
 @pytest.fixture
@@ -145,18 +98,8 @@ def fake(autojump_clock: trio.testing.MockClock) -> FakeRedis:
 @pytest.fixture
 def logs() -> Iterator[list[tuple[str, str]]]:
     """The publisher's log lines as (level, message)."""
-    lines: list[tuple[str, str]] = []
-
-    def sink(message: Any) -> None:
-        record = message.record
-        if record["extra"].get("actor") == "publisher":
-            lines.append((record["level"].name, record["message"]))
-
-    sink_id = logger.add(sink, level="DEBUG", format="{message}")
-    try:
+    with publisher_lines() as lines:
         yield lines
-    finally:
-        logger.remove(sink_id)
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float:
@@ -184,31 +127,6 @@ def start(nursery: trio.Nursery, pub: Publisher, fake: FakeRedis) -> trio.Memory
     nursery.start_soon(pub.collect, inbox_recv)
     nursery.start_soon(pub.flush, cast(redis.Redis, fake))
     return inbox_send
-
-
-class Actor:
-    """`run_publisher` in its own cancel scope, with the time it returned."""
-
-    def __init__(self, settings: RedisSettings = PUBSUB) -> None:
-        self.settings = settings
-        self.scope = trio.CancelScope()
-        self.ended = trio.Event()
-        self.ended_at: float | None = None
-        self.status: Latest[RedisStatus] = Latest(RedisStatus(up=True, error=None))
-        self.metrics = Metrics()
-
-    async def run(self, inbox: trio.MemoryReceiveChannel[PublisherInbox], fake: FakeRedis) -> None:
-        with self.scope:
-            await run_publisher(
-                inbox,
-                settings=self.settings,
-                status=self.status,
-                metrics=self.metrics,
-                rand=lambda: 0.5,
-                write=fake.write,
-            )
-        self.ended_at = trio.current_time()
-        self.ended.set()
 
 
 # --- fault 4: CLIENT PAUSE WRITE ------------------------------------------------------------
@@ -402,7 +320,7 @@ async def test_shutdown_waits_for_the_write_in_flight_then_accounts_for_everythi
     buffer, no line at all) nor sent again: its outcome decides. A Redis that never answers
     costs FINAL_FLUSH_S and the line counts it with the buffered events."""
     inbox_send, inbox_recv = trio.open_memory_channel[PublisherInbox](64)
-    actor = Actor()
+    actor = PublisherActor(PUBSUB)
     a1, b1, c1 = event("A"), event("B"), event("C")
     gate = threading.Event()
     try:
@@ -410,7 +328,7 @@ async def test_shutdown_waits_for_the_write_in_flight_then_accounts_for_everythi
             async with threads_hold_clock(autojump_clock), trio.open_nursery() as nursery:
                 nursery.start_soon(actor.run, inbox_recv, fake)
                 await trio.sleep_until(1.0)
-                fake.gate = gate
+                fake.hold = gate
                 await inbox_send.send([a1, b1])
                 await trio.to_thread.run_sync(fake.stalled.wait)  # Redis stops answering
                 await inbox_send.send([c1])
@@ -443,7 +361,7 @@ async def test_shutdown_while_redis_holds_writes_says_why_events_are_lost(
     autojump_clock: trio.testing.MockClock, fake: FakeRedis, logs: list[tuple[str, str]]
 ) -> None:
     inbox_send, inbox_recv = trio.open_memory_channel[PublisherInbox](64)
-    actor = Actor(STREAM)
+    actor = PublisherActor(STREAM)
     with trio.fail_after(60):
         async with threads_hold_clock(autojump_clock), trio.open_nursery() as nursery:
             nursery.start_soon(actor.run, inbox_recv, fake)
@@ -463,7 +381,7 @@ async def test_shutdown_counts_what_was_still_in_the_inbox(
     """Batches the window actor already handed over are pending too, even if the collector
     had not taken them when the cancel came."""
     inbox_send, inbox_recv = trio.open_memory_channel[PublisherInbox](64)
-    actor = Actor()
+    actor = PublisherActor(PUBSUB)
     a1, b1 = event("A"), event("B")
     with trio.fail_after(60):
         async with threads_hold_clock(autojump_clock), trio.open_nursery() as nursery:

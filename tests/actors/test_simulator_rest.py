@@ -12,28 +12,10 @@ import orjson
 import pytest
 import trio
 
-from devtools.simulator import FakeExchange, SimConfig
-
-MINUTE = 1_770_330_480  # the 2026-02-05 capture's candle start
-
-
-T0 = MINUTE + 5.0
-
+from devtools.simulator import FakeExchange
+from tests.simulator_fakes import FILTERED, MINUTE, T0, make
 
 KLINE = "/api/v1/contract/kline/BTC_USDT"
-
-
-FILTERED = ("ETH_USDC", "BTC_USD", "HIDDEN1_USDT", "DAILY1_USDT", "OFFLINE1_USDT", "NEWLIST1_USDT")
-
-
-class FakeClock:
-    """Wall clock the test sets by hand."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def in_process(ex: FakeExchange) -> httpx.AsyncClient:
@@ -41,11 +23,6 @@ def in_process(ex: FakeExchange) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         transport=httpx.ASGITransport(app=ex.rest_app()), base_url="http://sim"
     )
-
-
-def make(symbols: int = 5, rate_per_s: float = 0.0) -> tuple[FakeExchange, FakeClock]:
-    clock = FakeClock()
-    return FakeExchange(SimConfig(symbols=symbols, rate_per_s=rate_per_s), clock=clock), clock
 
 
 def live_recipe(row: dict[str, Any], now_ms: int) -> bool:

@@ -7,14 +7,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from functools import partial
 
 import pytest
 import trio
 import trio.testing
 from loguru import logger
 
-from actors.window import run_window
 from screener.metrics import Metrics
 from screener.models import (
     HISTORY_SOURCE,
@@ -30,6 +28,7 @@ from screener.models import (
     ask_stats,
 )
 from screener.snapshot import Latest
+from tests.actors.fakes import start_window
 
 M = 1_770_330_480  # a minute boundary (seconds)
 
@@ -88,16 +87,14 @@ async def window(*, batch_wait_s: float = 0.0, lookback_min: int = 3) -> AsyncIt
     feed = Latest(FeedStatus(last_push_at=None, conns_up=0, conns_total=0))
     metrics = Metrics()
     async with trio.open_nursery() as nursery:
-        await nursery.start(
-            partial(
-                run_window,
-                inbox_recv,
-                events_send,
-                lookback_min=lookback_min,
-                feed=feed,
-                metrics=metrics,
-                batch_wait_s=batch_wait_s,
-            )
+        await start_window(
+            nursery,
+            inbox_recv,
+            events_send,
+            lookback_min=lookback_min,
+            feed=feed,
+            metrics=metrics,
+            batch_wait_s=batch_wait_s,
         )
         yield Rig(inbox_send, events_recv, feed, metrics)
         nursery.cancel_scope.cancel()
@@ -292,16 +289,7 @@ async def test_when_every_sender_is_closed_the_queue_drains_and_the_outbox_close
     feed = Latest(FeedStatus(last_push_at=None, conns_up=0, conns_total=0))
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:  # ends by itself: no cancel
-            await nursery.start(
-                partial(
-                    run_window,
-                    inbox_recv,
-                    events_send,
-                    lookback_min=3,
-                    feed=feed,
-                    metrics=Metrics(),
-                )
-            )
+            await start_window(nursery, inbox_recv, events_send, lookback_min=3, feed=feed)
             clone = inbox_send.clone()  # one per connection actor
             inbox_send.send_nowait(push("A_USDT"))
             await inbox_send.aclose()

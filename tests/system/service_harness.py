@@ -13,20 +13,18 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from functools import cache, partial
-from importlib import resources
+from functools import partial
 from typing import Any
 
 import httpx
 import orjson
 import redis
 import trio
-from jsonschema import Draft202012Validator
-from referencing import Registry, Resource
 
 from devtools.simulator import FakeExchange, SimAddress, SimConfig
 from screener.app import Service, run_service
 from screener.config import Settings, load_settings
+from tests.contracts import SCHEMA_NAMES, TOP5_RANKING, check_document, schema_errors
 
 
 def service_settings(sim: SimAddress, redis_port: int, **overrides: str) -> Settings:
@@ -49,47 +47,6 @@ def service_settings(sim: SimAddress, redis_port: int, **overrides: str) -> Sett
     }
     env.update(overrides)
     return load_settings(env)
-
-
-SCHEMA_BASE = "https://screener.example/schemas/"
-SCHEMA_NAMES = ("market_data", "top_movers", "top5", "health", "error")
-TOP5_RANKING = "top5.schema.json#/$defs/ranking"
-
-
-def packaged_schema(name: str) -> dict[str, Any]:
-    """`screener/schemas/<name>.schema.json`, read from the installed package."""
-    path = resources.files("screener").joinpath(f"schemas/{name}.schema.json")
-    document: dict[str, Any] = orjson.loads(path.read_bytes())
-    return document
-
-
-@cache
-def schema_registry() -> Registry[Any]:
-    """Every packaged schema under its `$id`, so cross-file `$ref`s resolve offline."""
-    resources_ = [Resource.from_contents(packaged_schema(n)) for n in SCHEMA_NAMES]
-    return Registry().with_resources((r.id(), r) for r in resources_ if r.id() is not None)
-
-
-@cache
-def schema_validator(ref: str) -> Draft202012Validator:
-    """A validator for `name` (a schema file's stem) or a reference relative to the schemas'
-    base URI (e.g. `TOP5_RANKING`)."""
-    uri = SCHEMA_BASE + (ref if ref.endswith(".json") or "#" in ref else f"{ref}.schema.json")
-    return Draft202012Validator({"$ref": uri}, registry=schema_registry())
-
-
-def schema_errors(ref: str, document: Any) -> list[str]:
-    """What is wrong with `document` against the schema `ref` (empty: it matches)."""
-    return [
-        f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
-        for e in schema_validator(ref).iter_errors(document)
-    ]
-
-
-def check_document(ref: str, document: Any) -> None:
-    errors = schema_errors(ref, document)
-    if errors:
-        raise AssertionError(f"not a valid {ref} document: {errors}: {document!r}")
 
 
 HTTP_SCHEMAS = {

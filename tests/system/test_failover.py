@@ -5,35 +5,12 @@ exact virtual time is in tests/actors/test_failover*.py."""
 
 from __future__ import annotations
 
-from contextlib import AbstractAsyncContextManager
-
-import httpx
 import trio
 import trio.testing
 
 from devtools.devredis import RedisServer
-from devtools.simulator import FakeExchange, SimAddress, SimConfig
-from screener.app import Service
-from tests.system.service_harness import Subscriber, counter, eventually, running, simulator
-
-M = 1_770_330_480
-
-
-T0 = M + 30.0
-
-
-def frozen_simulator(symbols: int) -> AbstractAsyncContextManager[tuple[FakeExchange, SimAddress]]:
-    """A simulator whose wall clock stands still: every test minute is minute M."""
-    return simulator(
-        SimConfig(symbols=symbols, rate_per_s=0, extra_contracts=False), clock=lambda: T0
-    )
-
-
-def service(
-    sim: SimAddress, redis_port: int, **env: str
-) -> AbstractAsyncContextManager[tuple[Service, httpx.AsyncClient]]:
-    """The service on the same frozen clock, with a fixed reconnect jitter."""
-    return running(sim, redis_port, wall=lambda: T0, rand=lambda: 0.1, **env)
+from tests.system.frozen_clock import frozen_simulator, service
+from tests.system.service_harness import Subscriber, counter, eventually
 
 
 async def wait_for(check: object, *, what: str, within_s: float = 10.0) -> None:

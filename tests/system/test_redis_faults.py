@@ -10,8 +10,8 @@ import signal
 import statistics
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,36 +20,19 @@ import httpx
 import orjson
 import pytest
 import trio
-from loguru import logger
 
 from devtools.devredis import RedisServer, free_port
 from devtools.simulator import SimAddress, SimConfig
 from screener.config import load_settings
-from screener.models import Kline, MarketData, Ranking, RedisStatus
+from screener.models import MarketData, Ranking, RedisStatus
 from screener.redis_client import Held, make_client, publish_batch
+from tests.actors.fakes import market_data, publisher_lines
 from tests.system.service_harness import Subscriber, counter, eventually, running, simulator
 
 ROOT = Path(__file__).resolve().parents[2]
 OOM = "OOM command not allowed when used memory > 'maxmemory'."
 PUBLISHED = "screener_events_published_total"
 Key = tuple[str, int, float]
-
-
-@contextmanager
-def publisher_lines() -> Iterator[list[tuple[str, str]]]:
-    """The publisher's log lines, (level, message)."""
-    lines: list[tuple[str, str]] = []
-
-    def sink(message: Any) -> None:
-        record = message.record
-        if record["extra"].get("actor") == "publisher":
-            lines.append((record["level"].name, record["message"]))
-
-    sink_id = logger.add(sink, level="DEBUG", format="{message}")
-    try:
-        yield lines
-    finally:
-        logger.remove(sink_id)
 
 
 def starting(lines: list[tuple[str, str]], text: str) -> list[tuple[str, str]]:
@@ -96,18 +79,7 @@ def memory_back(server: RedisServer) -> None:
 
 
 def event(symbol: str, ts_ms: int = 60_000) -> MarketData:
-    kline = Kline(
-        symbol=symbol,
-        t=60,
-        open=1.0,
-        high=1.0,
-        low=1.0,
-        close=1.0,
-        volume=1.0,
-        amount=1.0,
-        ts_ms=ts_ms,
-    )
-    return MarketData(kline=kline, change_pct=0.0, window_min=1)
+    return market_data(symbol, 1.0, ts_ms, t=60, volume=1.0, window_min=1)
 
 
 @pytest.mark.parametrize("fault", ["oom", "wrongtype"])

@@ -5,50 +5,16 @@ serves them; the backfill actor's schedule is in tests/actors/test_backfill*.py.
 
 from __future__ import annotations
 
-from contextlib import AbstractAsyncContextManager
-
 import httpx
 import pytest
 import trio
 import trio.testing
 
 from devtools.devredis import RedisServer
-from devtools.simulator import FakeExchange, SimAddress, SimConfig
-from screener.app import Service
-from screener.models import (
-    HISTORY_SOURCE,
-    Kline,
-)
-from tests.system.service_harness import counter, eventually, running, simulator
-
-M = 1_770_330_480  # a minute boundary (seconds)
-
-
-def k(minute: int, o: float, c: float, *, source: str = "mexc", at_s: float = 30.0) -> Kline:
-    t = M + minute * 60
-    ts_ms = t * 1000 if source == HISTORY_SOURCE else int((t + at_s) * 1000)
-    return Kline("A_USDT", t, o, max(o, c), min(o, c), c, 5.0, 50.0, ts_ms, source)
-
-
-def history(minute: int, o: float, c: float) -> Kline:
-    return k(minute, o, c, source=HISTORY_SOURCE)
-
-
-T0 = M + 30.0  # the simulator's frozen wall clock: every test minute is minute M
-
-
-def frozen_simulator(symbols: int) -> AbstractAsyncContextManager[tuple[FakeExchange, SimAddress]]:
-    """A simulator whose wall clock stands still: every test minute is minute M."""
-    return simulator(
-        SimConfig(symbols=symbols, rate_per_s=0, extra_contracts=False), clock=lambda: T0
-    )
-
-
-def service(
-    sim: SimAddress, redis_port: int, **env: str
-) -> AbstractAsyncContextManager[tuple[Service, httpx.AsyncClient]]:
-    """The service on the same frozen clock, with a fixed reconnect jitter."""
-    return running(sim, redis_port, wall=lambda: T0, rand=lambda: 0.1, **env)
+from devtools.simulator import SimAddress
+from tests.kline_builders import M
+from tests.system.frozen_clock import frozen_simulator, service
+from tests.system.service_harness import counter, eventually
 
 
 async def window_change(rest_url: str, symbol: str, lookback_min: int) -> float:

@@ -25,7 +25,7 @@ from screener.models import (
     UniverseStatus,
 )
 from screener.snapshot import Views
-from tests.system.service_harness import (
+from tests.contracts import (
     SCHEMA_NAMES,
     TOP5_RANKING,
     packaged_schema,

@@ -12,18 +12,7 @@ from screener.models import (
     REST_SOURCE,
     Kline,
 )
-
-M = 1_770_330_480  # a minute boundary (seconds)
-
-
-def k(minute: int, o: float, c: float, *, source: str = "mexc", at_s: float = 30.0) -> Kline:
-    t = M + minute * 60
-    ts_ms = t * 1000 if source == HISTORY_SOURCE else int((t + at_s) * 1000)
-    return Kline("A_USDT", t, o, max(o, c), min(o, c), c, 5.0, 50.0, ts_ms, source)
-
-
-def history(minute: int, o: float, c: float) -> Kline:
-    return k(minute, o, c, source=HISTORY_SOURCE)
+from tests.kline_builders import M, history, k
 
 
 def test_history_fills_an_empty_window_without_events() -> None:
