@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml devtools/pyproject.toml
 	$(BIN)/pip install -q -e ./devtools -e '.[dev]'
 	touch $(STAMP)
 
-.PHONY: install test test-fast lint run demo simulate bench
+.PHONY: install test test-fast test-floors lint run demo simulate bench
 install: $(STAMP)
 
 lint: $(STAMP)
@@ -26,6 +26,11 @@ test: lint
 ## lint, then the unit and MockClock tests only (seconds; no processes, sockets or redis-server)
 test-fast: lint
 	$(BIN)/pytest -m "not system"
+
+## every test at the dependency floors: each direct dependency at the lowest version that
+## pyproject.toml allows, in a venv of its own (uv's lowest-direct resolution; no lint)
+test-floors:
+	PYTHON=$(PYTHON) bash devtools/ci/floors.sh
 
 ## the service against the real exchange (env from the shell or .env; see .env.example)
 run: $(STAMP)
