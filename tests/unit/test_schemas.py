@@ -103,9 +103,11 @@ def test_every_packaged_schema_is_a_strict_2020_12_schema(name: str) -> None:
     assert b'"additionalProperties":false' in closed or b'"unevaluatedProperties":false' in closed
 
 
-@pytest.mark.parametrize(("ref", "document"), REAL)
-def test_real_documents_match(ref: str, document: dict[str, Any]) -> None:
-    assert schema_errors(ref, document) == []
+def test_real_documents_match() -> None:
+    """Documents as the service builds them (the served ones over time are checked in
+    tests/actors/test_served_contracts.py)."""
+    wrong = {case.id: schema_errors(*case.values) for case in REAL}
+    assert {name: errors for name, errors in wrong.items() if errors} == {}
 
 
 def _set(doc: dict[str, Any], path: tuple[str | int, ...], value: Any) -> dict[str, Any]:
@@ -151,9 +153,11 @@ BROKEN = [
 ]
 
 
-@pytest.mark.parametrize(("ref", "document", "what"), BROKEN, ids=[b[2] for b in BROKEN])
-def test_broken_documents_do_not_match(ref: str, document: dict[str, Any], what: str) -> None:
-    assert schema_errors(ref, document), what
+def test_broken_documents_do_not_match() -> None:
+    """Each broken document is refused: the list names any the schemas let through."""
+    accepted = [what for ref, document, what in BROKEN if not schema_errors(ref, document)]
+    assert accepted == []
+    assert len(BROKEN) == 26
 
 
 def openapi() -> dict[str, Any]:
