@@ -41,7 +41,7 @@ from screener.mexc.frames import PING, ErrorReply, SubAck, UnsubAck, decode, sub
 from screener.mexc.values import DecodeError
 from screener.mexc.websocket import Connector, open_exchange_socket
 from screener.models import ConnStatus, Kline, SymbolSet, WindowInbox
-from screener.periodic import Pulse, Ticker
+from screener.periodic import Pulse, Ticker, wait_quiet
 from screener.supervise import Backoff, Reachability, Spell, run_supervised
 
 RETRY_ON: Final[tuple[type[Exception], ...]] = (
@@ -267,11 +267,8 @@ class _Link:
             self.log.warning("rejected frame: {detail} (+{n} suppressed)", detail=detail, n=n)
 
     async def watchdog(self, dead_after_s: float) -> None:
-        while True:
-            deadline = self.last_rx + dead_after_s
-            if trio.current_time() >= deadline:
-                raise ConnectionDead(f"no frame for {dead_after_s:g}s")
-            await trio.sleep_until(deadline)
+        await wait_quiet(lambda: self.last_rx, dead_after_s)
+        raise ConnectionDead(f"no frame for {dead_after_s:g}s")
 
     async def ping(self, interval_s: float) -> None:
         ticker = Ticker(interval_s)
@@ -290,7 +287,7 @@ class _Link:
         `ConnectionSilent` so the attempt is replaced."""
         limit = settings.silent_resubscribe_s
         while True:
-            await self._no_push_for(limit)
+            await wait_quiet(lambda: self.last_push, limit)
             resubscribed_at = trio.current_time()
             self.metrics.silent_resubscribes.inc()
             self.log.warning(
@@ -306,14 +303,6 @@ class _Link:
                     f"no push for {trio.current_time() - self.last_push:g}s, "
                     "resubscribing did not help"
                 )
-
-    async def _no_push_for(self, limit_s: float) -> None:
-        """Return once `limit_s` passed since the last push (pushes move the deadline)."""
-        while True:
-            deadline = self.last_push + limit_s
-            if trio.current_time() >= deadline:
-                return
-            await trio.sleep_until(deadline)
 
     async def resubscribe(self, settings: ExchangeSettings) -> None:
         """Send `sub.kline` again for every symbol of the chunk, acknowledgements counted

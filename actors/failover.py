@@ -34,7 +34,7 @@ from screener.models import (
     WindowInbox,
     ask_stats,
 )
-from screener.periodic import Ticker
+from screener.periodic import Ticker, wait_quiet
 from screener.snapshot import Latest
 
 FetchTickers = Callable[[], Awaitable[dict[str, Tick]]]
@@ -63,12 +63,12 @@ def price_update(symbol: str, tick: Tick, last: float | None) -> Kline:
 async def wait_stale(feed: Latest[FeedStatus], since: float, stale_after_s: float) -> None:
     """Return once no live push arrived for `stale_after_s` (counted from `since` before the
     first push); wakes only at the deadlines, which move with each push."""
-    while True:
-        last = feed.value.last_push_at
-        deadline = (since if last is None else last) + stale_after_s
-        if trio.current_time() >= deadline:
-            return
-        await trio.sleep_until(deadline)
+
+    def last() -> float:
+        at = feed.value.last_push_at
+        return since if at is None else at
+
+    await wait_quiet(last, stale_after_s)
 
 
 class Failover:

@@ -3,12 +3,14 @@
 `Ticker` runs periodic work (rankings, pings, contract-list reads, REST polls) against
 absolute deadlines `start + k * period`, so nothing drifts and tests on MockClock assert
 exact times. A round that overran skips the ticks it missed instead of catching up in a
-burst. `Pulse` wakes one waiter after one or more `fire()`s.
+burst. `wait_quiet` waits for a silence of a given length; `Pulse` wakes one waiter after
+one or more `fire()`s.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import trio
 
@@ -36,6 +38,17 @@ class Ticker:
         """Sleep until the next deadline; returns its tick number."""
         await trio.sleep_until(self.next_deadline(trio.current_time()))
         return self.tick
+
+
+async def wait_quiet(last: Callable[[], float], quiet_s: float) -> None:
+    """Return once `quiet_s` passed since `last()`, read anew at each wake-up so a newer
+    event moves the deadline; sleeps only until the deadlines (no polling). The one shape of
+    every silence rule: a dead socket, a silent subscription, a stale feed."""
+    while True:
+        deadline = last() + quiet_s
+        if trio.current_time() >= deadline:
+            return
+        await trio.sleep_until(deadline)
 
 
 class Pulse:

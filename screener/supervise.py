@@ -105,10 +105,6 @@ class Reachability:
         self._retry_from = -math.inf  # when the waiters of the latest recovery may retry
         self._log = logger.bind(actor="reachability")
 
-    @property
-    def unreachable(self) -> bool:
-        return self.unreachable_since is not None
-
     def missed(self, reason: str) -> None:
         """An attempt could not open the socket."""
         if self.unreachable_since is None:
@@ -179,12 +175,11 @@ class Spell:
     connected and subscribed (`reached`, told to the shared `Reachability`), and when it
     became healthy (its subscriptions acknowledged)."""
 
-    __slots__ = ("_reachability", "healthy_since", "opened_at", "reached_at", "seen")
+    __slots__ = ("_reachability", "healthy_since", "opened_at", "seen")
 
     def __init__(self, reachability: Reachability | None = None) -> None:
         self.healthy_since: float | None = None
         self.opened_at: float | None = None
-        self.reached_at: float | None = None
         self._reachability = reachability
         # The recoveries this attempt knows of: a later one may cut its backoff short.
         self.seen = 0 if reachability is None else reachability.generation
@@ -196,7 +191,6 @@ class Spell:
         self.opened_at = trio.current_time()
 
     def reached(self) -> None:
-        self.reached_at = trio.current_time()
         if self._reachability is not None:
             self._reachability.reached()
             self.seen = self._reachability.generation  # its own recovery cuts nothing
