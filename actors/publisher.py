@@ -37,7 +37,7 @@ from loguru import logger
 from screener.config import RedisSettings
 from screener.logs import RateLimited
 from screener.metrics import Metrics
-from screener.models import MarketData, PublisherInbox, Ranking, RedisStatus
+from screener.models import Leadership, MarketData, PublisherInbox, Ranking, RedisStatus
 from screener.periodic import Pulse
 from screener.redis_client import REDIS_ERRORS, BatchResult, Held, make_client, publish_batch
 from screener.snapshot import Latest
@@ -49,6 +49,14 @@ PIPELINE_EVENTS: Final = 500
 backlog at once raised RSS by two thirds after a 30 s outage at 1,000 pushes/s (+40 MB for
 10,000 events); slices of 2,000 cost 12 MB, of 500 3 MB, and their round trips still take
 a fraction of a second (normal batches, a few ms of pushes, are far smaller)."""
+
+UNCONFIRMED: Final = Leadership("leader", float("-inf"), 0, drop_held=False)
+"""A fenced publisher's start: nothing goes out before the first lease answer."""
+
+
+class FencedOut(Exception):
+    """The lease ran out, by this process's clock, before a slice reached Redis."""
+
 
 WriteBatch = Callable[[redis.Redis, RedisSettings, list[MarketData], Ranking | None], BatchResult]
 """`publish_batch`, run in a worker thread; tests pass their own."""
@@ -102,7 +110,7 @@ class Attempt:
     the outcome here itself: when the flusher is cancelled meanwhile (the call is abandoned,
     the thread runs on), shutdown still learns whether the slice went."""
 
-    __slots__ = ("done", "events", "mode", "ranking", "result")
+    __slots__ = ("done", "events", "mode", "ranking", "result", "until")
 
     def __init__(self, mode: str, events: list[MarketData], ranking: Ranking | None) -> None:
         self.mode = mode
@@ -110,9 +118,12 @@ class Attempt:
         self.ranking = ranking
         self.done = threading.Event()
         self.result: BatchResult | None = None  # None once done: it failed
+        self.until = float("inf")  # time.monotonic() after which the lease may be gone
 
     def run(self, write: WriteBatch, client: redis.Redis, settings: RedisSettings) -> BatchResult:
         try:
+            if time.monotonic() >= self.until:  # frozen since the check: publish nothing
+                raise FencedOut()
             result = self.result = write(client, settings, self.events, self.ranking)
         finally:
             self.done.set()
@@ -130,8 +141,11 @@ class Publisher:
         metrics: Metrics,
         rand: Callable[[], float] = random.random,
         write: WriteBatch = publish_batch,
+        fenced: bool = False,
     ) -> None:
         self.settings = settings
+        # The shard lease as last answered (None: no fleet, always publish); see `_fence`.
+        self.fence: Leadership | None = UNCONFIRMED if fenced else None
         self.status = status
         self.metrics = metrics
         self.write = write
@@ -163,12 +177,41 @@ class Publisher:
         self.arrived.fire()
 
     def _add(self, item: PublisherInbox) -> None:
-        if type(item) is Ranking:
+        if isinstance(item, Leadership):
+            self._fence(item)
+        elif self.fence is not None and self.fence.role == "standby":
+            if not isinstance(item, Ranking):
+                self.metrics.fleet_standby_events.inc(len(item))
+            return
+        elif isinstance(item, Ranking):
             self.buffer.ranking = item
         else:
-            self._dropped(self.buffer.add(item))  # type: ignore[arg-type]
+            self._dropped(self.buffer.add(item))
         self._gauge_backlog()
         self.arrived.fire()
+
+    def _fence(self, fence: Leadership) -> None:
+        """A lease answer. A standby, or a leader that took over from another replica,
+        drops what it holds: those pushes are (or were) published by the other replica."""
+        was = self.fence
+        self.fence = fence
+        if not fence.drop_held:
+            return
+        held = sum(len(lane.events) for _, lane in self._lanes())
+        self.owed.clear()
+        self.buffer.take()
+        self.retry_at.clear()
+        if held:
+            self.metrics.fleet_standby_events.inc(held)
+            if was is not None and was.role == "leader":
+                self.log.info(
+                    "not leader of this shard any more: {n} held events left to the leader",
+                    n=held,
+                )
+
+    def may_publish(self, now: float) -> bool:
+        fence = self.fence
+        return fence is None or (fence.role == "leader" and now < fence.valid_until)
 
     async def flush(self, client: redis.Redis) -> None:
         """Send what is pending, slice after slice; returns once the inbox ended and nothing
@@ -178,12 +221,15 @@ class Publisher:
                 continue
             attempt = self._next(trio.current_time())
             if attempt is None:
-                if self.inbox_closed and not self.has_pending():
+                if self.inbox_closed and not (self.has_pending() and self.may_publish_now()):
                     return
                 await self._wait()
                 continue
             try:
                 result = await self._send(client, attempt)
+            except FencedOut:
+                self._put_back(attempt)
+                continue
             except REDIS_ERRORS as exc:
                 self._put_back(attempt)
                 await trio.sleep(self._went_down(exc))
@@ -196,6 +242,9 @@ class Publisher:
         if not self.has_pending():
             return
         pending = self.pending_events()
+        if not self.may_publish_now() and self.in_flight is None:
+            self.report_unflushed(pending, "this replica's shard lease is not confirmed")
+            return
         reason: str | None = None
         client = make_client(self.settings)
         try:
@@ -233,6 +282,9 @@ class Publisher:
                 attempt = Attempt(mode, events, ranking)
                 try:
                     result = await self._send(client, attempt)
+                except FencedOut:
+                    self._put_back(attempt)
+                    return "this replica's shard lease ran out"
                 except REDIS_ERRORS as exc:
                     self._put_back(attempt)
                     return failure_text(exc)
@@ -271,8 +323,14 @@ class Publisher:
             self.targets[mode] = dataclasses.replace(self.settings, mode=mode)
         return lane
 
+    def may_publish_now(self) -> bool:
+        return self.may_publish(trio.current_time())
+
     def _next(self, now: float) -> Attempt | None:
-        """The next slice of the first lane with something to send and no backoff to wait."""
+        """The next slice of the first lane with something to send and no backoff to wait,
+        while the lease (if any) is valid by this process's clock."""
+        if not self.may_publish(now):
+            return None
         for mode, lane in self._lanes():
             if len(lane) and self.retry_at.get(mode, now) <= now:
                 self.retry_at.pop(mode, None)
@@ -291,6 +349,8 @@ class Publisher:
     async def _send(self, client: redis.Redis, attempt: Attempt) -> BatchResult:
         """One slice in a worker thread. On cancel it stays `in_flight` for `final_flush`."""
         self.in_flight = attempt
+        if self.fence is not None:  # the thread checks again just before writing
+            attempt.until = time.monotonic() + (self.fence.valid_until - trio.current_time())
         try:
             result = await trio.to_thread.run_sync(
                 attempt.run,
@@ -299,6 +359,9 @@ class Publisher:
                 self.targets[attempt.mode],
                 abandon_on_cancel=True,
             )
+        except FencedOut:
+            self.in_flight = None
+            raise
         except REDIS_ERRORS:
             self.in_flight = None
             raise
@@ -447,9 +510,14 @@ async def run_publisher(
     metrics: Metrics,
     rand: Callable[[], float] = random.random,
     write: WriteBatch = publish_batch,
+    fenced: bool = False,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    publisher = Publisher(settings, status=status, metrics=metrics, rand=rand, write=write)
+    """`fenced`: a fleet replica, publishing only while its shard lease says so (the
+    `Leadership` items of the inbox)."""
+    publisher = Publisher(
+        settings, status=status, metrics=metrics, rand=rand, write=write, fenced=fenced
+    )
     client = make_client(settings)
     task_status.started()
     try:

@@ -21,7 +21,7 @@ import trio
 from loguru import logger
 
 from screener.metrics import Metrics
-from screener.models import PublisherInbox, Ranking, SymbolStat, WindowInbox, ask_stats
+from screener.models import Ranking, SymbolStat, WindowInbox, ask_stats
 from screener.periodic import Ticker
 from screener.snapshot import Latest
 
@@ -42,7 +42,7 @@ def rank(stats: Iterable[SymbolStat], *, top_n: int, lookback_min: int, wall_ts:
 
 async def run_ranking(
     requests: trio.MemorySendChannel[WindowInbox],
-    outbox: trio.MemorySendChannel[PublisherInbox],
+    outbox: trio.MemorySendChannel[Ranking],
     *,
     snapshot: Latest[Ranking | None],
     metrics: Metrics,

@@ -23,6 +23,7 @@ import trio
 from loguru import logger
 
 from screener.config import ExchangeSettings
+from screener.fleet import shard_of
 from screener.metrics import Metrics
 from screener.mexc.client import RestFailed
 from screener.mexc.rest import Contract, live_usdt_perpetuals
@@ -70,16 +71,20 @@ class Update(NamedTuple):
 class Universe:
     """The pure core: selection, chunk planning and what to backfill, read after read."""
 
-    def __init__(self, settings: ExchangeSettings, *, stream: bool = True) -> None:
+    def __init__(
+        self, settings: ExchangeSettings, *, stream: bool = True, shard: tuple[int, int] = (0, 1)
+    ) -> None:
         self.settings = settings
         self.stream = stream
+        self.shard, self.shards = shard
         self.tracked: SymbolSet = frozenset()
         self.chunks: dict[int, SymbolSet] = {}
         self._unknown_warned: set[str] = set()
 
     def select(self, live: set[str]) -> tuple[SymbolSet, list[str]]:
-        """Whitelist, then the MAX_SYMBOLS bound (alphabetical, so the choice is stable);
-        each unknown whitelisted symbol is warned about once."""
+        """Whitelist, then the MAX_SYMBOLS bound (alphabetical, so the choice is stable),
+        then this replica's shard (`shard_of`); each unknown whitelisted symbol is warned
+        about once."""
         settings, warnings = self.settings, []
         if settings.whitelist:
             for symbol in sorted(settings.whitelist - live - self._unknown_warned):
@@ -94,6 +99,8 @@ class Universe:
                 f"the last {len(live) - settings.max_symbols} skipped"
             )
             live = set(sorted(live)[: settings.max_symbols])
+        if self.shards > 1:
+            live = {s for s in live if shard_of(s, self.shards) == self.shard}
         return frozenset(live), warnings
 
     def update(self, contracts: list[Contract], now_ms: float) -> Update:
@@ -136,6 +143,7 @@ async def run_universe(
     *,
     fetch: FetchContracts,
     settings: ExchangeSettings,
+    shard: tuple[int, int] = (0, 1),
     refresh_s: float,
     status: Latest[UniverseStatus],
     metrics: Metrics,
@@ -147,7 +155,7 @@ async def run_universe(
     reads (`CONTRACTS_REFRESH_S`, or `REST_POLL_S` in `screener rest`, where each read starts
     a poll round); `wall`: the clock that says which listings have opened."""
     log = logger.bind(actor="universe")
-    universe = Universe(settings, stream=plans is not None)
+    universe = Universe(settings, stream=plans is not None, shard=shard)
     backoff = Backoff(first_s=2.0, cap_s=60.0, rand=rand)
     async with (
         plans if plans is not None else contextlib.nullcontext(),

@@ -5,12 +5,15 @@
                                                                                       v
     ranking --(StatsRequest)------------------------------------------------------> window
     failover --(StatsRequest, REST-price Kline)-----------------------------------> window
-    ranking --(Ranking)--> publisher <--(list[MarketData])------------------------- window
+    ranking --(Ranking: this shard's)--> fleet --(global Ranking, Leadership)--> publisher
+    window --(list[MarketData])----------------------------------------------> publisher
 
 `screener` (mode "ws") runs all of them; `screener rest` (mode "rest") the same actors without
 the pool, the connections and the failover: its universe hands every symbol to the backfill
-each `REST_POLL_S`. Every channel is bounded; each sender is a clone owned by one actor, so
-closing cascades. The universe, backfill and failover share one paced REST client, owned here.
+each `REST_POLL_S`. The fleet actor holds this replica's shard lease and fences the publisher
+with it, and merges the shards' rankings into the one /top5 serves. Every channel is bounded;
+each sender is a clone owned by one actor, so closing cascades. The universe, backfill and
+failover share one paced REST client, owned here.
 
 Shutdown: SIGTERM or SIGINT sets `stop`; hypercorn stops accepting and drains the requests in
 flight (`graceful_timeout`); then the root scope is cancelled, connections close with 1000
@@ -32,6 +35,7 @@ from loguru import logger
 from actors.backfill import REQUESTS_BUFFER, run_backfill
 from actors.connection import run_connection
 from actors.failover import run_failover
+from actors.fleet import run_fleet
 from actors.publisher import run_publisher
 from actors.ranking import run_ranking
 from actors.universe import run_universe
@@ -40,7 +44,8 @@ from screener.config import Settings
 from screener.http import create_app, serve_http
 from screener.metrics import Metrics
 from screener.mexc.client import fetch_contracts, fetch_klines, fetch_tickers, open_rest_client
-from screener.models import ChunkPlan, PublisherInbox, SymbolSet, WindowInbox
+from screener.models import ChunkPlan, PublisherInbox, Ranking, SymbolSet, WindowInbox
+from screener.redis_client import make_client
 from screener.snapshot import Views
 from screener.supervise import Reachability, supervise_pool
 
@@ -54,6 +59,8 @@ INGEST_BUFFER: Final = 4096
 PUBLISH_QUEUE: Final = 64
 # Chunk plans, one per contract-list read (hourly): the pool applies each at once.
 PLANS_BUFFER: Final = 4
+# This shard's rankings for the fleet actor, one per RANK_INTERVAL_S.
+RANKINGS_BUFFER: Final = 2
 
 
 class Service:
@@ -122,6 +129,7 @@ async def run_service(
     events_send, events_recv = trio.open_memory_channel[PublisherInbox](PUBLISH_QUEUE)
     fill_send, fill_recv = trio.open_memory_channel[SymbolSet](REQUESTS_BUFFER)
     plan_send, plan_recv = trio.open_memory_channel[ChunkPlan](PLANS_BUFFER)
+    rank_send, rank_recv = trio.open_memory_channel[Ranking](RANKINGS_BUFFER)
     fills = fill_send if shape.backfill else None
     plans = plan_send if shape.stream else None
     if not shape.backfill:
@@ -149,17 +157,32 @@ async def run_service(
                 status=views.redis,
                 metrics=metrics,
                 rand=rand,
+                fenced=True,
+            )
+        )
+        await nursery.start(
+            partial(
+                run_fleet,
+                rank_recv,
+                events_send.clone(),
+                settings=settings.fleet,
+                client=partial(make_client, settings.redis),
+                snapshot=views.ranking,
+                status=views.fleet,
+                metrics=metrics,
+                top_n=settings.top_n,
+                rank_interval_s=settings.rank_interval_s,
             )
         )
         await nursery.start(
             partial(
                 run_ranking,
                 ingest_send.clone(),
-                events_send.clone(),
+                rank_send,
                 interval_s=settings.rank_interval_s,
                 top_n=settings.top_n,
                 lookback_min=settings.lookback_min,
-                snapshot=views.ranking,
+                snapshot=views.shard_ranking,
                 metrics=metrics,
             )
         )
@@ -240,6 +263,7 @@ async def run_service(
                 fills,
                 fetch=partial(fetch_contracts, rest),
                 settings=settings.exchange,
+                shard=(settings.fleet.shard, settings.fleet.shards),
                 refresh_s=shape.refresh_s,
                 status=views.universe,
                 metrics=metrics,

@@ -7,7 +7,9 @@ A bad value raises `ConfigError` carrying one line per offending variable.
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
@@ -155,6 +157,20 @@ def _non_empty(raw: str) -> str:
     if not raw.strip():
         raise ValueError("must not be empty")
     return raw.strip()
+
+
+_KEY_PART = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+def _key_part(raw: str) -> str:
+    if not _KEY_PART.fullmatch(raw):
+        raise ValueError("1 to 64 letters, digits, '_', '.', ':' or '-'")
+    return raw
+
+
+def _replica_id(raw: str) -> str:
+    """Empty: this host and process, unique among replicas sharing one Redis."""
+    return _key_part(raw) if raw else _key_part(f"{socket.gethostname()[:48]}-{os.getpid()}")
 
 
 VARIABLES: tuple[Variable, ...] = (
@@ -404,6 +420,42 @@ VARIABLES: tuple[Variable, ...] = (
         into="exchange.subscribe_pause_s",
     ),
     Variable(
+        "FLEET_SHARDS",
+        "1",
+        "shards the universe is split into; replicas of one shard elect one publishing "
+        "leader through Redis, the others stand by",
+        _int_range(1, 256),
+        into="fleet.shards",
+    ),
+    Variable(
+        "FLEET_SHARD",
+        "0",
+        "the shard this replica serves, 0..FLEET_SHARDS-1 (set by the orchestrator)",
+        _int_range(0, 255),
+        into="fleet.shard",
+    ),
+    Variable(
+        "FLEET_LEASE_S",
+        "5",
+        "leader lease in seconds: a standby takes over within about one lease of a leader's death",
+        _seconds(1, 600),
+        into="fleet.lease_s",
+    ),
+    Variable(
+        "FLEET_REPLICA_ID",
+        "",
+        "this replica's name in Redis and /health (empty: <hostname>-<pid>)",
+        _replica_id,
+        into="fleet.replica_id",
+    ),
+    Variable(
+        "FLEET_KEY_PREFIX",
+        "screener",
+        "prefix of every Redis key the fleet writes",
+        _key_part,
+        into="fleet.key_prefix",
+    ),
+    Variable(
         "LOG_FORMAT",
         "json",
         "json (JSON lines) or text (for people)",
@@ -485,6 +537,20 @@ class RestSettings:
 
 
 @dataclass(frozen=True)
+class FleetSettings:
+    shards: int = 1
+    shard: int = 0
+    lease_s: float = 5.0
+    replica_id: str = "replica"
+    key_prefix: str = "screener"
+
+    def key(self, *parts: object) -> str:
+        """A key of this fleet: the shard count is part of it, so replicas configured
+        with different counts never share a lease."""
+        return ":".join((self.key_prefix, "fleet", str(self.shards), *map(str, parts)))
+
+
+@dataclass(frozen=True)
 class Settings:
     exchange: ExchangeSettings
     redis: RedisSettings
@@ -499,6 +565,7 @@ class Settings:
     http_max_connections: int
     log_format: str
     log_level: str
+    fleet: FleetSettings = FleetSettings()
 
 
 def redact_url(url: str) -> str:
@@ -536,12 +603,22 @@ def parse_env(env: Mapping[str, str]) -> dict[str, Any]:
             f"REST_RATE_PER_S={env.get('REST_RATE_PER_S')!r}: above MEXC's documented "
             f"{VENUE_REST_RATE:g} requests per second; set REST_RATE_OVERRIDE=on to allow it"
         )
+    shards, shard = values.get("FLEET_SHARDS"), values.get("FLEET_SHARD")
+    if shards is not None and shard is not None and shard >= shards:
+        problems.append(
+            f"FLEET_SHARD={env.get('FLEET_SHARD')!r}: must be below FLEET_SHARDS={shards}"
+        )
     if problems:
         raise ConfigError(problems)
     return values
 
 
-GROUPS: Final = {"exchange": ExchangeSettings, "redis": RedisSettings, "rest": RestSettings}
+GROUPS: Final = {
+    "exchange": ExchangeSettings,
+    "redis": RedisSettings,
+    "rest": RestSettings,
+    "fleet": FleetSettings,
+}
 """The settings groups a variable's `into` may name."""
 
 

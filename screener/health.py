@@ -1,17 +1,18 @@
 """/health's verdict, a pure function of the snapshots and the time: which feed serves the
 windows, whether it is fresh, and the problems to report.
 
-Three verdicts, the worst one wins: "stale" (503: nothing trustworthy is being followed: no
-fresh feed, or no symbol tracked at all), "degraded" (200: the market is followed, but not
-the way it should be: the REST failover feeds the windows, a connection has been down for
-`CONN_DOWN_GRACE_S`, or Redis refuses writes), "ok". Each reason is a line in `problems`.
-"""
+Four verdicts, the worst one wins: "stale" (503: nothing trustworthy is being followed: no
+fresh feed, or no symbol tracked at all), "leaderless" (503: Redis has refused this shard's
+lease to every request for more than two leases, so its events reach nobody), "degraded" (200:
+the market is followed, but not the way it should be: the REST failover feeds the windows, a
+connection has been down for `CONN_DOWN_GRACE_S`, or Redis refuses writes), "ok". Each reason
+is a line in `problems`."""
 
 from __future__ import annotations
 
 from typing import Any, Final
 
-from screener.models import FeedStatus, RedisStatus
+from screener.models import FeedStatus, FleetStatus, RedisStatus
 from screener.snapshot import Views
 
 CONN_DOWN_GRACE_S: Final = 5.0
@@ -78,6 +79,24 @@ def redis_state(red: RedisStatus) -> tuple[str, str | None]:
     return "up", None
 
 
+def fleet_report(fleet: FleetStatus, now: float) -> tuple[dict[str, Any], str | None, bool]:
+    """(the `fleet` block, a problem line or None, leaderless for more than two leases)."""
+    block = {
+        "shard": fleet.shard,
+        "shards": fleet.shards,
+        "role": fleet.role,
+        "leader": fleet.leader,
+        "term": fleet.term,
+        "replica": fleet.replica,
+    }
+    leaderless = _age(fleet.leaderless_since, now)
+    if leaderless is not None and leaderless > 2 * fleet.lease_s:
+        return block, f"shard {fleet.shard} has had no leader for {leaderless:.0f}s", True
+    if fleet.error is not None:
+        return block, f"fleet: no lease answer ({fleet.error}); publishing held", False
+    return block, None, False
+
+
 def health_report(
     views: Views, now: float, stale_after_s: float, *, rest_mode: bool = False
 ) -> tuple[int, dict[str, Any]]:
@@ -115,8 +134,15 @@ def health_report(
         problems.append("no symbols tracked")
     if redis_problem is not None:
         problems.append(redis_problem)
+    leaderless = False
+    if (fleet := views.fleet.value) is not None:
+        body["fleet"], fleet_problem, leaderless = fleet_report(fleet, now)
+        if fleet_problem is not None:
+            problems.append(fleet_problem)
     if status == "ok" and (conns_problem is not None or redis == "degraded"):
         body["status"] = "degraded"
+    if leaderless and status != "stale":
+        body["status"] = status = "leaderless"
     if problems:
         body["problems"] = problems
-    return (503 if status == "stale" else 200), body
+    return (503 if status in ("stale", "leaderless") else 200), body

@@ -168,6 +168,29 @@ METRICS: Final = (
         ("queue",),
         _each("ingest", "publish_buffer"),
     ),
+    Spec("fleet_leader", Gauge, "screener_fleet_leader", "1 while this replica leads its shard"),
+    Spec("fleet_term", Gauge, "screener_fleet_term", "The shard's lease term, as last seen"),
+    Spec(
+        "fleet_renewals",
+        Counter,
+        "screener_fleet_lease_requests",
+        "Lease acquire-or-renew requests by outcome: granted (held by this replica), "
+        "standby (held by another), failed (no answer or refused)",
+        ("outcome",),
+        _each("granted", "standby", "failed"),
+    ),
+    Spec(
+        "fleet_takeovers",
+        Counter,
+        "screener_fleet_takeovers",
+        "Times this replica took its shard's lease over from another replica",
+    ),
+    Spec(
+        "fleet_standby_events",
+        Counter,
+        "screener_fleet_standby_events",
+        "Events left unpublished because this replica stands by (its leader publishes them)",
+    ),
     Spec(
         "publish_latency",
         Histogram,
@@ -213,6 +236,11 @@ class Metrics:
     publish_backlog: Gauge
     rankings: Counter
     queue_peak: Gauge
+    fleet_leader: Gauge
+    fleet_term: Gauge
+    fleet_renewals: Counter
+    fleet_takeovers: Counter
+    fleet_standby_events: Counter
     publish_latency: Histogram
     http_duration: Histogram
 

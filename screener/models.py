@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import NamedTuple, TypeAlias
+from typing import Literal, NamedTuple, TypeAlias
 
 import trio
 
@@ -101,6 +101,8 @@ class Ranking(NamedTuple):
     gainers: tuple[SymbolStat, ...]
     losers: tuple[SymbolStat, ...]
     ranked: int  # symbols with data in the window
+    shards_total: int = 1  # FLEET_SHARDS: a global ranking merges one per shard
+    shards_missing: tuple[int, ...] = ()  # shards whose ranking is missing or expired
 
     def as_dict(self) -> dict[str, object]:
         """The `top_movers` document (and `/top5`'s, which adds `stale`). `ts_ms` is the time
@@ -113,11 +115,46 @@ class Ranking(NamedTuple):
             "lookback_min": self.lookback_min,
             "top5_gainers": [_stat_dict(s) for s in self.gainers],
             "top5_losers": [_stat_dict(s) for s in self.losers],
+            "shards": {
+                "reporting": self.shards_total - len(self.shards_missing),
+                "total": self.shards_total,
+                "missing": list(self.shards_missing),
+            },
         }
 
 
 def _stat_dict(stat: SymbolStat) -> dict[str, object]:
     return {"symbol": stat.symbol, "change_pct": stat.change_pct, "price": stat.price}
+
+
+Role: TypeAlias = Literal["leader", "standby"]
+
+
+class Leadership(NamedTuple):
+    """The fence, sent to the publisher after every lease answer. It publishes while `role`
+    is leader and its clock is before `valid_until` (trio time), holds what arrives while
+    the lease is unconfirmed, and drops what it holds when `drop_held`: a standby's events
+    are its shard leader's to publish, and a new leader drops what it held from before,
+    when another replica led (those pushes went out from there)."""
+
+    role: Role
+    valid_until: float
+    term: int
+    drop_held: bool
+
+
+class FleetStatus(NamedTuple):
+    """The fleet actor's view, for /health and /metrics."""
+
+    shard: int
+    shards: int
+    replica: str
+    lease_s: float
+    role: Role
+    leader: str | None
+    term: int
+    error: str | None  # why this replica holds no lease answer (Redis unreachable, refused)
+    leaderless_since: float | None  # trio time since when Redis refuses every lease
 
 
 class FeedStatus(NamedTuple):
@@ -171,8 +208,9 @@ class RestFeedStatus(NamedTuple):
 WindowInbox: TypeAlias = Kline | ConnStatus | StatsRequest
 """The window actor's inbox: pushes and history, connection states, stats requests."""
 
-PublisherInbox: TypeAlias = list[MarketData] | Ranking
-"""The publisher's inbox: one batch of events per window wakeup, and each ranking."""
+PublisherInbox: TypeAlias = list[MarketData] | Ranking | Leadership
+"""The publisher's inbox: one batch of events per window wakeup, each ranking to publish
+(the global one, on the top-movers replica), and the fence after every lease answer."""
 
 ChunkPlan: TypeAlias = Mapping[int, frozenset[str]]
 """The universe's chunk assignment: chunk id -> its symbols; an empty set retires the chunk."""

@@ -12,6 +12,7 @@ from typing import Generic, NamedTuple, TypeVar
 from screener.models import (
     BackfillProgress,
     FeedStatus,
+    FleetStatus,
     Ranking,
     RedisStatus,
     RestFeedStatus,
@@ -34,12 +35,14 @@ class Latest(Generic[T]):
 class Views(NamedTuple):
     """The snapshots HTTP may read, each written by exactly one actor."""
 
-    ranking: Latest[Ranking | None]
+    ranking: Latest[Ranking | None]  # the global one (the fleet actor's merge)
     feed: Latest[FeedStatus]
     universe: Latest[UniverseStatus]
     redis: Latest[RedisStatus]
     backfill: Latest[BackfillProgress]
     rest: Latest[RestFeedStatus]
+    shard_ranking: Latest[Ranking | None]  # this shard's (the ranking actor's)
+    fleet: Latest[FleetStatus | None]
 
     @classmethod
     def empty(cls) -> Views:
@@ -50,6 +53,8 @@ class Views(NamedTuple):
             redis=Latest(RedisStatus(up=False, error=None)),
             backfill=Latest(BackfillProgress(done=0, total=0)),
             rest=Latest(RestFeedStatus(active=False, last_ok_at=None, error=None)),
+            shard_ranking=Latest(None),
+            fleet=Latest(None),
         )
 
     def push_age(self, now: float) -> float | None:

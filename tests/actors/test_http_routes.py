@@ -60,6 +60,7 @@ RANKING_DOC = {
         {"symbol": "B_USDT", "change_pct": 3.0, "price": 103.0},
     ],
     "top5_losers": [{"symbol": "C_USDT", "change_pct": -4.25, "price": 0.0125}],
+    "shards": {"reporting": 1, "total": 1, "missing": []},
 }
 
 

@@ -32,6 +32,8 @@ BASE = {
     "screener.supervise",
     "screener.health",
     "screener.redis_client",
+    "screener.fleet",
+    "screener.fleet_redis",
     "screener.mexc.values",
 }
 

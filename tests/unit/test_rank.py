@@ -33,4 +33,5 @@ def test_as_dict_shape() -> None:
         "lookback_min": 15,
         "top5_gainers": [{"symbol": "A_USDT", "change_pct": 1.5, "price": 2.0}],
         "top5_losers": [{"symbol": "A_USDT", "change_pct": 1.5, "price": 2.0}],
+        "shards": {"reporting": 1, "total": 1, "missing": []},
     }

@@ -1,0 +1,151 @@
+"""The fleet's pure parts: which shard a symbol belongs to, what a leader lease allows, and
+the global ranking merged from every shard's.
+
+Replicas split the universe into `FLEET_SHARDS` shards; the replicas of one shard elect a
+leader through a lease in Redis (actors/fleet.py does the talking). Everything here is a
+function of its arguments and the time it is given, so the rules are tested on their own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from typing import Any, Final, NamedTuple
+
+from screener.models import Leadership, Ranking, Role, SymbolStat
+
+FENCE_MARGIN: Final = 0.2
+"""Share of the lease a leader gives up as a safety margin: it stops publishing at 80 % of
+the lease counted from *before* it sent the renewal, so clocks that drift apart by up to 20 %
+over one lease still never see two leaders publish at once."""
+
+
+def shard_of(symbol: str, shards: int) -> int:
+    """Rendezvous hashing: the shard whose (shard, symbol) hash is highest. The hash is
+    BLAKE2b, the same in every process and Python version (`hash()` is salted per process);
+    a listing added or removed moves no other symbol, and changing the shard count moves
+    only the symbols the new shards win."""
+    if shards == 1:
+        return 0
+    name = symbol.encode()
+
+    def score(shard: int) -> int:
+        digest = hashlib.blake2b(name, digest_size=8, key=shard.to_bytes(4, "big")).digest()
+        return int.from_bytes(digest, "big")
+
+    return max(range(shards), key=score)
+
+
+class Grant(NamedTuple):
+    """What Redis answered to one acquire-or-renew: who holds the lease now, the shard's
+    term (incremented at every acquisition of a free lease) and who held it before this
+    acquisition (None: nobody since Redis started; for a renewal or a refusal, `holder`)."""
+
+    holder: str
+    term: int
+    previous: str | None
+
+
+class Lease:
+    """One replica's view of its shard's lease, by its own monotonic clock.
+
+    `valid_until` counts from the moment the request was *sent*, never from the answer, so a
+    process frozen between the two (SIGSTOP, a VM pause) wakes with a lease already expired
+    by its own clock and publishes nothing until Redis confirms it again.
+    """
+
+    def __init__(self, replica: str, lease_s: float) -> None:
+        self.replica = replica
+        self.lease_s = lease_s
+        self.role: Role = "standby"
+        self.leader: str | None = None
+        self.term = 0
+        self.valid_until = float("-inf")
+        self.error: str | None = "no lease answer yet"  # why the last request got no grant
+        self.leaderless_since: float | None = None  # refused by Redis since then
+        self.took_over = False  # the last answer made this replica leader after another
+
+    @property
+    def renew_every_s(self) -> float:
+        return self.lease_s / 3
+
+    def answered(self, grant: Grant, *, sent_at: float) -> Leadership:
+        """Record a grant (or a refusal: another holder) and say what the publisher may do."""
+        was_leader = self.role == "leader"
+        self.error = None
+        self.leaderless_since = None
+        self.leader = grant.holder
+        self.term = grant.term
+        if grant.holder != self.replica:
+            self.role = "standby"
+            self.valid_until = float("-inf")
+            self.took_over = False
+            return Leadership("standby", self.valid_until, self.term, drop_held=True)
+        self.role = "leader"
+        self.valid_until = sent_at + self.lease_s * (1 - FENCE_MARGIN)
+        fresh = grant.previous is None or grant.previous == self.replica
+        self.took_over = not was_leader and grant.previous not in (None, self.replica)
+        return Leadership("leader", self.valid_until, self.term, drop_held=not fresh)
+
+    def failed(self, reason: str, *, refused: bool, now: float) -> None:
+        """No grant: nothing is known, the role stays and its validity keeps running out.
+        `refused`: Redis answered with an error (OOM, READONLY, ...): no replica can hold
+        the lease there, so the shard is leaderless from now unless this one still is."""
+        self.error = reason
+        self.took_over = False
+        if refused and not self.may_publish(now) and self.leaderless_since is None:
+            self.leaderless_since = now
+
+    def may_publish(self, now: float) -> bool:
+        return self.role == "leader" and now < self.valid_until
+
+
+# --- the shard rankings in Redis and their merge ---------------------------------------
+
+
+def encode_shard_ranking(ranking: Ranking, shard: int) -> dict[str, Any]:
+    """A shard's part of the global ranking: its own top-N both ways, and how many it
+    ranked; the global top-N lies within the union of the shards' top-Ns."""
+    return {
+        "shard": shard,
+        "wall_ts": ranking.wall_ts,
+        "lookback_min": ranking.lookback_min,
+        "ranked": ranking.ranked,
+        "gainers": [list(s) for s in ranking.gainers],
+        "losers": [list(s) for s in ranking.losers],
+    }
+
+
+def decode_shard_ranking(doc: Mapping[str, Any]) -> Ranking:
+    """The inverse of `encode_shard_ranking`; raises KeyError/TypeError/ValueError on a
+    document of another shape (a replica of another version, or garbage)."""
+
+    def stats(rows: Iterable[Any]) -> tuple[SymbolStat, ...]:
+        return tuple(SymbolStat(str(s), float(c), float(p)) for s, c, p in rows)
+
+    return Ranking(
+        wall_ts=float(doc["wall_ts"]),
+        lookback_min=int(doc["lookback_min"]),
+        gainers=stats(doc["gainers"]),
+        losers=stats(doc["losers"]),
+        ranked=int(doc["ranked"]),
+    )
+
+
+def merge_rankings(
+    own: Ranking, others: Mapping[int, Ranking], *, shard: int, shards: int, top_n: int
+) -> Ranking:
+    """The global top-N from this shard's ranking and the others' (exact: each shard's
+    top-N holds every one of its symbols that can be in the global top-N). Dated by `own`;
+    the shards missing from `others` are named in the result."""
+    parts = [own, *(r for i, r in others.items() if i != shard)]
+    stats = [s for part in parts for s in part.gainers + part.losers]
+    unique = {s.symbol: s for s in stats}.values()
+    reporting = {shard, *others}
+    return own._replace(
+        gainers=tuple(sorted(unique, key=lambda s: (-s.change_pct, s.symbol))[:top_n]),
+        losers=tuple(sorted(unique, key=lambda s: (s.change_pct, s.symbol))[:top_n]),
+        ranked=sum(part.ranked for part in parts),
+        shards_total=shards,
+        shards_missing=tuple(i for i in range(shards) if i not in reporting),
+    )
