@@ -1,0 +1,162 @@
+"""The fleet's pure rules: shard assignment, what a lease answer allows, the ranking merge."""
+
+from __future__ import annotations
+
+import random
+import string
+
+import pytest
+
+from actors.ranking import rank
+from screener.fleet import (
+    FENCE_MARGIN,
+    Grant,
+    Lease,
+    decode_shard_ranking,
+    encode_shard_ranking,
+    merge_rankings,
+    shard_of,
+)
+from screener.models import SymbolStat
+
+SYMBOLS = [f"{a}{b}{c}_USDT" for a in "ABCDEFGH" for b in "XYZW" for c in string.ascii_uppercase]
+
+
+def test_shard_of_is_pinned() -> None:
+    """BLAKE2b depends on neither the process's hash seed nor the Python version, so every
+    replica, restarted or upgraded, agrees; changing the hash would reshuffle every running
+    fleet, so these values must never change."""
+    assert [shard_of(s, 3) for s in ("BTC_USDT", "ETH_USDT", "SOL_USDT", "XRP_USDT")] == [
+        2,
+        2,
+        1,
+        0,
+    ]
+    assert [shard_of(s, 4) for s in ("BTC_USDT", "ETH_USDT", "SOL_USDT", "DOGE_USDT")] == [
+        2,
+        2,
+        1,
+        1,
+    ]
+
+
+def test_one_shard_holds_everything_and_more_split_evenly() -> None:
+    assert {shard_of(s, 1) for s in SYMBOLS} == {0}
+    counts = [sum(shard_of(s, 4) == i for s in SYMBOLS) for i in range(4)]
+    assert min(counts) > len(SYMBOLS) / 4 * 0.8, counts
+
+
+def test_a_listing_added_or_removed_moves_no_other_symbol() -> None:
+    before = {s: shard_of(s, 5) for s in SYMBOLS}
+    universe = set(SYMBOLS) - {SYMBOLS[7]} | {"NEW_USDT"}
+    assert all(shard_of(s, 5) == before[s] for s in universe if s in before)
+
+
+def test_growing_the_fleet_moves_only_what_the_new_shard_wins() -> None:
+    moved = [s for s in SYMBOLS if shard_of(s, 4) != shard_of(s, 5)]
+    assert moved
+    assert all(shard_of(s, 5) == 4 for s in moved)
+
+
+def test_a_grant_to_this_replica_makes_it_leader_until_the_fenced_end() -> None:
+    lease = Lease("a", lease_s=5.0)
+    fence = lease.answered(Grant("a", term=1, previous=None), sent_at=100.0)
+    assert fence.role == "leader"
+    assert fence.term == 1
+    assert not fence.drop_held
+    assert fence.valid_until == pytest.approx(100.0 + 5.0 * (1 - FENCE_MARGIN))
+    assert lease.may_publish(103.9)
+    assert not lease.may_publish(104.0)
+    assert not lease.took_over
+
+
+def test_validity_counts_from_the_request_not_the_answer() -> None:
+    """A process frozen between sending a renewal and reading its answer wakes with the
+    lease expired by its own clock, whatever Redis said."""
+    lease = Lease("a", lease_s=5.0)
+    lease.answered(Grant("a", term=1, previous="a"), sent_at=100.0)
+    assert not lease.may_publish(115.0)  # the answer was read 15 s later: nothing goes
+
+
+def test_another_holder_makes_a_standby_that_drops_what_it_holds() -> None:
+    lease = Lease("a", lease_s=5.0)
+    lease.answered(Grant("a", term=1, previous=None), sent_at=0.0)
+    fence = lease.answered(Grant("b", term=2, previous="b"), sent_at=20.0)
+    assert (fence.role, fence.drop_held, lease.leader, lease.term) == ("standby", True, "b", 2)
+    assert not lease.may_publish(20.0)
+
+
+def test_taking_over_from_another_drops_what_was_held_and_counts() -> None:
+    lease = Lease("b", lease_s=5.0)
+    lease.answered(Grant("a", term=1, previous="a"), sent_at=0.0)
+    fence = lease.answered(Grant("b", term=2, previous="a"), sent_at=7.0)
+    assert fence.role == "leader"
+    assert fence.drop_held
+    assert lease.took_over
+    again = lease.answered(Grant("b", term=2, previous="b"), sent_at=8.0)
+    assert not again.drop_held
+    assert not lease.took_over
+
+
+def test_reacquiring_its_own_expired_lease_keeps_what_was_held() -> None:
+    """After a Redis outage nobody else led: what the leader held is still its to send."""
+    lease = Lease("a", lease_s=5.0)
+    lease.answered(Grant("a", term=1, previous=None), sent_at=0.0)
+    lease.failed("ConnectionError", refused=False, now=10.0)
+    assert lease.role == "leader"
+    assert not lease.may_publish(10.0)
+    fence = lease.answered(Grant("a", term=2, previous="a"), sent_at=30.0)
+    assert fence.role == "leader"
+    assert not fence.drop_held
+    assert not lease.took_over
+
+
+def test_leaderless_only_while_redis_refuses() -> None:
+    lease = Lease("a", lease_s=5.0)
+    lease.failed("ConnectionError", refused=False, now=1.0)
+    assert lease.leaderless_since is None  # unreachable: nothing known
+    lease.failed("READONLY You can't write", refused=True, now=2.0)
+    lease.failed("READONLY You can't write", refused=True, now=4.0)
+    assert lease.leaderless_since == 2.0
+    assert lease.error is not None
+    lease.answered(Grant("b", term=3, previous="b"), sent_at=5.0)
+    assert lease.leaderless_since is None
+    assert lease.error is None
+
+
+def stats(*rows: tuple[str, float]) -> list[SymbolStat]:
+    return [SymbolStat(s, c, 1.0 + i) for i, (s, c) in enumerate(rows)]
+
+
+def test_the_merge_equals_ranking_the_whole_universe() -> None:
+    rng = random.Random(7)
+    universe = [SymbolStat(s, round(rng.uniform(-20, 20), 3), 1.0) for s in SYMBOLS]
+    whole = rank(universe, top_n=5, lookback_min=15, wall_ts=1.0)
+    shards = 3
+    parts = {
+        i: rank(
+            [s for s in universe if shard_of(s.symbol, shards) == i],
+            top_n=5,
+            lookback_min=15,
+            wall_ts=1.0,
+        )
+        for i in range(shards)
+    }
+    merged = merge_rankings(parts[1], parts, shard=1, shards=shards, top_n=5)
+    assert (merged.gainers, merged.losers) == (whole.gainers, whole.losers)
+    assert merged.ranked == len(universe)
+    assert merged.as_dict()["shards"] == {"reporting": 3, "total": 3, "missing": []}
+
+
+def test_a_missing_shard_is_named() -> None:
+    own = rank(stats(("A_USDT", 1.0), ("B_USDT", -2.0)), top_n=2, lookback_min=15, wall_ts=1.0)
+    merged = merge_rankings(own, {}, shard=2, shards=4, top_n=2)
+    assert merged.gainers == own.gainers
+    assert merged.as_dict()["shards"] == {"reporting": 1, "total": 4, "missing": [0, 1, 3]}
+
+
+def test_shard_ranking_round_trip() -> None:
+    own = rank(stats(("A_USDT", 1.5), ("B_USDT", -2.25)), top_n=5, lookback_min=30, wall_ts=9.5)
+    assert decode_shard_ranking(encode_shard_ranking(own, 3)) == own
+    with pytest.raises(KeyError):
+        decode_shard_ranking({"shard": 1})
