@@ -173,7 +173,9 @@ def run_compose(compose: list[str], project: Path, *args: str) -> subprocess.Com
     )
 
 
-@pytest.mark.parametrize("profiles", [(), ("demo",), ("rest",), ("demo", "rest")])
+@pytest.mark.parametrize(
+    "profiles", [(), ("demo",), ("rest",), ("demo", "rest"), ("fleet",), ("monitoring",)]
+)
 def test_compose_file_is_valid(
     compose: list[str], tmp_path: Path, profiles: tuple[str, ...]
 ) -> None:
@@ -207,6 +209,29 @@ def test_compose_resolves_services_as_intended(compose: list[str], tmp_path: Pat
     demo_env = services["screener_demo"]["environment"]
     assert demo_env["MEXC_BASE"] == "http://simulator:8801"
     assert demo_env["MEXC_WS_URL"] == "ws://simulator:8802/edge"
+
+
+def test_compose_fleet_is_two_shards_of_two_distinct_replicas(
+    compose: list[str], tmp_path: Path
+) -> None:
+    yaml = pytest.importorskip("yaml")
+    project = compose_project(tmp_path, password="not-a-real-secret")
+    result = run_compose(compose, project, "--profile", "fleet", "config")
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    fleet = {name: s for name, s in services.items() if name.startswith("fleet_")}
+    envs = [s["environment"] for s in fleet.values()]
+    assert sorted((e["FLEET_SHARD"], e["FLEET_SHARDS"]) for e in envs) == [
+        ("0", "2"),
+        ("0", "2"),
+        ("1", "2"),
+        ("1", "2"),
+    ]
+    assert len({e["FLEET_REPLICA_ID"] for e in envs}) == 4
+    assert all(e["REDIS_HOST"] == "redis" and e["WS_SCREENER_PORT"] == "8000" for e in envs)
+    assert all(s["healthcheck"]["test"][-1] == "screener.healthcheck" for s in fleet.values())
+    published = [p["published"] for s in fleet.values() for p in s["ports"]]
+    assert len(set(published)) == 4
 
 
 def test_compose_file_security_settings() -> None:
