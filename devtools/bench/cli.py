@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from devtools.bench.children import add_role_parsers, run_child
+from devtools.bench.fleet import FleetPlan, fleet_section, run_fleet_bench
 from devtools.bench.plan import DEFAULT_OUT, QUICK, BenchError, Plan, say
 from devtools.bench.report import check_quick, render_table, write_report
 from devtools.bench.run import run
@@ -44,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help=f"pushes/s offered during --soak [{SoakPlan.rate:,.0f}: 5 x a busy MEXC day]",
     )
+    parser.add_argument(
+        "--fleet",
+        action="store_true",
+        help="instead: 2 shards x 2 replicas at 2,000 pushes/s (CPU and events/s per replica) "
+        f"and the takeover gap after SIGKILL (median of 5); writes the Fleet section of "
+        f"--out [{DEFAULT_OUT}]",
+    )
     add_role_parsers(parser)  # the bench's own children
     return parser
 
@@ -65,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         return soak_main(args, command)
     if args.rate is not None:
         build_parser().error("--rate applies to --soak only")
+    if args.fleet:
+        return fleet_main(args, command)
     plan = QUICK if args.quick else Plan()
     out: Path | None = args.out or (None if args.quick else DEFAULT_OUT)
     started = time.monotonic()
@@ -98,4 +108,19 @@ def soak_main(args: argparse.Namespace, command: str) -> int:
     print("\n".join(soak_summary(res)), flush=True)
     write_section(out, soak_section(res, command), "Reliability")
     say(f"wrote the Soak section of {out}")
+    return 0
+
+
+def fleet_main(args: argparse.Namespace, command: str) -> int:
+    """`--fleet`: run it, print its section, write it into --out."""
+    out: Path = args.out or DEFAULT_OUT
+    try:
+        res = run_fleet_bench(FleetPlan())
+    except BenchError as exc:
+        print(f"screener bench: {exc}", file=sys.stderr)
+        return 1
+    section = fleet_section(res, command)
+    print("\n".join(section), flush=True)
+    write_section(out, section, "Performance")
+    say(f"wrote the Fleet section of {out}")
     return 0
