@@ -127,3 +127,35 @@ def test_every_variable_has_help_and_a_valid_default() -> None:
     for var in VARIABLES:
         assert var.help
         var.parse(var.default)
+
+
+def test_fleet_defaults_are_one_replica_of_one_shard() -> None:
+    fleet = load_settings({}).fleet
+    assert (fleet.shards, fleet.shard, fleet.lease_s, fleet.key_prefix) == (1, 0, 5, "screener")
+    assert fleet.replica_id  # <hostname>-<pid>
+    assert fleet.key(0, "lease") == "screener:fleet:1:0:lease"
+
+
+@pytest.mark.parametrize(
+    ("env", "problem"),
+    [
+        (
+            {"FLEET_SHARDS": "2", "FLEET_SHARD": "2"},
+            "FLEET_SHARD='2': must be below FLEET_SHARDS=2",
+        ),
+        ({"FLEET_SHARDS": "0"}, "FLEET_SHARDS='0': must be between 1 and 256"),
+        ({"FLEET_LEASE_S": "0.5"}, "FLEET_LEASE_S='0.5': must be between 1 and 600 seconds"),
+        (
+            {"FLEET_REPLICA_ID": "a b"},
+            "FLEET_REPLICA_ID='a b': 1 to 64 letters, digits, '_', '.', ':' or '-'",
+        ),
+        (
+            {"FLEET_KEY_PREFIX": "x" * 65},
+            f"FLEET_KEY_PREFIX='{'x' * 65}': 1 to 64 letters, digits, '_', '.', ':' or '-'",
+        ),
+    ],
+)
+def test_bad_fleet_values_are_one_line_each(env: dict[str, str], problem: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    assert info.value.problems == [problem]
