@@ -185,13 +185,18 @@ class SentinelGroup:
             self._wait_ready(port)
 
     def _wait_ready(self, port: int) -> None:
-        """Until this sentinel sees the master, its replica and every other sentinel."""
+        """Until this sentinel sees every other sentinel, and the replica as one it could
+        promote (its own link to it up and its link to the master ok): `SENTINEL FAILOVER`
+        answers NOGOODSLAVE before that."""
         sentinel = redis.Redis(port=port, socket_timeout=5, decode_responses=True)
         others = len(self.sentinel_ports) - 1
 
         def ready() -> bool:
             state: dict[str, Any] = sentinel.sentinel_master(self.name)  # type: ignore[assignment]
-            return int(state["num-slaves"]) == 1 and int(state["num-other-sentinels"]) == others
+            replicas: list[dict[str, Any]] = sentinel.sentinel_slaves(self.name)
+            return int(state["num-other-sentinels"]) == others and [
+                (r["flags"], r["master-link-status"]) for r in replicas
+            ] == [("slave", "ok")]
 
         try:
             wait_for(ready, f"sentinel {port} ready", within_s=20)

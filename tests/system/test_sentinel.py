@@ -1,0 +1,157 @@
+"""Redis behind Sentinel under a running service: real redis-server processes (a master, a
+replica, `redis-server --sentinel`), the simulator over loopback, the service in-process. The
+service is told only where the Sentinels are (REDIS_HOST, REDIS_PORT and REDIS_URL's host point
+nowhere); it must find the master, and the new one after a failover.
+
+Each subscriber is opened on a server that no Sentinel will reconfigure while it listens
+(Sentinel disconnects every client of a server it promotes or demotes), and events are told
+apart by their exchange time: one pushed after the failover was over and received on the new
+master was written to the new master (a master receives nothing from its old one)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from loguru import logger
+
+from devtools.devredis import RedisServer, SentinelGroup
+from devtools.simulator import SimConfig
+from tests.system.service_harness import Subscriber, counter, eventually, running, simulator
+
+PASSWORD = "sentinel-test-hunter2"
+PUBLISHED = "screener_events_published_total"
+NOWHERE = 1  # REDIS_PORT: nothing listens there, so a write that reaches Redis came via Sentinel
+
+
+@contextmanager
+def sentinel_group(workdir: Path, **options: Any) -> Iterator[SentinelGroup]:
+    group = SentinelGroup(workdir, **options)
+    try:
+        group.start()
+        yield group
+    finally:
+        group.stop()
+
+
+@contextmanager
+def log_lines() -> Iterator[list[str]]:
+    """The message of every log line, whoever wrote it."""
+    lines: list[str] = []
+    sink_id = logger.add(lambda message: lines.append(message.record["message"]), level="DEBUG")
+    try:
+        yield lines
+    finally:
+        logger.remove(sink_id)
+
+
+def starting(lines: list[str], text: str) -> list[str]:
+    return [line for line in lines if line.startswith(text)]
+
+
+async def events_on(node: RedisServer, password: str | None, count: int) -> None:
+    """Subscribe on `node` and wait for `count` events pushed after this call."""
+    since_ms = time.time() * 1000
+    sub = Subscriber(node.port, "market_data", password=password)
+    try:
+        await eventually(
+            lambda: sum(e["ts"] > since_ms for e in sub.get("market_data")) >= count,
+            what=f"{count} new events on redis {node.port}",
+        )
+    finally:
+        sub.close()
+
+
+async def test_sentinel_failover_moves_publishing_to_the_new_master_without_an_outage(
+    tmp_path: Path,
+) -> None:
+    """SENTINEL FAILOVER: the old master keeps taking writes for about 10 s until Sentinel
+    demotes it, so nothing fails; the client's once-a-second check must find the new master.
+    Events pushed after the failover reach the new master's subscribers within a few
+    seconds, with one log line naming the move and no outage. The master's password comes
+    from REDIS_URL and is in no log line."""
+    with (
+        sentinel_group(tmp_path, sentinels=1, password=PASSWORD) as group,
+        log_lines() as lines,
+        trio.fail_after(60),
+    ):
+        old, new = group.master(), group.replica()
+        async with (
+            simulator(SimConfig(symbols=5, rate_per_s=50)) as (_, sim),
+            running(
+                sim,
+                NOWHERE,
+                REDIS_SENTINELS=group.addresses,
+                REDIS_URL=f"redis://:{PASSWORD}@127.0.0.1:{NOWHERE}/0",
+            ) as (svc, http),
+        ):
+            await events_on(old, PASSWORD, 10)
+            await trio.to_thread.run_sync(group.failover)
+            published = counter(svc, PUBLISHED, channel="market_data")
+            with trio.fail_after(5):  # "within a few seconds"
+                await events_on(new, PASSWORD, 20)
+            assert counter(svc, PUBLISHED, channel="market_data") > published
+            assert svc.views.redis.value.up
+            assert svc.views.redis.value.refused is None
+            health = (await http.get("/health")).json()
+    assert health["redis"] == "up"
+    target = f"sentinel://{group.addresses}/mymaster"
+    assert starting(lines, "redis up at ") == [f"redis up at {target}"]
+    assert starting(lines, "redis master ") == [
+        f"redis master mymaster moved from 127.0.0.1:{old.port} to 127.0.0.1:{new.port} "
+        "(Sentinel failover)"
+    ]
+    assert starting(lines, "redis unavailable") == []
+    assert not any(PASSWORD in line for line in lines)
+
+
+async def test_a_killed_master_is_an_outage_until_sentinel_promotes_the_replica(
+    tmp_path: Path,
+) -> None:
+    """Three Sentinels (quorum 2), the master SIGKILLed: writes fail (one warning), are
+    retried with backoff, and reach the promoted replica once the Sentinels name it; the
+    service never stops."""
+    with (
+        sentinel_group(tmp_path, sentinels=3) as group,
+        log_lines() as lines,
+        trio.fail_after(60),
+    ):
+        old, new = group.master(), group.replica()
+        async with (
+            simulator(SimConfig(symbols=5, rate_per_s=50)) as (_, sim),
+            running(sim, NOWHERE, REDIS_SENTINELS=group.addresses) as (svc, http),
+        ):
+            await events_on(old, None, 10)
+            old.stop()
+            await trio.to_thread.run_sync(group.wait_master, new)
+            await events_on(new, None, 20)
+            await eventually(lambda: svc.views.redis.value.up, what="redis up again")
+            health = (await http.get("/health")).json()
+    assert health["redis"] == "up"
+    assert health["status"] == "ok"
+    target = f"sentinel://{group.addresses}/mymaster"
+    unavailable = starting(lines, "redis unavailable at ")
+    assert len(unavailable) == 1
+    assert unavailable[0].startswith(f"redis unavailable at {target} (")
+    assert starting(lines, "redis master ") == [
+        f"redis master mymaster moved from 127.0.0.1:{old.port} to 127.0.0.1:{new.port} "
+        "(Sentinel failover)"
+    ]
+    assert starting(lines, "redis up at ") == [f"redis up at {target}"] * 2
+
+
+@pytest.mark.parametrize("sentinels", [1, 3])
+def test_the_group_names_one_master_and_fails_over_to_the_replica(
+    tmp_path: Path, sentinels: int
+) -> None:
+    """The development helper itself: every Sentinel agrees, before and after."""
+    with sentinel_group(tmp_path, sentinels=sentinels) as group:
+        first, second = group.master(), group.replica()
+        assert (first.role(), second.role()) == ("master", "slave")
+        assert group.failover() is second
+        assert [group.master_port(i) for i in range(sentinels)] == [second.port] * sentinels
