@@ -212,11 +212,13 @@ class SentinelGroup:
             node.stop()
 
     def master_port(self, sentinel: int = 0) -> int:
-        """The master's port, as sentinel number `sentinel` says."""
+        """The master's port, as sentinel number `sentinel` tells clients (SENTINEL MASTERS,
+        as redis-py asks: GET-MASTER-ADDR-BY-NAME names the promoted replica already while
+        the failover is still in progress)."""
         client = redis.Redis(port=self.sentinel_ports[sentinel], socket_timeout=5)
         try:
-            found: tuple[str, int] = client.sentinel_get_master_addr_by_name(self.name)  # type: ignore[assignment]
-            return int(found[1])
+            state: dict[str, Any] = client.sentinel_master(self.name)  # type: ignore[assignment]
+            return int(state["port"])
         finally:
             client.close()
 

@@ -16,12 +16,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
+import redis
 import trio
 from loguru import logger
 
 from devtools.devredis import RedisServer, SentinelGroup
 from devtools.simulator import SimConfig
+from screener.config import load_settings
+from screener.redis_client import make_client, publish_batch
+from tests.actors.fakes import market_data
 from tests.system.service_harness import Subscriber, counter, eventually, running, simulator
 
 PASSWORD = "sentinel-test-hunter2"
@@ -143,6 +148,41 @@ async def test_a_killed_master_is_an_outage_until_sentinel_promotes_the_replica(
         "(Sentinel failover)"
     ]
     assert starting(lines, "redis up at ") == [f"redis up at {target}"] * 2
+
+
+def test_readonly_from_a_demoted_master_is_a_broken_link_and_the_retry_finds_the_new_one(
+    tmp_path: Path,
+) -> None:
+    """The client's connection to the old master survives its demotion (Sentinel normally
+    cuts it; here the test demotes it with REPLICAOF, and the once-a-second check is put off):
+    the XADD is answered READONLY. That must not be a refusal "for now", held and retried on
+    the same dead end, but a broken link (redis-py drops it), so the publisher's retry asks
+    the Sentinels and writes to the new master."""
+    with sentinel_group(tmp_path, sentinels=1) as group:
+        old, new = group.master(), group.replica()
+        env = {"REDIS_SENTINELS": group.addresses, "PUBLISH_MODE": "stream"}
+        settings = load_settings(env).redis
+        client = make_client(settings)
+        try:
+            assert publish_batch(client, settings, [market_data("A_USDT", 1.0, 60_000)], None)
+            client.connection_pool.check_at = float("inf")  # type: ignore[attr-defined]
+            group.failover()
+            demote = old.client()
+            demote.replicaof("127.0.0.1", new.port)
+            demote.close()
+            with pytest.raises(redis.ConnectionError, match="The previous master is now a slave"):
+                publish_batch(client, settings, [market_data("B_USDT", 1.0, 60_000)], None)
+            result = publish_batch(client, settings, [market_data("B_USDT", 1.0, 60_000)], None)
+        finally:
+            client.close()
+        reader = new.client()
+        try:
+            entries = reader.xrange("market_data")
+        finally:
+            reader.close()
+    assert (result.held, result.refused) == ((), 0)
+    symbols = [orjson.loads(fields[b"data"])["symbol"] for _, fields in entries]
+    assert symbols == ["A_USDT", "B_USDT"]  # the first one written before, replicated
 
 
 @pytest.mark.parametrize("sentinels", [1, 3])
