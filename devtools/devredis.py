@@ -129,12 +129,14 @@ class SentinelGroup:
         sentinels: int = 1,
         name: str = "mymaster",
         password: str | None = None,
+        sentinel_password: str | None = None,
         down_after_ms: int = 500,
     ) -> None:
         if not 1 <= sentinels <= 3:
             raise ValueError("1 to 3 sentinels")
         self.name = name
         self.password = password
+        self.sentinel_password = sentinel_password
         self.down_after_ms = down_after_ms
         for sub in ("a", "b", *(f"s{i}" for i in range(sentinels))):
             (workdir / sub).mkdir(exist_ok=True)
@@ -173,6 +175,9 @@ class SentinelGroup:
             ]
             if self.password:
                 lines.append(f"sentinel auth-pass {self.name} {self.password}")
+            if self.sentinel_password:  # its own, and the one it gives its peers
+                lines.append(f"requirepass {self.sentinel_password}")
+                lines.append(f"sentinel sentinel-pass {self.sentinel_password}")
             conf.write_text("\n".join(lines) + "\n")
             self.sentinel_procs.append(
                 subprocess.Popen(
@@ -188,7 +193,7 @@ class SentinelGroup:
         """Until this sentinel sees every other sentinel, and the replica as one it could
         promote (its own link to it up and its link to the master ok): `SENTINEL FAILOVER`
         answers NOGOODSLAVE before that."""
-        sentinel = redis.Redis(port=port, socket_timeout=5, decode_responses=True)
+        sentinel = self._sentinel_client(port, decode_responses=True)
         others = len(self.sentinel_ports) - 1
 
         def ready() -> bool:
@@ -203,6 +208,14 @@ class SentinelGroup:
         finally:
             sentinel.close()
 
+    def _sentinel_client(self, port: int, *, decode_responses: bool = False) -> redis.Redis:
+        return redis.Redis(
+            port=port,
+            password=self.sentinel_password,
+            socket_timeout=5,
+            decode_responses=decode_responses,
+        )
+
     def stop(self) -> None:
         for proc in self.sentinel_procs:
             proc.kill()
@@ -215,7 +228,7 @@ class SentinelGroup:
         """The master's port, as sentinel number `sentinel` tells clients (SENTINEL MASTERS,
         as redis-py asks: GET-MASTER-ADDR-BY-NAME names the promoted replica already while
         the failover is still in progress)."""
-        client = redis.Redis(port=self.sentinel_ports[sentinel], socket_timeout=5)
+        client = self._sentinel_client(self.sentinel_ports[sentinel])
         try:
             state: dict[str, Any] = client.sentinel_master(self.name)  # type: ignore[assignment]
             return int(state["port"])
@@ -234,7 +247,7 @@ class SentinelGroup:
         """`SENTINEL FAILOVER`: returns the new master once every sentinel names it and it
         says it is one. The old master is turned into a replica later, by Sentinel."""
         new = self.replica()
-        client = redis.Redis(port=self.sentinel_ports[0], socket_timeout=5)
+        client = self._sentinel_client(self.sentinel_ports[0])
         try:
             client.sentinel_failover(self.name)
         finally:

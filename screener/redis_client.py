@@ -17,7 +17,7 @@ from loguru import logger
 from redis.backoff import NoBackoff
 from redis.connection import SSLConnection, parse_url
 from redis.retry import Retry
-from redis.sentinel import Sentinel, SentinelConnectionPool
+from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 
 from screener.config import RedisSettings
 from screener.models import MarketData, Ranking
@@ -94,16 +94,18 @@ def _sentinel_client(settings: RedisSettings) -> redis.Redis:
 
 
 class _Sentinel(Sentinel):
-    """redis-py's Sentinel client, saying once when the master it names has moved (the
-    first address found is not news: the publisher's `redis up at` line names the group)."""
+    """redis-py's Sentinel client, with two changes to `discover_master`. It says once when
+    the master moved (the first address found is not news: the publisher's `redis up at`
+    line names the group). And when no Sentinel names a master, the error says why for each
+    in a few words: redis-py's own message quotes every client's settings, some 800
+    characters per Sentinel, so the reason was cut off in the log and /health."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
         self.master_seen: tuple[str, int] | None = None
 
     def discover_master(self, service_name: str) -> tuple[str, int]:
-        found: tuple[str, int] = super().discover_master(service_name)  # type: ignore[no-untyped-call]
-        address = (str(found[0]), int(found[1]))
+        address = self._ask(service_name)
         seen, self.master_seen = self.master_seen, address
         if seen is not None and seen != address:
             logger.bind(actor="redis").warning(
@@ -113,6 +115,27 @@ class _Sentinel(Sentinel):
                 new=f"{address[0]}:{address[1]}",
             )
         return address
+
+    def _ask(self, service_name: str) -> tuple[str, int]:
+        """redis-py's loop: the first Sentinel naming a master that is up wins and is asked
+        first next time."""
+        why: list[str] = []
+        for index, sentinel in enumerate(self.sentinels):
+            where = "{host}:{port}".format_map(sentinel.connection_pool.connection_kwargs)
+            try:
+                masters: dict[str, dict[str, Any]] = sentinel.sentinel_masters()  # type: ignore[assignment]
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                why.append(f"{where}: {type(exc).__name__}: {exc}")
+                continue
+            state = masters.get(service_name)
+            if not state:
+                why.append(f"{where}: does not know {service_name!r}")
+            elif not self.check_master_state(state, service_name):  # type: ignore[no-untyped-call]
+                why.append(f"{where}: sees it down")
+            else:
+                self.sentinels[0], self.sentinels[index] = sentinel, self.sentinels[0]
+                return str(state["ip"]), int(state["port"])
+        raise MasterNotFoundError(f"no master {service_name!r} ({'; '.join(why)})")
 
 
 class _MasterPool(SentinelConnectionPool):

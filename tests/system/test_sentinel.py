@@ -21,11 +21,13 @@ import pytest
 import redis
 import trio
 from loguru import logger
+from redis.sentinel import MasterNotFoundError
 
 from devtools.devredis import RedisServer, SentinelGroup
 from devtools.simulator import SimConfig
 from screener.config import load_settings
 from screener.redis_client import make_client, publish_batch
+from screener.supervise import failure_text
 from tests.actors.fakes import market_data
 from tests.system.service_harness import Subscriber, counter, eventually, running, simulator
 
@@ -183,6 +185,40 @@ def test_readonly_from_a_demoted_master_is_a_broken_link_and_the_retry_finds_the
     assert (result.held, result.refused) == ((), 0)
     symbols = [orjson.loads(fields[b"data"])["symbol"] for _, fields in entries]
     assert symbols == ["A_USDT", "B_USDT"]  # the first one written before, replicated
+
+
+def test_sentinels_with_a_password_of_their_own(tmp_path: Path) -> None:
+    """REDIS_SENTINEL_PASSWORD reaches the Sentinels (their `requirepass`). With a wrong one,
+    or a master name they do not know, no master is found, and the error, which the
+    publisher logs and /health shows, says why in a few words, without the password."""
+    secret, wrong = "sentinel-only-hunter2", "wrong-hunter2"
+    event = market_data("A_USDT", 1.0, 60_000)
+    refusals: list[str] = []
+    with sentinel_group(tmp_path, sentinels=1, sentinel_password=secret) as group:
+        env = {"REDIS_SENTINELS": group.addresses, "PUBLISH_MODE": "stream"}
+        for password, name in ((secret, "mymaster"), (wrong, "mymaster"), (secret, "other")):
+            settings = load_settings(
+                env | {"REDIS_SENTINEL_PASSWORD": password, "REDIS_SENTINEL_MASTER": name}
+            ).redis
+            client = make_client(settings)
+            try:
+                publish_batch(client, settings, [event], None)
+            except MasterNotFoundError as exc:
+                refusals.append(failure_text(exc))
+            finally:
+                client.close()
+        reader = group.master().client()
+        try:
+            stored = reader.xlen("market_data")
+        finally:
+            reader.close()
+    assert stored == 1
+    [sentinel] = group.sentinel_ports
+    assert refusals == [
+        f"MasterNotFoundError: no master 'mymaster' (127.0.0.1:{sentinel}: "
+        "AuthenticationError: invalid username-password pair or user is disabled.)",
+        f"MasterNotFoundError: no master 'other' (127.0.0.1:{sentinel}: does not know 'other')",
+    ]
 
 
 @pytest.mark.parametrize("sentinels", [1, 3])
