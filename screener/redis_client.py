@@ -7,7 +7,6 @@ client writes to the master the Sentinels name and follows it when it moves (`_M
 
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Any, Final, NamedTuple
 
@@ -30,6 +29,10 @@ MASTER_CHECK_S: Final = 1.0
 `SENTINEL FAILOVER` the old master keeps accepting writes (PUBLISH even as a replica) until
 Sentinel reconfigures it, about 10 s later: without this check the events of those seconds
 would go where the new master's subscribers never see them."""
+MASTER_CHECK_FAILED_S: Final = 30.0
+"""After a check no Sentinel answered: a hung Sentinel costs SENTINEL_TIMEOUT_S of the
+write path each time it is asked, so while none answers the master is confirmed rarely
+(writes to it go on meanwhile)."""
 REDIS_ERRORS: Final[tuple[type[Exception], ...]] = (redis.RedisError, OSError)
 """What a failed link raises; anything else is a bug."""
 
@@ -142,7 +145,8 @@ class _MasterPool(SentinelConnectionPool):
     """A Sentinel pool that also asks the Sentinels where the master is at most every
     `MASTER_CHECK_S` while writes succeed (redis-py asks only when it connects): when it
     moved, the idle connection is closed, and the write taken next connects to the new one.
-    Sentinels that cannot answer do not stop writes to a master that still takes them.
+    Sentinels that cannot answer do not stop writes to a master that still takes them (and
+    are asked again only after `MASTER_CHECK_FAILED_S`).
     READONLY from a demoted master is redis-py's own business: it drops the connection and
     raises ConnectionError, so the publisher retries, and the retry asks the Sentinels."""
 
@@ -154,9 +158,10 @@ class _MasterPool(SentinelConnectionPool):
         now = time.monotonic()
         if now >= self.check_at:
             self.check_at = now + MASTER_CHECK_S
-            # Sentinels that cannot answer: the connection attempt, if there is one, says why.
-            with contextlib.suppress(*REDIS_ERRORS):
+            try:
                 self.get_master_address()  # type: ignore[no-untyped-call]
+            except REDIS_ERRORS:  # the connection attempt, if there is one, says why
+                self.check_at = now + MASTER_CHECK_FAILED_S
         return super().get_connection(*args, **kwargs)
 
     def disconnect(self, inuse_connections: bool = True) -> None:

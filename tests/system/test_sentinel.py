@@ -10,6 +10,8 @@ master was written to the new master (a master receives nothing from its old one
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,7 +28,12 @@ from redis.sentinel import MasterNotFoundError
 from devtools.devredis import RedisServer, SentinelGroup
 from devtools.simulator import SimConfig
 from screener.config import load_settings
-from screener.redis_client import make_client, publish_batch
+from screener.redis_client import (
+    MASTER_CHECK_FAILED_S,
+    MASTER_CHECK_S,
+    make_client,
+    publish_batch,
+)
 from screener.supervise import failure_text
 from tests.actors.fakes import market_data
 from tests.system.service_harness import Subscriber, counter, eventually, running, simulator
@@ -185,6 +192,41 @@ def test_readonly_from_a_demoted_master_is_a_broken_link_and_the_retry_finds_the
     assert (result.held, result.refused) == ((), 0)
     symbols = [orjson.loads(fields[b"data"])["symbol"] for _, fields in entries]
     assert symbols == ["A_USDT", "B_USDT"]  # the first one written before, replicated
+
+
+def test_hung_sentinels_do_not_stop_writes_to_a_master_that_takes_them(tmp_path: Path) -> None:
+    """Every Sentinel SIGSTOPped (connections accepted, nothing answered) while the client
+    holds a link to the master: the check due before the next write times out, and that
+    write and the following ones go to the master; the Sentinels are asked again only
+    after MASTER_CHECK_FAILED_S, so a hung Sentinel does not slow every write."""
+    with sentinel_group(tmp_path, sentinels=1) as group:
+        settings = load_settings({"REDIS_SENTINELS": group.addresses, "PUBLISH_MODE": "stream"})
+        client = make_client(settings.redis)
+        [sentinel] = group.sentinel_procs
+        try:
+            publish_batch(client, settings.redis, [market_data("A_USDT", 1.0, 60_000)], None)
+            os.kill(sentinel.pid, signal.SIGSTOP)
+            try:
+                pool = client.connection_pool
+                pool.check_at = 0.0  # type: ignore[attr-defined]  # the next write checks
+                results = [
+                    publish_batch(client, settings.redis, [market_data(s, 1.0, 60_000)], None)
+                    for s in ("B_USDT", "C_USDT")
+                ]
+                next_check_in = pool.check_at - time.monotonic()  # type: ignore[attr-defined]
+            finally:
+                os.kill(sentinel.pid, signal.SIGCONT)
+        finally:
+            client.close()
+        reader = group.master().client()
+        try:
+            entries = reader.xrange("market_data")
+        finally:
+            reader.close()
+    assert [result.held for result in results] == [(), ()]
+    symbols = [orjson.loads(fields[b"data"])["symbol"] for _, fields in entries]
+    assert symbols == ["A_USDT", "B_USDT", "C_USDT"]
+    assert MASTER_CHECK_S < next_check_in <= MASTER_CHECK_FAILED_S
 
 
 def test_sentinels_with_a_password_of_their_own(tmp_path: Path) -> None:
