@@ -25,7 +25,7 @@ import trio
 from loguru import logger
 from redis.sentinel import MasterNotFoundError
 
-from devtools.devredis import RedisServer, SentinelGroup
+from devtools.devredis import RedisServer, SentinelGroup, wait_for
 from devtools.simulator import SimConfig
 from screener.config import load_settings
 from screener.redis_client import (
@@ -68,13 +68,16 @@ def starting(lines: list[str], text: str) -> list[str]:
     return [line for line in lines if line.startswith(text)]
 
 
-async def events_on(node: RedisServer, password: str | None, count: int) -> None:
+async def events_on(
+    node: RedisServer, password: str | None, count: int, *, within_s: float = 10.0
+) -> None:
     """Subscribe on `node` and wait for `count` events pushed after this call."""
     since_ms = time.time() * 1000
     sub = Subscriber(node.port, "market_data", password=password)
     try:
         await eventually(
             lambda: sum(e["ts"] > since_ms for e in sub.get("market_data")) >= count,
+            within_s=within_s,
             what=f"{count} new events on redis {node.port}",
         )
     finally:
@@ -143,7 +146,8 @@ async def test_a_killed_master_is_an_outage_until_sentinel_promotes_the_replica(
             await events_on(old, None, 10)
             old.stop()
             await trio.to_thread.run_sync(group.wait_master, new)
-            await events_on(new, None, 20)
+            # No speed asked here: the publisher's backoff (full jitter, doubling) decides.
+            await events_on(new, None, 20, within_s=30)
             await eventually(lambda: svc.views.redis.value.up, what="redis up again")
             health = (await http.get("/health")).json()
     assert health["redis"] == "up"
@@ -173,7 +177,13 @@ def test_readonly_from_a_demoted_master_is_a_broken_link_and_the_retry_finds_the
         settings = load_settings(env).redis
         client = make_client(settings)
         try:
-            assert publish_batch(client, settings, [market_data("A_USDT", 1.0, 60_000)], None)
+            first = publish_batch(client, settings, [market_data("A_USDT", 1.0, 60_000)], None)
+            assert first.held == ()
+            replica = new.client()
+            try:  # replication is asynchronous: promoted too early, the replica would lack it
+                wait_for(lambda: replica.xlen("market_data") == 1, "A_USDT on the replica")
+            finally:
+                replica.close()
             client.connection_pool.check_at = float("inf")  # type: ignore[attr-defined]
             group.failover()
             demote = old.client()
@@ -191,7 +201,7 @@ def test_readonly_from_a_demoted_master_is_a_broken_link_and_the_retry_finds_the
             reader.close()
     assert (result.held, result.refused) == ((), 0)
     symbols = [orjson.loads(fields[b"data"])["symbol"] for _, fields in entries]
-    assert symbols == ["A_USDT", "B_USDT"]  # the first one written before, replicated
+    assert symbols == ["A_USDT", "B_USDT"]  # each once: the first via replication
 
 
 def test_hung_sentinels_do_not_stop_writes_to_a_master_that_takes_them(tmp_path: Path) -> None:
