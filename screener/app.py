@@ -166,7 +166,7 @@ async def run_service(
                 rank_recv,
                 events_send.clone(),
                 settings=settings.fleet,
-                client=partial(make_client, settings.redis),
+                client=partial(make_client, settings.redis, announce_moves=False),
                 snapshot=views.ranking,
                 status=views.fleet,
                 metrics=metrics,

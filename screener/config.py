@@ -133,6 +133,22 @@ def _symbols(raw: str) -> frozenset[str]:
     return frozenset(names)
 
 
+def _sentinels(raw: str) -> tuple[tuple[str, int], ...]:
+    """`host:port,host:port` (IPv6 as `[::1]:26379`); empty: no Sentinel."""
+    if not raw.strip():
+        return ()
+    found: list[tuple[str, int]] = []
+    for part in (part.strip() for part in raw.split(",")):
+        host, sep, port = part.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")
+        if not sep or not host:
+            raise ValueError(f"{part!r} is not host:port")
+        if not _WHOLE.fullmatch(port) or not 1 <= int(port) <= 65535:
+            raise ValueError(f"{part!r} has a port that is not a number in 1..65535")
+        found.append((host, int(port)))
+    return tuple(found)
+
+
 def _on_off(raw: str) -> bool:
     return _choice("on", "off")(raw) == "on"
 
@@ -347,6 +363,30 @@ VARIABLES: tuple[Variable, ...] = (
         into="redis.password",
     ),
     Variable(
+        "REDIS_SENTINELS",
+        "",
+        "comma list of Sentinel host:port; when set, Redis is the master they name (REDIS_URL "
+        "or REDIS_PASSWORD still give its password, db and TLS; their host and port are not "
+        "used)",
+        _sentinels,
+        into="redis.sentinels",
+    ),
+    Variable(
+        "REDIS_SENTINEL_MASTER",
+        "mymaster",
+        "the master's name in the Sentinel configuration",
+        _non_empty,
+        into="redis.sentinel_master",
+    ),
+    Variable(
+        "REDIS_SENTINEL_PASSWORD",
+        "",
+        "password of the Sentinels themselves (empty: none)",
+        _text,
+        secret=True,
+        into="redis.sentinel_password",
+    ),
+    Variable(
         "MARKET_DATA_CHANNEL",
         "market_data",
         "pub/sub channel of candle events",
@@ -503,6 +543,9 @@ class RedisSettings:
     buffer: int
     mode: str = "pubsub"
     stream_maxlen: int = 100_000
+    sentinels: tuple[tuple[str, int], ...] = ()  # empty: REDIS_URL or REDIS_HOST/PORT
+    sentinel_master: str = "mymaster"
+    sentinel_password: str = ""
 
     @property
     def to_pubsub(self) -> bool:
@@ -514,6 +557,12 @@ class RedisSettings:
 
     def safe_target(self) -> str:
         """Where Redis is, fit for logs: never the password."""
+        if self.sentinels:
+            hosts = ",".join(
+                f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                for host, port in self.sentinels
+            )
+            return f"sentinel://{hosts}/{self.sentinel_master}"
         if not self.url:
             return f"redis://{self.host}:{self.port}"
         return redact_url(self.url)
@@ -607,6 +656,11 @@ def parse_env(env: Mapping[str, str]) -> dict[str, Any]:
     if shards is not None and shard is not None and shard >= shards:
         problems.append(
             f"FLEET_SHARD={env.get('FLEET_SHARD')!r}: must be below FLEET_SHARDS={shards}"
+        )
+    if values.get("REDIS_SENTINELS") and values.get("REDIS_URL", "").startswith("unix:"):
+        problems.append(
+            "REDIS_URL=<hidden>: a unix socket cannot be combined with REDIS_SENTINELS "
+            "(Sentinel names the master by host and port)"
         )
     if problems:
         raise ConfigError(problems)

@@ -159,3 +159,61 @@ def test_bad_fleet_values_are_one_line_each(env: dict[str, str], problem: str) -
     with pytest.raises(ConfigError) as info:
         load_settings(env)
     assert info.value.problems == [problem]
+
+
+# --- Redis Sentinel -------------------------------------------------------------------------
+
+
+def test_no_sentinel_by_default() -> None:
+    redis = load_settings({}).redis
+    assert (redis.sentinels, redis.sentinel_master, redis.sentinel_password) == ((), "mymaster", "")
+    assert redis.safe_target() == "redis://localhost:6379"
+
+
+def test_sentinels_are_a_host_port_list_named_in_the_target_without_secrets() -> None:
+    env = {
+        "REDIS_SENTINELS": " 10.0.0.1:26379 , sentinel-b:26380,[::1]:26381",
+        "REDIS_SENTINEL_MASTER": "cache",
+        "REDIS_SENTINEL_PASSWORD": "sentinel-secret",
+        "REDIS_URL": "redis://:hunter2@ignored:6379/2",
+    }
+    redis = load_settings(env).redis
+    assert redis.sentinels == (("10.0.0.1", 26379), ("sentinel-b", 26380), ("::1", 26381))
+    assert redis.sentinel_master == "cache"
+    assert redis.sentinel_password == "sentinel-secret"
+    target = redis.safe_target()
+    assert target == "sentinel://10.0.0.1:26379,sentinel-b:26380,[::1]:26381/cache"
+    assert "hunter2" not in target
+    assert "sentinel-secret" not in target
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ("sentinel-a", "'sentinel-a' is not host:port"),
+        (":26379", "':26379' is not host:port"),
+        ("a:26379,,b:26379", "'' is not host:port"),
+        ("a:26379,", "'' is not host:port"),
+        ("a:", "'a:' has a port that is not a number in 1..65535"),
+        ("a:0", "'a:0' has a port that is not a number in 1..65535"),
+        ("a:65536", "'a:65536' has a port that is not a number in 1..65535"),
+        ("a:+1", "'a:+1' has a port that is not a number in 1..65535"),
+    ],
+)
+def test_a_bad_sentinel_list_is_one_line(raw: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"REDIS_SENTINELS": raw})
+    assert info.value.problems == [f"REDIS_SENTINELS={raw!r}: {reason}"]
+
+
+def test_an_empty_master_name_and_a_unix_socket_under_sentinel_are_refused() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"REDIS_SENTINEL_MASTER": " "})
+    assert info.value.problems == ["REDIS_SENTINEL_MASTER=' ': must not be empty"]
+    env = {"REDIS_SENTINELS": "a:26379", "REDIS_URL": "unix:///run/redis.sock?password=pw"}
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    [problem] = info.value.problems
+    assert problem.startswith("REDIS_URL=<hidden>: a unix socket cannot be combined with ")
+    assert "pw" not in problem
+    assert load_settings({"REDIS_URL": "unix:///run/redis.sock"}).redis.sentinels == ()
