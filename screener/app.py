@@ -42,6 +42,7 @@ from screener.metrics import Metrics
 from screener.mexc.client import fetch_contracts, fetch_klines, fetch_tickers, open_rest_client
 from screener.models import ChunkPlan, PublisherInbox, SymbolSet, WindowInbox
 from screener.snapshot import Views
+from screener.stream import Streams
 from screener.supervise import Reachability, supervise_pool
 
 Mode = Literal["ws", "rest"]
@@ -54,6 +55,8 @@ INGEST_BUFFER: Final = 4096
 PUBLISH_QUEUE: Final = 64
 # Chunk plans, one per contract-list read (hourly): the pool applies each at once.
 PLANS_BUFFER: Final = 4
+# HTTP connections live page streams may never take, so /health and /top5 stay reachable.
+HTTP_RESERVED: Final = 4
 
 
 class Service:
@@ -161,6 +164,7 @@ async def run_service(
                 lookback_min=settings.lookback_min,
                 snapshot=views.ranking,
                 metrics=metrics,
+                charts=views.charts,
             )
         )
         await nursery.start(
@@ -247,8 +251,22 @@ async def run_service(
                 rand=rand,
             )
         )
+        streams = Streams(
+            views,
+            metrics,
+            stale_after_s=shape.stale_after_s,
+            rest_mode=mode == "rest",
+            max_clients=min(
+                settings.max_stream_clients, max(0, settings.http_max_connections - HTTP_RESERVED)
+            ),
+        )
+        await nursery.start(partial(streams.run, stop=stop))  # ends every stream on `stop`
         app = create_app(
-            views, metrics, stale_after_s=shape.stale_after_s, rest_mode=mode == "rest"
+            views,
+            metrics,
+            stale_after_s=shape.stale_after_s,
+            rest_mode=mode == "rest",
+            streams=streams,
         )
 
         async def serve_then_stop(task_status: trio.TaskStatus[int]) -> None:
