@@ -16,6 +16,7 @@ from screener.metrics import Metrics
 from screener.models import Charts, Kline, MarketData, PublisherInbox, Ranking, WindowInbox
 from screener.snapshot import Views
 from tests.actors.fakes import client_for, get, start_window
+from tests.contracts import check_document
 
 M = 1_770_330_480  # 2026-02-05 22:28:00 UTC
 
@@ -63,6 +64,7 @@ async def test_symbol_answers_the_window_from_the_snapshot_and_404_otherwise(
     with trio.fail_after(10):
         assert await get(client, "/symbol/A_USDT") == (200, symbol_report(charts, "A_USDT"))
         assert await get(client, "/symbol/a_usdt") == (200, symbol_report(charts, "A_USDT"))
+        check_document("symbol", (await get(client, "/symbol/A_USDT"))[1])
         assert await get(client, "/symbol/B_USDT") == (404, {"error": "unknown symbol"})
         for bad in ("A-USDT", "%20", "A_USDT%0A", "X" * 41):
             assert await get(client, f"/symbol/{bad}") == (404, {"error": "invalid symbol"}), bad

@@ -31,6 +31,7 @@ from screener.models import (
 from screener.snapshot import Views
 from screener.stream import Streams
 from tests.actors.fakes import start_window, tracking
+from tests.contracts import check_document
 
 M = 1_770_330_480  # 2026-02-05 22:28:00 UTC
 
@@ -139,6 +140,8 @@ async def test_a_new_stream_gets_the_status_and_the_ranking_at_once(
         # One point per minute: minute 1 had no candle and repeats minute 0's close.
         "sparklines": {"A_USDT": [1.05, 1.05, 1.12], "B_USDT": []},
     }
+    check_document("live_ranking", doc)
+    check_document("health", first[1][1])
     assert metrics.registry.get_sample_value("screener_stream_clients") == 0
 
 
