@@ -102,7 +102,7 @@ def drive(url: str, out: Path) -> dict[str, Any]:
     with sync_playwright() as pw, httpx.Client(base_url=url, timeout=5) as http:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 560})
+            page = browser.new_page(viewport={"width": 1280, "height": 440})
             page.set_default_timeout(TIMEOUT_MS)
             page.on("pageerror", lambda exc: seen["errors"].append(str(exc)))
             page.on("console", lambda m: m.type == "error" and seen["errors"].append(m.text))
