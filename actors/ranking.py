@@ -2,8 +2,10 @@
 
 It asks the window actor for the current per-symbol stats (a `StatsRequest` with a one-shot
 reply channel), ranks them with the pure `rank`, replaces the snapshot HTTP reads, logs one
-structured line and sends the ranking to the publisher. It owns clones of both channels and
-closes them on exit. Nothing here is retried.
+structured line and sends the ranking to the publisher. Given a `charts` snapshot, it also
+asks for every symbol's window candles (a `CandlesRequest`: one tuple of shared records per
+symbol) and publishes them before the ranking, for the live page. It owns clones of both
+channels and closes them on exit. Nothing here is retried.
 
 A round that finds no symbol with data (no contract list yet, windows not filled) ranks
 nothing: it is neither published (a consumer of `top_movers` would read an empty list as
@@ -21,7 +23,14 @@ import trio
 from loguru import logger
 
 from screener.metrics import Metrics
-from screener.models import Ranking, SymbolStat, WindowInbox, ask_stats
+from screener.models import (
+    Charts,
+    Ranking,
+    SymbolStat,
+    WindowInbox,
+    ask_candles,
+    ask_stats,
+)
 from screener.periodic import Ticker
 from screener.snapshot import Latest
 
@@ -50,8 +59,12 @@ async def run_ranking(
     top_n: int,
     lookback_min: int,
     wall: Callable[[], float] = time.time,
+    charts: Latest[Charts] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """`charts`: also obtain every symbol's window candles each round and publish them
+    there, before the ranking, for the live page and `/symbol/<SYMBOL>` (HTTP never asks
+    the window actor itself)."""
     log = logger.bind(actor="ranking")
     empty_spell = False  # the last round found nothing to rank
     async with requests, outbox:
@@ -67,6 +80,11 @@ async def run_ranking(
                 continue
             empty_spell = False
             ranking = rank(stats, top_n=top_n, lookback_min=lookback_min, wall_ts=wall())
+            if charts is not None:
+                candles = await ask_candles(requests)
+                charts.set(
+                    Charts(wall_ts=ranking.wall_ts, lookback_min=lookback_min, candles=candles)
+                )
             snapshot.set(ranking)
             metrics.rankings.inc()
             log.info(

@@ -1,10 +1,11 @@
 """Window actor: per-symbol rolling windows of 1-minute candles keyed by open time.
 
 Inputs (one inbox, fan-in from every connection actor and the ranking actor): `Kline`
-pushes, `ConnStatus` changes and `StatsRequest`s. Output: batches of `MarketData` to the
-publisher. It owns the windows; nobody else reads them except through a `StatsRequest`.
-It closes its outbox when the inbox ends, so shutdown cascades. Nothing is retried here:
-the core is pure, a bug is a crash.
+pushes, `ConnStatus` changes, `StatsRequest`s and `CandlesRequest`s (the ranking actor's,
+for the live page). Output: batches of `MarketData` to the publisher. It owns the windows;
+nobody else reads them except through a `StatsRequest` or a `CandlesRequest`. It closes its
+outbox when the inbox ends, so shutdown cascades. Nothing is retried here: the core is pure,
+a bug is a crash.
 
 The window holds candles with `t > now_minute - lookback`, `now_minute` being the minute of
 the newest exchange push time seen, so a window is measured in minutes, never in messages.
@@ -20,7 +21,7 @@ when the longest-down connection has been down, for /health's "degraded".
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 
 import trio
@@ -30,6 +31,8 @@ from screener.metrics import Metrics
 from screener.models import (
     HISTORY_SOURCE,
     LIVE_SOURCE,
+    Candles,
+    CandlesRequest,
     ConnStatus,
     FeedStatus,
     Kline,
@@ -140,6 +143,17 @@ class Windows:
     def candles(self, symbol: str) -> Sequence[Kline]:
         return tuple(self._candles.get(symbol, ()))
 
+    def all_candles(self) -> Candles:
+        """Every symbol's candles inside the window, oldest first: one tuple per symbol of
+        the held (immutable) records, nothing copied or dropped here."""
+        cutoff = self.cutoff
+        out: dict[str, tuple[Kline, ...]] = {}
+        for symbol, times in self._times.items():
+            first = bisect_right(times, cutoff)
+            if first < len(times):
+                out[symbol] = tuple(self._candles[symbol][first:])
+        return out
+
     def held(self) -> int:
         """Candles held in all windows (memory bound checks)."""
         return sum(len(c) for c in self._candles.values())
@@ -226,6 +240,12 @@ async def run_window(
                         item.reply.send_nowait(windows.stats())
                     except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
                         log.warning("stats requester went away")
+                    item.reply.close()
+                elif type(item) is CandlesRequest:
+                    try:
+                        item.reply.send_nowait(windows.all_candles())
+                    except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                        log.warning("candles requester went away")
                     item.reply.close()
                 try:
                     item = inbox.receive_nowait()

@@ -35,7 +35,8 @@ async def _demo(env: dict[str, str], redis_dir: Path) -> None:
             async with trio.open_nursery() as service:  # drains on a signal, then returns
                 svc = await service.start(partial(run_service, load_settings(env), stop=stop.wait))
                 logger.info(
-                    "demo: try http://127.0.0.1:{port}/top5 (rankings every {r}s) and "
+                    "demo: open http://127.0.0.1:{port}/ in a browser (the live page; rankings "
+                    "every {r}s), or try http://127.0.0.1:{port}/top5 and "
                     "redis-cli -p {rp} subscribe market_data",
                     port=svc.http_port,
                     r=svc.settings.rank_interval_s,

@@ -47,6 +47,7 @@ from screener.mexc.client import fetch_contracts, fetch_klines, fetch_tickers, o
 from screener.models import ChunkPlan, PublisherInbox, Ranking, SymbolSet, WindowInbox
 from screener.redis_client import make_client
 from screener.snapshot import Views
+from screener.stream import Streams
 from screener.supervise import Reachability, supervise_pool
 
 Mode = Literal["ws", "rest"]
@@ -61,6 +62,8 @@ PUBLISH_QUEUE: Final = 64
 PLANS_BUFFER: Final = 4
 # This shard's rankings for the fleet actor, one per RANK_INTERVAL_S.
 RANKINGS_BUFFER: Final = 2
+# HTTP connections live page streams may never take, so /health and /top5 stay reachable.
+HTTP_RESERVED: Final = 4
 
 
 class Service:
@@ -184,6 +187,7 @@ async def run_service(
                 lookback_min=settings.lookback_min,
                 snapshot=views.shard_ranking,
                 metrics=metrics,
+                charts=views.charts,
             )
         )
         await nursery.start(
@@ -271,8 +275,22 @@ async def run_service(
                 rand=rand,
             )
         )
+        streams = Streams(
+            views,
+            metrics,
+            stale_after_s=shape.stale_after_s,
+            rest_mode=mode == "rest",
+            max_clients=min(
+                settings.max_stream_clients, max(0, settings.http_max_connections - HTTP_RESERVED)
+            ),
+        )
+        await nursery.start(partial(streams.run, stop=stop))  # ends every stream on `stop`
         app = create_app(
-            views, metrics, stale_after_s=shape.stale_after_s, rest_mode=mode == "rest"
+            views,
+            metrics,
+            stale_after_s=shape.stale_after_s,
+            rest_mode=mode == "rest",
+            streams=streams,
         )
 
         async def serve_then_stop(task_status: trio.TaskStatus[int]) -> None:

@@ -439,6 +439,14 @@ VARIABLES: tuple[Variable, ...] = (
         into="http_max_connections",
     ),
     Variable(
+        "MAX_STREAM_CLIENTS",
+        "100",
+        "live page streams (GET /stream) open at once; more answer 503. Each holds an HTTP "
+        "connection, so at most HTTP_MAX_CONNECTIONS - 4 are allowed, keeping /health reachable",
+        _int_range(0, 10_000),
+        into="max_stream_clients",
+    ),
+    Variable(
         "WS_MAX_MESSAGE_BYTES",
         "1048576",
         "largest WebSocket message accepted",
@@ -615,6 +623,7 @@ class Settings:
     log_format: str
     log_level: str
     fleet: FleetSettings = FleetSettings()
+    max_stream_clients: int = 100
 
 
 def redact_url(url: str) -> str:

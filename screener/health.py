@@ -146,3 +146,16 @@ def health_report(
     if problems:
         body["problems"] = problems
     return (503 if status in ("stale", "leaderless") else 200), body
+
+
+def top5_report(
+    views: Views, now: float, stale_after_s: float, *, rest_mode: bool = False
+) -> tuple[int, dict[str, Any]]:
+    """/top5's answer (and the live page's ranking): 503 before a ranking with data; else
+    the ranking, flagged `stale` as /health judges the feed (windows advance with exchange
+    time, so a dead feed freezes the ranking: say so)."""
+    ranking = views.ranking.value
+    if ranking is None or not ranking.ranked:
+        return 503, {"error": "no data yet"}
+    _, status, _ = feed_state(views, now, stale_after_s, rest_mode=rest_mode)
+    return 200, {**ranking.as_dict(), "stale": status == "stale"}

@@ -1,4 +1,5 @@
-"""HTTP face: /health, /top5, /metrics, /openapi.json on quart-trio, served by hypercorn.
+"""HTTP face: /health, /top5, /metrics, /openapi.json, and the live page (`/`, its event
+stream `/stream`, `/symbol/<SYMBOL>`) on quart-trio, served by hypercorn.
 
 Handlers only read the latest immutable snapshots the actors publish (`Views`); they never
 reach into an actor. Unknown routes and methods answer JSON, never a stack trace; only GET is
@@ -24,10 +25,13 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from screener.health import feed_state, health_report
+from screener.charts import symbol_report
+from screener.health import health_report, top5_report
 from screener.http_server import serve_hypercorn
 from screener.metrics import ROUTES, Metrics
+from screener.mexc.names import SYMBOL_RE
 from screener.snapshot import Views
+from screener.stream import Streams
 from screener.supervise import split_retryable
 
 
@@ -42,12 +46,36 @@ def openapi_document() -> bytes:
     return resources.files("screener").joinpath("schemas/openapi.json").read_bytes()
 
 
+def page_document() -> bytes:
+    """The live page: one file of HTML, CSS and JavaScript, package data (screener/page/),
+    nothing fetched from elsewhere."""
+    return resources.files("screener").joinpath("page/index.html").read_bytes()
+
+
+PAGE_POLICY: Final = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'"
+)
+"""The page's Content-Security-Policy: its own inline script and style, requests to this
+service only."""
+
+
 def create_app(
-    views: Views, metrics: Metrics, *, stale_after_s: float, rest_mode: bool = False
+    views: Views,
+    metrics: Metrics,
+    *,
+    stale_after_s: float,
+    rest_mode: bool = False,
+    streams: Streams | None = None,
 ) -> QuartTrio:
+    """`streams`: the live page's streams, fed by `Streams.run` in the caller's nursery (one
+    that nobody runs serves each stream its first events only)."""
     app = QuartTrio(__name__)
-    # Read once here: the document is package data and never changes while the process runs.
+    if streams is None:
+        streams = Streams(views, metrics, stale_after_s=stale_after_s, rest_mode=rest_mode)
+    # Read once here: package data never changes while the process runs.
     openapi = openapi_document()
+    page = page_document()
 
     @app.before_request
     async def started() -> None:
@@ -83,12 +111,8 @@ def create_app(
 
     @app.get("/top5", provide_automatic_options=False)
     async def top5() -> Response:
-        ranking = views.ranking.value
-        if ranking is None or not ranking.ranked:
-            return _json({"error": "no data yet"}, 503)
-        # Windows advance with exchange time, so a dead feed freezes the ranking: say so.
-        _, status, _ = feed_state(views, trio.current_time(), stale_after_s, rest_mode=rest_mode)
-        return _json({**ranking.as_dict(), "stale": status == "stale"})
+        status, body = top5_report(views, trio.current_time(), stale_after_s, rest_mode=rest_mode)
+        return _json(body, status)
 
     @app.get("/metrics", provide_automatic_options=False)
     async def prometheus() -> Response:
@@ -97,6 +121,34 @@ def create_app(
     @app.get("/openapi.json", provide_automatic_options=False)
     async def openapi_json() -> Response:
         return Response(openapi, status=200, mimetype="application/json")
+
+    @app.get("/", provide_automatic_options=False)
+    async def live_page() -> Response:
+        response = Response(page, status=200, mimetype="text/html")
+        response.headers["Content-Security-Policy"] = PAGE_POLICY
+        response.headers["Cache-Control"] = "no-cache"
+        return response
+
+    @app.get("/stream", provide_automatic_options=False)
+    async def stream() -> Response:
+        queue = streams.open()
+        if isinstance(queue, str):
+            return _json({"error": queue}, 503)
+        response = Response(streams.events(queue), status=200, mimetype="text/event-stream")
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
+        response.timeout = None  # it lasts until the client leaves, lags behind, or shutdown
+        return response
+
+    @app.get("/symbol/<symbol>", provide_automatic_options=False)
+    async def symbol(symbol: str) -> Response:
+        name = symbol.upper()
+        if not SYMBOL_RE.fullmatch(name):
+            return _json({"error": "invalid symbol"}, 404)
+        body = symbol_report(views.charts.value, name)
+        if body is None:
+            return _json({"error": "unknown symbol"}, 404)
+        return _json(body)
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:

@@ -8,7 +8,9 @@ restart are cancelled and the socket stays open until the client leaves (docs/ht
 has the trace); `_ClosingTCPServer` runs that method shielded, under a short deadline.
 (2) `trio.serve_listeners` accepts without limit and logs every failed accept with a
 traceback; here a slot is taken before `accept()`, so connections beyond the cap wait in the
-listen backlog, and running out of file descriptors is logged once per episode.
+listen backlog, and running out of file descriptors is logged once per episode. (3) hypercorn
+shields each write without a deadline, so a client that stops reading holds its connection,
+and shutdown, forever; here a write it takes nothing of for `WRITE_S` ends the connection.
 
 This builds on hypercorn internals (`TCPServer`, `Lifespan`, `WorkerContext`): the versions it
 was tested on are pinned in pyproject.toml, and tests/system/test_http_connections.py fails if
@@ -27,7 +29,7 @@ from typing import Final, NoReturn, cast
 
 import trio
 from hypercorn.config import Config
-from hypercorn.events import Event
+from hypercorn.events import Closed, Event, RawData
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
@@ -38,6 +40,14 @@ from loguru import logger
 CLOSE_S: Final = 2.0
 """Deadline for what hypercorn does on a connection once a response is complete (close the
 socket, or restart the keep-alive timer): both are immediate, so 2 s is only a backstop."""
+
+WRITE_S: Final = 2.0
+"""Deadline for one write to a client. hypercorn shields its writes (the ASGI app's task is
+cancelled once a response is complete, and a write must not be cut) without a deadline, so a
+client that stops reading, once the kernel's buffers are full, would hold its connection and
+shutdown forever: a live page stream does exactly that when a laptop sleeps. A client that
+takes not one byte more for 2 s while megabytes wait in the buffers is gone; a slow but live
+one frees room continuously, so a small write completes."""
 
 ACCEPT_RETRY_S: Final = 0.1
 """Pause before accepting again when the process is out of file descriptors (as trio does)."""
@@ -55,9 +65,26 @@ class _ClosingTCPServer(TCPServer):
     async def protocol_send(self, event: Event) -> None:
         # Called from the ASGI app's task, which quart-trio cancels once the response is
         # complete: shielded, the close (`Closed`) and the keep-alive timer's restart
-        # (`Updated(idle=True)`) happen. Writes (`RawData`) are shielded by hypercorn already.
+        # (`Updated(idle=True)`) happen. Writes (`RawData`) are shielded too, within WRITE_S.
+        if isinstance(event, RawData):
+            await self._write(event.data)
+            return
         with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_S):
             await super().protocol_send(event)
+
+    async def _write(self, data: bytes) -> None:
+        """hypercorn's write, shielded as there, but a client that takes nothing for `WRITE_S`
+        loses its connection, as one that went away does."""
+        async with self.send_lock:
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + WRITE_S):
+                try:
+                    await self.stream.send_all(data)
+                    return
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_S):
+                await self.stream.aclose()  # a cut write leaves the stream unusable
+                await self.protocol.handle(Closed())
 
     async def _read_data(self) -> None:
         # Reading ends when the client has gone (EOF, reset). The connection's task group

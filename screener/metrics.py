@@ -53,7 +53,16 @@ REST_REASONS: Final = (
     "malformed",
     "status",
 )
-ROUTES: Final = ("/health", "/top5", "/metrics", "/openapi.json", "other")
+ROUTES: Final = (
+    "/health",
+    "/top5",
+    "/metrics",
+    "/openapi.json",
+    "/",
+    "/stream",
+    "/symbol/<symbol>",
+    "other",
+)
 LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 """Seconds; a push normally reaches Redis within a few ms, an outage shows in the top ones."""
 HTTP_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
@@ -160,6 +169,19 @@ METRICS: Final = (
     Spec("redis_up", Gauge, "screener_redis_up", "1 when the last Redis write worked"),
     Spec("publish_backlog", Gauge, "screener_publish_backlog", "Events waiting for Redis"),
     Spec("rankings", Counter, "screener_rankings", "Rankings made with at least one symbol"),
+    Spec("stream_clients", Gauge, "screener_stream_clients", "Live page streams open"),
+    Spec(
+        "stream_dropped",
+        Counter,
+        "screener_stream_clients_dropped",
+        "Live page streams ended because the client fell a queue behind (not waited for)",
+    ),
+    Spec(
+        "stream_refused",
+        Counter,
+        "screener_stream_clients_refused",
+        "Live page streams refused (503): MAX_STREAM_CLIENTS open, or shutting down",
+    ),
     Spec(
         "queue_peak",
         Gauge,
@@ -235,6 +257,9 @@ class Metrics:
     redis_up: Gauge
     publish_backlog: Gauge
     rankings: Counter
+    stream_clients: Gauge
+    stream_dropped: Counter
+    stream_refused: Counter
     queue_peak: Gauge
     fleet_leader: Gauge
     fleet_term: Gauge

@@ -93,6 +93,31 @@ async def ask_stats(window: trio.MemorySendChannel[WindowInbox]) -> tuple[Symbol
         return await reply_recv.receive()
 
 
+class CandlesRequest(NamedTuple):
+    """Ask the window actor for every symbol's candles in the window; it answers on `reply`.
+    The candles are the window's own immutable records, shared, so an answer costs one tuple
+    per symbol, not a copy of every candle."""
+
+    reply: trio.MemorySendChannel[Candles]
+
+
+async def ask_candles(window: trio.MemorySendChannel[WindowInbox]) -> Candles:
+    """Every symbol's window candles from the window actor, through a one-shot reply."""
+    reply_send, reply_recv = trio.open_memory_channel[Candles](1)
+    await window.send(CandlesRequest(reply_send))
+    async with reply_recv:
+        return await reply_recv.receive()
+
+
+class Charts(NamedTuple):
+    """The candles behind the latest ranking, for the live page and `/symbol/<SYMBOL>`:
+    written by the ranking actor each round, so HTTP never asks the window actor."""
+
+    wall_ts: float  # unix seconds of the round that obtained them
+    lookback_min: int
+    candles: Candles
+
+
 class Ranking(NamedTuple):
     """One ranking: immutable, replaced wholesale, read by HTTP and published."""
 
@@ -205,8 +230,12 @@ class RestFeedStatus(NamedTuple):
 
 # --- channel item types (docs/architecture.md, "Channels") ---------------------------------
 
-WindowInbox: TypeAlias = Kline | ConnStatus | StatsRequest
-"""The window actor's inbox: pushes and history, connection states, stats requests."""
+WindowInbox: TypeAlias = Kline | ConnStatus | StatsRequest | CandlesRequest
+"""The window actor's inbox: pushes and history, connection states, stats and candles
+requests."""
+
+Candles: TypeAlias = Mapping[str, tuple[Kline, ...]]
+"""Each symbol's candles in the window, oldest first (symbols with none are left out)."""
 
 PublisherInbox: TypeAlias = list[MarketData] | Ranking | Leadership
 """The publisher's inbox: one batch of events per window wakeup, each ranking to publish

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from typing import Generic, NamedTuple, TypeVar
 
+import trio
+
 from screener.models import (
     BackfillProgress,
+    Charts,
     FeedStatus,
     FleetStatus,
     Ranking,
@@ -23,13 +26,25 @@ T = TypeVar("T")
 
 
 class Latest(Generic[T]):
-    __slots__ = ("value",)
+    __slots__ = ("_changed", "value")
 
     def __init__(self, value: T) -> None:
         self.value = value
+        self._changed: trio.Event | None = None  # only while someone waits
 
     def set(self, value: T) -> None:
         self.value = value
+        changed = self._changed
+        if changed is not None:
+            self._changed = None
+            changed.set()
+
+    async def wait_set(self) -> None:
+        """Return at the next `set()` (the live page's stream waits for each ranking so).
+        Only a trio task may wait; a writer with no waiter pays one attribute read."""
+        if self._changed is None:
+            self._changed = trio.Event()
+        await self._changed.wait()
 
 
 class Views(NamedTuple):
@@ -43,6 +58,7 @@ class Views(NamedTuple):
     rest: Latest[RestFeedStatus]
     shard_ranking: Latest[Ranking | None]  # this shard's (the ranking actor's)
     fleet: Latest[FleetStatus | None]
+    charts: Latest[Charts]  # the candles behind the latest ranking, for the live page
 
     @classmethod
     def empty(cls) -> Views:
@@ -55,6 +71,7 @@ class Views(NamedTuple):
             rest=Latest(RestFeedStatus(active=False, last_ok_at=None, error=None)),
             shard_ranking=Latest(None),
             fleet=Latest(None),
+            charts=Latest(Charts(wall_ts=0.0, lookback_min=0, candles={})),
         )
 
     def push_age(self, now: float) -> float | None:

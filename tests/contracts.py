@@ -12,7 +12,15 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
 SCHEMA_BASE = "https://screener.example/schemas/"
-SCHEMA_NAMES = ("market_data", "top_movers", "top5", "health", "error")
+SCHEMA_NAMES = (
+    "market_data",
+    "top_movers",
+    "top5",
+    "health",
+    "error",
+    "live_ranking",
+    "symbol",
+)
 TOP5_RANKING = "top5.schema.json#/$defs/ranking"
 
 

@@ -37,7 +37,7 @@ def app() -> QuartTrio:
     return create_app(Views.empty(), Metrics(), stale_after_s=60)
 
 
-@pytest.mark.parametrize("path", ["/health", "/top5", "/metrics"])
+@pytest.mark.parametrize("path", ["/health", "/top5", "/metrics", "/", "/stream", "/symbol/A_USDT"])
 @pytest.mark.parametrize("method", ["HEAD", "POST", "PUT", "DELETE", "PATCH", "TRACE"])
 async def test_only_get_on_known_routes(
     autojump_clock: trio.testing.MockClock, app: QuartTrio, method: str, path: str
@@ -66,7 +66,18 @@ async def test_head_on_an_unknown_path_stays_404(
 
 
 @pytest.mark.parametrize(
-    "path", ["/", "/nope", "/health/", "/top5/x", "/metrics.json", "/../../etc/passwd", "/%00"]
+    "path",
+    [
+        "/nope",
+        "/index.html",
+        "/stream/x",
+        "/symbol",
+        "/health/",
+        "/top5/x",
+        "/metrics.json",
+        "/../../etc/passwd",
+        "/%00",
+    ],
 )
 async def test_unknown_paths_are_json_404(
     autojump_clock: trio.testing.MockClock, app: QuartTrio, path: str

@@ -473,6 +473,7 @@ def test_runtime_wheel_carries_no_development_tools(tmp_path: Path) -> None:
     assert "screener/mexc/frames.py" in modules
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
-    schemas = {"market_data", "top_movers", "top5", "health", "error"}
+    schemas = {"market_data", "top_movers", "top5", "health", "error", "live_ranking", "symbol"}
     assert {f"screener/schemas/{name}.schema.json" for name in schemas} <= names
     assert {"screener/schemas/openapi.json", "screener/py.typed"} <= names
+    assert "screener/page/index.html" in names  # the live page

@@ -20,6 +20,7 @@ SHELL = {
     "screener.http",
     "screener.http_server",
     "screener.healthcheck",
+    "screener.stream",
 }
 BASE = {
     "screener",
@@ -31,6 +32,7 @@ BASE = {
     "screener.snapshot",
     "screener.supervise",
     "screener.health",
+    "screener.charts",
     "screener.redis_client",
     "screener.fleet",
     "screener.fleet_redis",

@@ -13,9 +13,11 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from screener.charts import symbol_report
 from screener.health import health_report
 from screener.http import openapi_document
 from screener.models import (
+    Charts,
     FeedStatus,
     Kline,
     MarketData,
@@ -75,7 +77,26 @@ def health(*, stale: bool) -> dict[str, Any]:
     return orjson.loads(orjson.dumps(body))
 
 
+def live_ranking() -> dict[str, Any]:
+    return {
+        **top_movers(),
+        "stale": False,
+        "ranked": 2,
+        "sparklines": {"A_USDT": [1.0, 1.25], "C_USDT": []},
+    }
+
+
+def symbol() -> dict[str, Any]:
+    kline = Kline("A_USDT", M, 1e-8, 2e-8, 1e-8, 1.5e-8, 3.0, 4.5e-8, M * 1000 + 1, "mexc")
+    charts = Charts(wall_ts=M + 20.5, lookback_min=15, candles={"A_USDT": (kline,)})
+    doc = symbol_report(charts, "A_USDT")
+    assert doc is not None
+    return orjson.loads(orjson.dumps(doc))
+
+
 REAL = [
+    pytest.param("live_ranking", live_ranking(), id="live_ranking"),
+    pytest.param("symbol", symbol(), id="symbol"),
     pytest.param("market_data", market_data(), id="market_data"),
     pytest.param("market_data", market_data("mexc-rest"), id="market_data-rest"),
     pytest.param("top_movers", top_movers(), id="top_movers"),
@@ -150,6 +171,11 @@ BROKEN = [
     ("health", _set(health(stale=False), ("problems",), []), "empty problems"),
     ("health", _set(health(stale=False), ("feed",), "grpc"), "unknown feed"),
     ("error", {"error": ""}, "empty error"),
+    ("live_ranking", _drop(live_ranking(), "sparklines"), "no sparklines"),
+    ("live_ranking", _set(live_ranking(), ("sparklines", "a b"), []), "bad sparkline name"),
+    ("live_ranking", _set(live_ranking(), ("x",), 1), "extra field"),
+    ("symbol", _set(symbol(), ("candles",), []), "no candles"),
+    ("symbol", _set(symbol(), ("candles", 0, "source"), "binance"), "unknown source"),
 ]
 
 
@@ -157,7 +183,7 @@ def test_broken_documents_do_not_match() -> None:
     """Each broken document is refused: the list names any the schemas let through."""
     accepted = [what for ref, document, what in BROKEN if not schema_errors(ref, document)]
     assert accepted == []
-    assert len(BROKEN) == 26
+    assert len(BROKEN) == 31
 
 
 def openapi() -> dict[str, Any]:
@@ -165,15 +191,23 @@ def openapi() -> dict[str, Any]:
     return document
 
 
-def test_openapi_describes_the_four_routes() -> None:
+def test_openapi_describes_every_route() -> None:
     doc = openapi()
     assert doc["openapi"].startswith("3.1.")
-    assert set(doc["paths"]) == {"/health", "/top5", "/metrics", "/openapi.json"}
+    assert set(doc["paths"]) == {
+        "/health",
+        "/top5",
+        "/metrics",
+        "/openapi.json",
+        "/",
+        "/stream",
+        "/symbol/{symbol}",
+    }
     for path, item in doc["paths"].items():
         assert set(item) == {"get"}, path
         assert {"200", "404", "405", "500"} <= set(item["get"]["responses"]), path
-    assert set(doc["paths"]["/health"]["get"]["responses"]) >= {"503"}
-    assert set(doc["paths"]["/top5"]["get"]["responses"]) >= {"503"}
+    for path in ("/health", "/top5", "/stream"):
+        assert set(doc["paths"][path]["get"]["responses"]) >= {"503"}, path
 
 
 def test_openapi_embeds_exactly_the_packaged_schemas() -> None:

@@ -86,3 +86,20 @@ def test_stats_carry_price_and_change() -> None:
     [stat] = w.stats()
     assert (stat.symbol, stat.price) == ("A_USDT", 3.0)
     assert stat.change_pct == pytest.approx(50.0)
+
+
+def test_all_candles_are_the_held_records_inside_the_window_only() -> None:
+    """The live page's candles: each symbol's window, oldest first, the very records the
+    window holds (shared, never copied), without what the clock has moved past."""
+    w = Windows(lookback_min=3)
+    a0, a1 = k("A_USDT", 0, 1.0, 2.0), k("A_USDT", 1, 2.0, 3.0)
+    b2 = k("B_USDT", 2, 5.0, 4.0)
+    for candle in (a0, a1, b2):
+        w.apply(candle)
+    held = w.all_candles()
+    assert held == {"A_USDT": (a0, a1), "B_USDT": (b2,)}
+    assert held["A_USDT"][0] is a0
+    w.apply(k("B_USDT", 4, 4.0, 4.5))  # the window is now minutes 2..4: A's are outside
+    assert set(w.all_candles()) == {"B_USDT"}
+    assert [c.t for c in w.all_candles()["B_USDT"]] == [T0 + 120, T0 + 240]
+    assert held["A_USDT"] == (a0, a1)  # an answer already given does not change
