@@ -123,6 +123,10 @@ def drive(url: str, out: Path) -> dict[str, Any]:
             seen["later"] = _shown_matches_top5(page, http)
 
             seen["window_min"] = _sparkline_is_the_window(page, http)
+            # Prices from 1e-8 to 1e5: six significant figures (five below 1e-7), no exponent.
+            seen["prices"] = page.evaluate(
+                "() => [1.23456789e-8, 0.000123456789, 1.5, 98765.4321, 100000].map(price)"
+            )
             page.wait_for_timeout(300)  # let the push age tick once: a settled picture
             page.screenshot(path=str(out / "live-page.png"))
 
@@ -163,6 +167,13 @@ async def test_the_live_page_in_chromium_follows_the_service(
     assert seen["later"]["ts_ms"] > seen["first"]["ts_ms"]
     assert len(seen["first"]["gainers"]) == len(seen["first"]["losers"]) == 5
     assert seen["window_min"] == 15  # a full LOOKBACK_MIN of history
+    assert seen["prices"] == [
+        "0.000000012346",
+        "0.000123457",
+        "1.50000",
+        "98,765.4",
+        "100,000",
+    ]
     assert seen["detail_title"] == seen["symbol"].replace("_", " / ")
     assert seen["detail_candles"] == seen["symbol_candles"] > 1
     assert seen["phone_overflow"] <= 0
