@@ -36,7 +36,7 @@ from loguru import logger
 
 from screener.config import RedisSettings
 from screener.logs import RateLimited
-from screener.metrics import Metrics
+from screener.metrics import Metrics, observe_many
 from screener.models import MarketData, PublisherInbox, Ranking, RedisStatus
 from screener.periodic import Pulse
 from screener.redis_client import REDIS_ERRORS, BatchResult, Held, make_client, publish_batch
@@ -377,9 +377,10 @@ class Publisher:
         metrics.published.labels(self.settings.market_data_channel).inc(sent)
         if sent == len(attempt.events):  # the usual case: every event is in Redis now
             written_ms = time.time() * 1000
-            observe = metrics.publish_latency.observe
-            for event in attempt.events:
-                observe(max(0.0, written_ms - event.kline.ts_ms) / 1000)
+            observe_many(
+                metrics.publish_latency,
+                [max(0.0, written_ms - event.kline.ts_ms) / 1000 for event in attempt.events],
+            )
         ranking_held = any(group.ranking is not None for group in result.held)
         if attempt.ranking is not None and not (result.ranking_refused or ranking_held):
             metrics.published.labels(self.settings.top_movers_channel).inc()

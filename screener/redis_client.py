@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Final, NamedTuple
 
+import msgspec
 import orjson
 import redis
 from redis.backoff import NoBackoff
@@ -43,8 +44,60 @@ def make_client(settings: RedisSettings) -> redis.Redis:
     )
 
 
+class _MarketDataDoc(msgspec.Struct, tag_field="type", tag="market_data", gc=False):
+    """`MarketData.as_dict()` as msgspec encodes it: the same keys in the same order, the
+    same values, with no dict built per event (a third cheaper; docs/performance.md)."""
+
+    source: str
+    symbol: str
+    interval: str
+    candle_ts: int
+    ts: int
+    open: float
+    high: float
+    low: float
+    close: float
+    price: float
+    volume: float
+    amount: float
+    change_pct: float
+    window_min: int
+
+
+_encoder: Final = msgspec.json.Encoder()
+_INT64: Final = 1 << 63
+
+
+class Unencodable(ValueError):
+    """An event JSON consumers cannot read back (an integer beyond 64 bits)."""
+
+
 def encode_event(event: MarketData) -> bytes:
-    return orjson.dumps(event.as_dict())
+    """The `market_data` document of `event`, byte for byte `orjson.dumps(event.as_dict())`
+    for every event the service makes (a non-finite float becomes null there too)."""
+    k = event.kline
+    t, ts, window_min = k.t, k.ts_ms, event.window_min
+    if not (-_INT64 <= t < _INT64 and -_INT64 <= ts < _INT64 and -_INT64 <= window_min < _INT64):
+        raise Unencodable("integer beyond 64 bits")
+    close = k.close
+    return _encoder.encode(
+        _MarketDataDoc(
+            k.source,
+            k.symbol,
+            "Min1",
+            t,
+            ts,
+            k.open,
+            k.high,
+            k.low,
+            close,
+            close,
+            k.volume,
+            k.amount,
+            event.change_pct,
+            window_min,
+        )
+    )
 
 
 HELD_CODES: Final = frozenset(
@@ -153,7 +206,7 @@ def publish_batch(
     for event in events:
         try:
             messages.append((channel, encode_event(event)))
-        except orjson.JSONEncodeError:
+        except (TypeError, ValueError, OverflowError):  # orjson, msgspec, `Unencodable`
             skipped.append(event)
     if ranking is not None:
         messages.append((settings.top_movers_channel, orjson.dumps(ranking.as_dict())))
