@@ -240,9 +240,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("TOP_N", "5", "gainers and losers per ranking", _int_range(1, 100), into="top_n"),
     Variable(
         "BATCH_WAIT_MS",
-        "5",
-        "how long the window actor gathers pushes into one batch for Redis: a few ms of "
-        "latency for far less CPU (0: no wait)",
+        "0",
+        "a fixed wait of the window actor after a batch's first push (0: none; batches "
+        "grow with the load by themselves)",
         lambda raw: _int_range(0, 1000)(raw) / 1000,
         into="batch_wait_s",
     ),
