@@ -3,8 +3,9 @@
 Input: batches of `MarketData` (from the window actor) and `Ranking`s (from the ranking
 actor), fanned in on one channel. The collector moves them at once into a bounded
 `PublishBuffer`, so ingest never waits for Redis; the flusher sends what is pending in slices
-of at most `PIPELINE_EVENTS` events, one pipeline each, through `trio.to_thread.run_sync`
-(redis-py is synchronous), one thread call in flight: a backlog is never encoded at once.
+of at most `PIPELINE_EVENTS` events, one pipeline each, in one long-lived writer thread
+(`WriterThread`; redis-py is synchronous), one write in flight: what arrives meanwhile goes in
+the next, so writes grow with the load, and a backlog is never encoded at once.
 
 Only what Redis does with a write decides the status. A failed or timed-out write marks it
 down (one warning) until a write succeeds (one `redis up at` line); a PING answer is no
@@ -23,13 +24,17 @@ log says `flushed N pending events` or `final flush failed, N events not publish
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+import queue
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Final
 
+import outcome
 import redis
 import trio
 from loguru import logger
@@ -52,6 +57,67 @@ a fraction of a second (normal batches, a few ms of pushes, are far smaller)."""
 
 WriteBatch = Callable[[redis.Redis, RedisSettings, list[MarketData], Ranking | None], BatchResult]
 """`publish_batch`, run in a worker thread; tests pass their own."""
+
+Hop = Callable[[Callable[[], BatchResult]], Awaitable[BatchResult]]
+"""How a write reaches a thread and its result comes back: `WriterThread.run` (the service)
+or `to_thread_hop`. Either way a cancelled caller abandons the call, which runs on."""
+
+
+async def to_thread_hop(write: Callable[[], BatchResult]) -> BatchResult:
+    """`trio.to_thread.run_sync` per write: a thread taken from trio's cache and named, a
+    trio round trip each way (150-190 us a call here). trio.testing sees the thread, so
+    MockClock tests that stand in a fake for Redis use this hop."""
+    return await trio.to_thread.run_sync(write, abandon_on_cancel=True)
+
+
+class WriterThread:
+    """One long-lived thread that runs every write, so a batch costs a queue put, the
+    thread's wake-up and one `TrioToken.run_sync_soon` back (docs/performance.md measures
+    it against `to_thread_hop`). `open` starts it for the caller's trio run; leaving the
+    block ends it after the write in hand."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+
+    @classmethod
+    @contextlib.contextmanager
+    def open(cls) -> Iterator[WriterThread]:
+        writer = cls()
+        thread = threading.Thread(target=writer._serve, name="redis-writer", daemon=True)
+        thread.start()
+        try:
+            yield writer
+        finally:
+            writer._jobs.put(None)  # ends the thread once the write in hand is done
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job()
+
+    async def run(self, write: Callable[[], BatchResult]) -> BatchResult:
+        """`write()` in the writer thread; its result or exception here."""
+        token = trio.lowlevel.current_trio_token()
+        task = trio.lowlevel.current_task()
+        abandoned = False
+
+        def deliver(result: outcome.Outcome[BatchResult]) -> None:
+            if not abandoned:
+                trio.lowlevel.reschedule(task, result)
+
+        def job() -> None:
+            result = outcome.capture(write)
+            with contextlib.suppress(trio.RunFinishedError):  # the run ended meanwhile
+                token.run_sync_soon(deliver, result)
+
+        def abort(_raise_cancel: object) -> trio.lowlevel.Abort:
+            nonlocal abandoned
+            abandoned = True  # the write runs on and records its outcome in its Attempt
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._jobs.put(job)
+        result: BatchResult = await trio.lowlevel.wait_task_rescheduled(abort)
+        return result
 
 
 class PublishBuffer:
@@ -130,8 +196,10 @@ class Publisher:
         metrics: Metrics,
         rand: Callable[[], float] = random.random,
         write: WriteBatch = publish_batch,
+        hop: Hop = to_thread_hop,
     ) -> None:
         self.settings = settings
+        self.hop = hop
         self.status = status
         self.metrics = metrics
         self.write = write
@@ -292,12 +360,8 @@ class Publisher:
         """One slice in a worker thread. On cancel it stays `in_flight` for `final_flush`."""
         self.in_flight = attempt
         try:
-            result = await trio.to_thread.run_sync(
-                attempt.run,
-                self.write,
-                client,
-                self.targets[attempt.mode],
-                abandon_on_cancel=True,
+            result = await self.hop(
+                functools.partial(attempt.run, self.write, client, self.targets[attempt.mode])
             )
         except REDIS_ERRORS:
             self.in_flight = None
@@ -448,17 +512,24 @@ async def run_publisher(
     metrics: Metrics,
     rand: Callable[[], float] = random.random,
     write: WriteBatch = publish_batch,
+    writer_thread: bool = True,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    publisher = Publisher(settings, status=status, metrics=metrics, rand=rand, write=write)
-    client = make_client(settings)
-    task_status.started()
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(publisher.collect, inbox)
-            nursery.start_soon(publisher.flush, client)
-    finally:
+    """`writer_thread`: writes go through one long-lived `WriterThread` (the service); False:
+    through `to_thread_hop` (MockClock tests, where trio.testing must see the thread)."""
+    with contextlib.ExitStack() as stack:
+        hop = stack.enter_context(WriterThread.open()).run if writer_thread else to_thread_hop
+        publisher = Publisher(
+            settings, status=status, metrics=metrics, rand=rand, write=write, hop=hop
+        )
+        client = make_client(settings)
+        task_status.started()
         try:
-            await publisher.finish()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(publisher.collect, inbox)
+                nursery.start_soon(publisher.flush, client)
         finally:
-            client.close()
+            try:
+                await publisher.finish()
+            finally:
+                client.close()
