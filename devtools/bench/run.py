@@ -7,9 +7,11 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 
+from devtools.bench.ccxt_env import CCXT_VERSION, ensure_ccxt, env_dir
 from devtools.bench.lab import (
     BACKLOG,
     DROPPED,
@@ -44,6 +46,9 @@ class Results:
     plan: Plan
     bare_max: MeasureWindow | None = None
     bare_fixed: MeasureWindow | None = None
+    ccxt_max: MeasureWindow | None = None
+    ccxt_fixed: MeasureWindow | None = None
+    ccxt_note: str | None = None  # why ccxt was not measured, or failed
     svc_max: MeasureWindow | None = None
     trials: list[Trial] = field(default_factory=list)
     svc_fixed: MeasureWindow | None = None
@@ -73,6 +78,10 @@ def run(plan: Plan, *, profile: bool) -> Results:
         sub = lab.start_subscriber(life_s)
         sim = Sim(lab, plan.symbols, max_s=life_s)
         baseline_phases(lab, sim, plan, res, life_s)
+        if plan.ccxt:
+            ccxt_phases(lab, sim, plan, res, life_s)
+        else:
+            res.ccxt_note = "not run (quick mode or --no-ccxt)"
         service_phases(lab, sim, sub, plan, res, profile=profile)
         lab.stop(sim.child)
         if not plan.quick:
@@ -113,6 +122,62 @@ def baseline_phases(lab: Lab, sim: Sim, plan: Plan, res: Results, life_s: float)
     res.bare_fixed = measure(lab, sim, watch, plan.cpu_s)
     sim.set_rate(0)
     lab.stop(bare)
+
+
+def ccxt_phases(lab: Lab, sim: Sim, plan: Plan, res: Results, life_s: float) -> None:
+    """ccxt's MEXC client, in its own virtual environment: its maximum receive rate, then its
+    CPU at the fixed rate. If it cannot be installed or fails, the run goes on and says so."""
+    say(f"ccxt: preparing ccxt {CCXT_VERSION} in {env_dir()} (installed once)")
+    env = ensure_ccxt()
+    if env.python is None:
+        res.ccxt_note = env.reason
+        say(f"ccxt: not measured: {env.reason}")
+        return
+    say(f"ccxt: ccxt.pro mexc watch_ohlcv, {plan.symbols} symbols, one connection")
+    stats = lab.dir / "ccxt.json"
+    stats.unlink(missing_ok=True)
+    client = lab.spawn(
+        "ccxt",
+        [
+            str(Path(__file__).with_name("ccxt_client.py")),
+            f"--rest={sim.rest_url}",
+            f"--ws={sim.ws_url}",
+            f"--stats={stats}",
+            f"--max-s={life_s}",
+        ],
+        python=str(env.python),
+    )
+    try:
+        lab.wait_for(
+            lambda: (
+                "error" in client.read()
+                or (client.read().get("up") == 1 and sim.child.read().get("conns") == 1)
+            ),
+            within_s=60,
+            what="ccxt's subscriptions",
+        )
+        if "error" in client.read():
+            raise BenchError(str(client.read()["error"]))
+        time.sleep(0.5)
+        watch = {"ccxt": client.pid, "sim": sim.child.pid}
+        sim.set_rate(plan.max_rate)
+        lab.sleep(plan.warmup_s)
+        say(f"ccxt: maximum receive rate for {plan.max_s:g} s")
+        res.ccxt_max = measure(lab, sim, watch, plan.max_s)
+        sim.set_rate(plan.fixed_rate)
+        lab.sleep(plan.warmup_s)
+        say(f"ccxt: CPU at {plan.fixed_rate:g} msg/s for {plan.cpu_s:g} s")
+        res.ccxt_fixed = measure(lab, sim, watch, plan.cpu_s)
+        if "error" in client.read():
+            raise BenchError(str(client.read()["error"]))
+    except BenchError as exc:
+        res.ccxt_note = f"ccxt failed: {str(exc).splitlines()[0][:300]}"
+        res.ccxt_max = res.ccxt_fixed = None
+        say(res.ccxt_note)
+    finally:
+        sim.set_rate(0)
+        lab.stop(client)
+        time.sleep(1.0)  # the simulator lets the closed connection go
 
 
 def is_sustained(w: MeasureWindow, backlog: list[float], dropped: float) -> bool:
