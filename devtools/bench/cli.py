@@ -35,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-ccxt", action="store_true", help="skip ccxt's MEXC client (the third client)"
     )
     parser.add_argument(
+        "--hops",
+        action="store_true",
+        help="instead: the cost of one publisher write by each way of reaching its thread",
+    )
+    parser.add_argument(
         "--soak",
         type=float,
         nargs="?",
@@ -58,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.role is not None:
         return run_child(args)
+    if args.hops:
+        from devtools.bench import hops  # trio and the service's code: only for this
+
+        return hops.main()
     # SIGTERM unwinds like Ctrl-C, so `finally` stops every child (SIGKILL cannot be caught:
     # the Python children then die by PR_SET_PDEATHSIG, only redis-server would be left).
     signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(143))

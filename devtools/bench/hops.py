@@ -1,4 +1,4 @@
-"""`python -m devtools.bench.hops`: what one publisher write costs in hand-offs, for each way
+"""`screener bench --hops`: what one publisher write costs in hand-offs, for each way
 of reaching the writing thread (docs/performance.md, "Publishing: the options measured").
 
 Each option writes the same batches (20 events, the size of a 10 ms burst at 2,000 msg/s)
