@@ -515,10 +515,15 @@ async def run_publisher(
     writer_thread: bool = True,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """`writer_thread`: writes go through one long-lived `WriterThread` (the service); False:
-    through `to_thread_hop` (MockClock tests, where trio.testing must see the thread)."""
+    """Writes go through one long-lived `WriterThread`, unless `REDIS_WRITER=to_thread` or
+    `writer_thread` is False (MockClock tests, where trio.testing must see the thread):
+    then through `to_thread_hop`."""
     with contextlib.ExitStack() as stack:
-        hop = stack.enter_context(WriterThread.open()).run if writer_thread else to_thread_hop
+        hop = (
+            stack.enter_context(WriterThread.open()).run
+            if writer_thread and settings.writer == "thread"
+            else to_thread_hop
+        )
         publisher = Publisher(
             settings, status=status, metrics=metrics, rand=rand, write=write, hop=hop
         )

@@ -360,6 +360,14 @@ VARIABLES: tuple[Variable, ...] = (
         into="redis.stream_maxlen",
     ),
     Variable(
+        "REDIS_WRITER",
+        "thread",
+        "how writes reach redis-py: thread (one long-lived writer thread) or to_thread "
+        "(trio.to_thread per write, the earlier way; docs/performance.md compares them)",
+        _choice("thread", "to_thread"),
+        into="redis.writer",
+    ),
+    Variable(
         "PUBLISH_BUFFER",
         "20000",
         "events held while Redis is slow or down; beyond it only the newest per symbol is kept",
@@ -451,6 +459,7 @@ class RedisSettings:
     buffer: int
     mode: str = "pubsub"
     stream_maxlen: int = 100_000
+    writer: str = "thread"  # REDIS_WRITER
 
     @property
     def to_pubsub(self) -> bool:

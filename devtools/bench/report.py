@@ -148,6 +148,31 @@ def clients_table(res: Results) -> list[str]:
     return lines
 
 
+def writers_table(res: Results) -> list[str]:
+    """The publishing options (REDIS_WRITER), each a service run at the fixed rate."""
+    if not res.writers:
+        return []
+    names = {
+        "to_thread": "(a) `trio.to_thread.run_sync` per write (before)",
+        "thread": "(b) one long-lived writer thread (chosen)",
+    }
+    lines = [
+        f"| option (REDIS_WRITER) | service CPU at {res.plan.fixed_rate:,.0f} msg/s | "
+        "events/s into Redis | push-to-Redis p50 | p99 | rest of the machine |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for writer, w in res.writers.items():
+        hist = w.hist("sub")
+        ours = sum(w.cpu_pct(name) for name in w.a.cpu if name not in ("machine",))
+        lines.append(
+            f"| {names.get(writer, writer)} | {w.cpu_pct('service'):.1f} % | "
+            f"{w.rate('sub', 'events'):,.0f} | {_fmt(percentile(hist, 0.5), ' ms')} | "
+            f"{_fmt(percentile(hist, 0.99), ' ms')} | "
+            f"{max(w.cpu_pct('machine') - ours, 0):.0f} % |"
+        )
+    return lines
+
+
 def details(res: Results) -> list[str]:
     """The raw numbers behind the table, per phase and per process."""
     lines = [
@@ -290,6 +315,20 @@ def write_report(path: Path, res: Results, command: str) -> None:
         "",
         *clients_table(res),
         "",
+        *(
+            [
+                "### Publishing: the options measured",
+                "",
+                *writers_table(res),
+                "",
+                "Each option is the service started afresh (BACKFILL=off) and measured for "
+                f"{p.cpu_s:g} s at {p.fixed_rate:,.0f} msg/s, one after the other in this run; "
+                "`screener bench --hops` measures the hand-off alone.",
+                "",
+            ]
+            if res.writers
+            else []
+        ),
         "Set-up: every part is its own process on loopback: a private redis-server, the "
         f"simulator ({p.symbols} symbols, pushes round-robin in 10 ms bursts), the service "
         f"(`python -m screener`, {n_conns} connections of {p.per_conn} symbols, LOG_LEVEL="
