@@ -35,9 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-ccxt", action="store_true", help="skip ccxt's MEXC client (the third client)"
     )
     parser.add_argument(
-        "--hops",
+        "--micro",
         action="store_true",
-        help="instead: the cost of one publisher write by each way of reaching its thread",
+        help="instead: the hot path's per-push and per-write costs against what they replaced",
     )
     parser.add_argument(
         "--soak",
@@ -63,10 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.role is not None:
         return run_child(args)
-    if args.hops:
-        from devtools.bench import hops  # trio and the service's code: only for this
+    if args.micro:
+        from devtools.bench import micro  # trio and the service's code: only for this
 
-        return hops.main()
+        return micro.main()
     # SIGTERM unwinds like Ctrl-C, so `finally` stops every child (SIGKILL cannot be caught:
     # the Python children then die by PR_SET_PDEATHSIG, only redis-server would be left).
     signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(143))

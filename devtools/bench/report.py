@@ -3,6 +3,7 @@ the details, the set-up and the profile to docs/performance.md), and the checks 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from devtools.bench.ccxt_env import CCXT_VERSION
@@ -306,6 +307,15 @@ def write_report(path: Path, res: Results, command: str) -> None:
         "Written by `screener bench` (devtools/bench); the figures of issue 3.",
         "",
         *provenance(command),
+        *(
+            [
+                f"- Load average (1 min) at start / end: {res.load[0]:.2f} / {res.load[-1]:.2f} "
+                f"on {os.cpu_count()} CPUs (the machine is shared: above about "
+                f"{os.cpu_count()}, other work competed for the cores and every figure suffers)"
+            ]
+            if len(res.load) == 2
+            else []
+        ),
         "",
         "## Figures",
         "",
@@ -323,7 +333,7 @@ def write_report(path: Path, res: Results, command: str) -> None:
                 "",
                 "Each option is the service started afresh (BACKFILL=off) and measured for "
                 f"{p.cpu_s:g} s at {p.fixed_rate:,.0f} msg/s, one after the other in this run; "
-                "`screener bench --hops` measures the hand-off alone.",
+                '`screener bench --micro` measures the hand-off alone (section "Issue 11").',
                 "",
             ]
             if res.writers

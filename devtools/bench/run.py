@@ -5,6 +5,7 @@ full windows, each phase a measurement window over the same processes."""
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,7 @@ class Results:
     ccxt_note: str | None = None  # why ccxt was not measured, or failed
     # REDIS_WRITER option -> the service at the fixed rate with it (watch: "service", "sub")
     writers: dict[str, MeasureWindow] = field(default_factory=dict)
+    load: list[float] = field(default_factory=list)  # 1-minute load average, start and end
     svc_max: MeasureWindow | None = None
     trials: list[Trial] = field(default_factory=list)
     svc_fixed: MeasureWindow | None = None
@@ -74,6 +76,7 @@ class Results:
 def run(plan: Plan, *, profile: bool) -> Results:
     """Every phase of `plan`; a failed memory phase leaves a note, the other figures stand."""
     res = Results(plan)
+    res.load.append(os.getloadavg()[0])  # the machine is shared: say how busy it was
     # Long enough for every phase; children outliving a crashed bench end by themselves.
     life_s = 1800.0
     with open_lab() as lab:
@@ -94,6 +97,7 @@ def run(plan: Plan, *, profile: bool) -> Results:
             except BenchError as exc:  # the other figures still stand
                 res.notes.append(f"Memory phase failed: {str(exc).splitlines()[0]}")
                 say(f"memory phase failed: {exc}")
+    res.load.append(os.getloadavg()[0])
     return res
 
 
