@@ -443,7 +443,7 @@ class Publisher:
             written_ms = time.time() * 1000
             observe_many(
                 metrics.publish_latency,
-                [max(0.0, written_ms - event.kline.ts_ms) / 1000 for event in attempt.events],
+                (max(0.0, written_ms - event.kline.ts_ms) / 1000 for event in attempt.events),
             )
         ranking_held = any(group.ranking is not None for group in result.held)
         if attempt.ranking is not None and not (result.ranking_refused or ranking_held):
