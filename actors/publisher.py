@@ -3,8 +3,9 @@
 Input: batches of `MarketData` (from the window actor) and `Ranking`s (from the ranking
 actor), fanned in on one channel. The collector moves them at once into a bounded
 `PublishBuffer`, so ingest never waits for Redis; the flusher sends what is pending in slices
-of at most `PIPELINE_EVENTS` events, one pipeline each, through `trio.to_thread.run_sync`
-(redis-py is synchronous), one thread call in flight: a backlog is never encoded at once.
+of at most `PIPELINE_EVENTS` events, one pipeline each, in one long-lived writer thread
+(`WriterThread`; redis-py is synchronous), one write in flight: what arrives meanwhile goes in
+the next, so writes grow with the load, and a backlog is never encoded at once.
 
 Only what Redis does with a write decides the status. A failed or timed-out write marks it
 down (one warning) until a write succeeds (one `redis up at` line); a PING answer is no
@@ -23,20 +24,24 @@ log says `flushed N pending events` or `final flush failed, N events not publish
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+import queue
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Final
 
+import outcome
 import redis
 import trio
 from loguru import logger
 
 from screener.config import RedisSettings
 from screener.logs import RateLimited
-from screener.metrics import Metrics
+from screener.metrics import Metrics, observe_many
 from screener.models import Leadership, MarketData, PublisherInbox, Ranking, RedisStatus
 from screener.periodic import Pulse
 from screener.redis_client import REDIS_ERRORS, BatchResult, Held, make_client, publish_batch
@@ -60,6 +65,67 @@ class FencedOut(Exception):
 
 WriteBatch = Callable[[redis.Redis, RedisSettings, list[MarketData], Ranking | None], BatchResult]
 """`publish_batch`, run in a worker thread; tests pass their own."""
+
+Hop = Callable[[Callable[[], BatchResult]], Awaitable[BatchResult]]
+"""How a write reaches a thread and its result comes back: `WriterThread.run` (the service)
+or `to_thread_hop`. Either way a cancelled caller abandons the call, which runs on."""
+
+
+async def to_thread_hop(write: Callable[[], BatchResult]) -> BatchResult:
+    """`trio.to_thread.run_sync` per write: a thread taken from trio's cache and named, a
+    trio round trip each way (150-190 us a call here). trio.testing sees the thread, so
+    MockClock tests that stand in a fake for Redis use this hop."""
+    return await trio.to_thread.run_sync(write, abandon_on_cancel=True)
+
+
+class WriterThread:
+    """One long-lived thread that runs every write, so a batch costs a queue put, the
+    thread's wake-up and one `TrioToken.run_sync_soon` back (docs/performance.md measures
+    it against `to_thread_hop`). `open` starts it for the caller's trio run; leaving the
+    block ends it after the write in hand."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+
+    @classmethod
+    @contextlib.contextmanager
+    def open(cls) -> Iterator[WriterThread]:
+        writer = cls()
+        thread = threading.Thread(target=writer._serve, name="redis-writer", daemon=True)
+        thread.start()
+        try:
+            yield writer
+        finally:
+            writer._jobs.put(None)  # ends the thread once the write in hand is done
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job()
+
+    async def run(self, write: Callable[[], BatchResult]) -> BatchResult:
+        """`write()` in the writer thread; its result or exception here."""
+        token = trio.lowlevel.current_trio_token()
+        task = trio.lowlevel.current_task()
+        abandoned = False
+
+        def deliver(result: outcome.Outcome[BatchResult]) -> None:
+            if not abandoned:
+                trio.lowlevel.reschedule(task, result)
+
+        def job() -> None:
+            result = outcome.capture(write)
+            with contextlib.suppress(trio.RunFinishedError):  # the run ended meanwhile
+                token.run_sync_soon(deliver, result)
+
+        def abort(_raise_cancel: object) -> trio.lowlevel.Abort:
+            nonlocal abandoned
+            abandoned = True  # the write runs on and records its outcome in its Attempt
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._jobs.put(job)
+        result: BatchResult = await trio.lowlevel.wait_task_rescheduled(abort)
+        return result
 
 
 class PublishBuffer:
@@ -141,9 +207,11 @@ class Publisher:
         metrics: Metrics,
         rand: Callable[[], float] = random.random,
         write: WriteBatch = publish_batch,
+        hop: Hop = to_thread_hop,
         fenced: bool = False,
     ) -> None:
         self.settings = settings
+        self.hop = hop
         # The shard lease as last answered (None: no fleet, always publish); see `_fence`.
         self.fence: Leadership | None = UNCONFIRMED if fenced else None
         self.status = status
@@ -352,12 +420,8 @@ class Publisher:
         if self.fence is not None:  # the thread checks again just before writing
             attempt.until = time.monotonic() + (self.fence.valid_until - trio.current_time())
         try:
-            result = await trio.to_thread.run_sync(
-                attempt.run,
-                self.write,
-                client,
-                self.targets[attempt.mode],
-                abandon_on_cancel=True,
+            result = await self.hop(
+                functools.partial(attempt.run, self.write, client, self.targets[attempt.mode])
             )
         except FencedOut:
             self.in_flight = None
@@ -440,9 +504,10 @@ class Publisher:
         metrics.published.labels(self.settings.market_data_channel).inc(sent)
         if sent == len(attempt.events):  # the usual case: every event is in Redis now
             written_ms = time.time() * 1000
-            observe = metrics.publish_latency.observe
-            for event in attempt.events:
-                observe(max(0.0, written_ms - event.kline.ts_ms) / 1000)
+            observe_many(
+                metrics.publish_latency,
+                (max(0.0, written_ms - event.kline.ts_ms) / 1000 for event in attempt.events),
+            )
         ranking_held = any(group.ranking is not None for group in result.held)
         if attempt.ranking is not None and not (result.ranking_refused or ranking_held):
             metrics.published.labels(self.settings.top_movers_channel).inc()
@@ -510,22 +575,37 @@ async def run_publisher(
     metrics: Metrics,
     rand: Callable[[], float] = random.random,
     write: WriteBatch = publish_batch,
+    writer_thread: bool = True,
     fenced: bool = False,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """`fenced`: a fleet replica, publishing only while its shard lease says so (the
-    `Leadership` items of the inbox)."""
-    publisher = Publisher(
-        settings, status=status, metrics=metrics, rand=rand, write=write, fenced=fenced
-    )
-    client = make_client(settings)
-    task_status.started()
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(publisher.collect, inbox)
-            nursery.start_soon(publisher.flush, client)
-    finally:
+    """Writes go through one long-lived `WriterThread`, unless `REDIS_WRITER=to_thread` or
+    `writer_thread` is False (MockClock tests, where trio.testing must see the thread):
+    then through `to_thread_hop`. `fenced`: a fleet replica, publishing only while its
+    shard lease says so (the `Leadership` items of the inbox)."""
+    with contextlib.ExitStack() as stack:
+        hop = (
+            stack.enter_context(WriterThread.open()).run
+            if writer_thread and settings.writer == "thread"
+            else to_thread_hop
+        )
+        publisher = Publisher(
+            settings,
+            status=status,
+            metrics=metrics,
+            rand=rand,
+            write=write,
+            hop=hop,
+            fenced=fenced,
+        )
+        client = make_client(settings)
+        task_status.started()
         try:
-            await publisher.finish()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(publisher.collect, inbox)
+                nursery.start_soon(publisher.flush, client)
         finally:
-            client.close()
+            try:
+                await publisher.finish()
+            finally:
+                client.close()

@@ -272,9 +272,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("TOP_N", "5", "gainers and losers per ranking", _int_range(1, 100), into="top_n"),
     Variable(
         "BATCH_WAIT_MS",
-        "5",
-        "how long the window actor gathers pushes into one batch for Redis: a few ms of "
-        "latency for far less CPU (0: no wait)",
+        "0",
+        "a fixed wait of the window actor after a batch's first push (0: none; batches "
+        "grow with the load by themselves)",
         lambda raw: _int_range(0, 1000)(raw) / 1000,
         into="batch_wait_s",
     ),
@@ -416,6 +416,14 @@ VARIABLES: tuple[Variable, ...] = (
         into="redis.stream_maxlen",
     ),
     Variable(
+        "REDIS_WRITER",
+        "thread",
+        "how writes reach redis-py: thread (one long-lived writer thread) or to_thread "
+        "(trio.to_thread per write, the earlier way; docs/performance.md compares them)",
+        _choice("thread", "to_thread"),
+        into="redis.writer",
+    ),
+    Variable(
         "PUBLISH_BUFFER",
         "20000",
         "events held while Redis is slow or down; beyond it only the newest per symbol is kept",
@@ -554,6 +562,7 @@ class RedisSettings:
     sentinels: tuple[tuple[str, int], ...] = ()  # empty: REDIS_URL or REDIS_HOST/PORT
     sentinel_master: str = "mymaster"
     sentinel_password: str = ""
+    writer: str = "thread"  # REDIS_WRITER
 
     @property
     def to_pubsub(self) -> bool:

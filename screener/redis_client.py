@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any, Final, NamedTuple
 
+import msgspec
 import orjson
 import redis
 from loguru import logger
@@ -17,6 +18,13 @@ from redis.backoff import NoBackoff
 from redis.connection import SSLConnection, parse_url
 from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
+
+try:  # redis-py's hiredis parser and its "need more bytes" marker (read_refusals)
+    from redis._parsers.hiredis import NOT_ENOUGH_DATA as _NOT_ENOUGH_DATA
+    from redis._parsers.hiredis import _HiredisParser
+except ImportError:  # pragma: no cover - another redis-py layout: one reply at a time
+    _HiredisParser = None  # type: ignore[assignment,misc]
+    _NOT_ENOUGH_DATA = object()
 
 from screener.config import RedisSettings
 from screener.models import MarketData, Ranking
@@ -177,8 +185,60 @@ class _MasterPool(SentinelConnectionPool):
                 sentinel.close()
 
 
+class _MarketDataDoc(msgspec.Struct, tag_field="type", tag="market_data", gc=False):
+    """`MarketData.as_dict()` as msgspec encodes it: the same keys in the same order, the
+    same values, with no dict built per event (a third cheaper; docs/performance.md)."""
+
+    source: str
+    symbol: str
+    interval: str
+    candle_ts: int
+    ts: int
+    open: float
+    high: float
+    low: float
+    close: float
+    price: float
+    volume: float
+    amount: float
+    change_pct: float
+    window_min: int
+
+
+_encoder: Final = msgspec.json.Encoder()
+_INT64: Final = 1 << 63
+
+
+class Unencodable(ValueError):
+    """An event JSON consumers cannot read back (an integer beyond 64 bits)."""
+
+
 def encode_event(event: MarketData) -> bytes:
-    return orjson.dumps(event.as_dict())
+    """The `market_data` document of `event`, byte for byte `orjson.dumps(event.as_dict())`
+    for every event the service makes (a non-finite float becomes null there too)."""
+    k = event.kline
+    t, ts, window_min = k.t, k.ts_ms, event.window_min
+    if not (-_INT64 <= t < _INT64 and -_INT64 <= ts < _INT64 and -_INT64 <= window_min < _INT64):
+        raise Unencodable("integer beyond 64 bits")
+    close = k.close
+    return _encoder.encode(
+        _MarketDataDoc(
+            k.source,
+            k.symbol,
+            "Min1",
+            t,
+            ts,
+            k.open,
+            k.high,
+            k.low,
+            close,
+            close,
+            k.volume,
+            k.amount,
+            event.change_pct,
+            window_min,
+        )
+    )
 
 
 HELD_CODES: Final = frozenset(
@@ -287,7 +347,7 @@ def publish_batch(
     for event in events:
         try:
             messages.append((channel, encode_event(event)))
-        except orjson.JSONEncodeError:
+        except (TypeError, ValueError, OverflowError):  # orjson, msgspec, `Unencodable`
             skipped.append(event)
     if ranking is not None:
         messages.append((settings.top_movers_channel, orjson.dumps(ranking.as_dict())))
@@ -298,16 +358,9 @@ def publish_batch(
     del messages  # the commands carry the payloads now; hold them once, not twice
     pool = client.connection_pool
     conn = pool.get_connection()
-    refusals: list[tuple[int, str]] = []  # (command index, Redis's words)
     try:
         conn.send_packed_command([b"".join(commands)])  # type: ignore[no-untyped-call]
-        for index in range(len(commands)):
-            try:
-                conn.read_response()
-            # A refusal is one error reply: the reply stream stays in step, the link is fine.
-            # LOADING is one too, although redis-py files it under ConnectionError.
-            except (redis.ResponseError, redis.BusyLoadingError) as exc:
-                refusals.append((index, refusal_text(exc)))
+        refusals = read_refusals(conn, len(commands))
     except BaseException:
         conn.disconnect()  # type: ignore[no-untyped-call]  # a half-read reply stream is useless
         raise
@@ -320,6 +373,55 @@ def publish_batch(
     if ranking is not None:
         sources.append(ranking)
     return sort_refusals(settings, sources, refusals, unencodable)
+
+
+# A refusal is one error reply: the reply stream stays in step, the link is fine. LOADING is
+# one too, although redis-py files it under ConnectionError.
+_REFUSALS: Final = (redis.ResponseError, redis.BusyLoadingError)
+
+
+def read_refusals(conn: redis.Connection, n: int) -> list[tuple[int, str]]:
+    """Read the replies to `n` pipelined commands; returns the refusals among them as
+    (command index, Redis's words), raises as redis-py does when the link fails.
+
+    In bulk: the socket's bytes go to the hiredis reader of redis-py's own parser and each
+    reply costs one C call (`gets`), not a pass through redis-py's `read_response` (a few
+    Python frames per reply). This reads two private attributes of redis-py's parser
+    (`_parser`, `_reader`; redis 5 to 8); without them, or without hiredis >= 3.2 (redis-py
+    then parses in Python), it falls back to `read_response` per reply."""
+    parser = getattr(conn, "_parser", None)
+    reader = getattr(parser, "_reader", None)
+    if _HiredisParser is None or not isinstance(parser, _HiredisParser) or reader is None:
+        return _read_one_by_one(conn, n)
+    gets = reader.gets
+    refusals: list[tuple[int, str]] = []
+    index = 0
+    try:
+        while index < n:
+            reply = gets()
+            if reply is _NOT_ENOUGH_DATA:
+                parser.read_from_socket()  # type: ignore[no-untyped-call]  # raises Redis errors
+                continue
+            if isinstance(reply, Exception):
+                if not isinstance(reply, _REFUSALS):
+                    raise reply
+                refusals.append((index, refusal_text(reply)))
+            index += 1
+    except OSError as exc:  # as redis-py's read_response words it
+        raise redis.ConnectionError(
+            f"Error while reading from {conn._host_error()} : {exc.args}"  # type: ignore[no-untyped-call]
+        ) from None
+    return refusals
+
+
+def _read_one_by_one(conn: redis.Connection, n: int) -> list[tuple[int, str]]:
+    refusals: list[tuple[int, str]] = []
+    for index in range(n):
+        try:
+            conn.read_response()
+        except _REFUSALS as exc:
+            refusals.append((index, refusal_text(exc)))
+    return refusals
 
 
 def sort_refusals(

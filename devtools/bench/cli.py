@@ -4,6 +4,7 @@ soak, and the children the bench starts as `python -m devtools.bench sim|bare|su
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import signal
 import sys
 import time
@@ -12,7 +13,7 @@ from pathlib import Path
 from devtools.bench.children import add_role_parsers, run_child
 from devtools.bench.fleet import FleetPlan, fleet_section, run_fleet_bench
 from devtools.bench.plan import DEFAULT_OUT, QUICK, BenchError, Plan, say
-from devtools.bench.report import check_quick, render_table, write_report
+from devtools.bench.report import check_quick, clients_table, render_table, write_report
 from devtools.bench.run import run
 from devtools.bench.soak import SoakPlan, run_soak
 from devtools.bench.soak_report import SOAK_OUT, soak_section, soak_summary, write_section
@@ -31,6 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"report path [{DEFAULT_OUT}; --quick writes none unless given]",
     )
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
+    parser.add_argument(
+        "--no-ccxt", action="store_true", help="skip ccxt's MEXC client (the third client)"
+    )
+    parser.add_argument(
+        "--micro",
+        action="store_true",
+        help="instead: the hot path's per-push and per-write costs against what they replaced",
+    )
     parser.add_argument(
         "--soak",
         type=float,
@@ -62,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.role is not None:
         return run_child(args)
+    if args.micro:
+        from devtools.bench import micro  # trio and the service's code: only for this
+
+        return micro.main()
     # SIGTERM unwinds like Ctrl-C, so `finally` stops every child (SIGKILL cannot be caught:
     # the Python children then die by PR_SET_PDEATHSIG, only redis-server would be left).
     signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(143))
@@ -76,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.fleet:
         return fleet_main(args, command)
     plan = QUICK if args.quick else Plan()
+    if args.no_ccxt:
+        plan = dataclasses.replace(plan, ccxt=False)
     out: Path | None = args.out or (None if args.quick else DEFAULT_OUT)
     started = time.monotonic()
     try:
@@ -84,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"screener bench: {exc}", file=sys.stderr)
         return 1
     table = render_table(res)
-    print("\n".join(table))
+    print("\n".join([*table, "", *clients_table(res)]))
     if out is not None:
         write_report(out, res, command)
         say(f"wrote {out} in {time.monotonic() - started:.0f} s")

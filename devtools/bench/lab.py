@@ -104,13 +104,19 @@ class Lab:
         self.redis = RedisServer(self.dir)
         self.http = httpx.Client(timeout=5)
 
-    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Child:
+    def spawn(
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str] | None = None,
+        python: str = sys.executable,
+    ) -> Child:
         if any(c.name == name for c in self.children):
             raise BenchError(f"{name} is already running")
         log = self.dir / f"{name}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, *argv],
+                [python, *argv],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -5,11 +5,14 @@ full windows, each phase a measurement window over the same processes."""
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 
+from devtools.bench.ccxt_env import CCXT_VERSION, ensure_ccxt, env_dir
 from devtools.bench.lab import (
     BACKLOG,
     DROPPED,
@@ -44,6 +47,12 @@ class Results:
     plan: Plan
     bare_max: MeasureWindow | None = None
     bare_fixed: MeasureWindow | None = None
+    ccxt_max: MeasureWindow | None = None
+    ccxt_fixed: MeasureWindow | None = None
+    ccxt_note: str | None = None  # why ccxt was not measured, or failed
+    # REDIS_WRITER option -> the service at the fixed rate with it (watch: "service", "sub")
+    writers: dict[str, MeasureWindow] = field(default_factory=dict)
+    load: list[float] = field(default_factory=list)  # 1-minute load average, start and end
     svc_max: MeasureWindow | None = None
     trials: list[Trial] = field(default_factory=list)
     svc_fixed: MeasureWindow | None = None
@@ -67,13 +76,20 @@ class Results:
 def run(plan: Plan, *, profile: bool) -> Results:
     """Every phase of `plan`; a failed memory phase leaves a note, the other figures stand."""
     res = Results(plan)
+    res.load.append(os.getloadavg()[0])  # the machine is shared: say how busy it was
     # Long enough for every phase; children outliving a crashed bench end by themselves.
     life_s = 1800.0
     with open_lab() as lab:
         sub = lab.start_subscriber(life_s)
         sim = Sim(lab, plan.symbols, max_s=life_s)
         baseline_phases(lab, sim, plan, res, life_s)
+        if plan.ccxt:
+            ccxt_phases(lab, sim, plan, res, life_s)
+        else:
+            res.ccxt_note = "not run (quick mode or --no-ccxt)"
         service_phases(lab, sim, sub, plan, res, profile=profile)
+        if not plan.quick:
+            writer_phases(lab, sim, sub, plan, res)
         lab.stop(sim.child)
         if not plan.quick:
             try:
@@ -81,6 +97,7 @@ def run(plan: Plan, *, profile: bool) -> Results:
             except BenchError as exc:  # the other figures still stand
                 res.notes.append(f"Memory phase failed: {str(exc).splitlines()[0]}")
                 say(f"memory phase failed: {exc}")
+    res.load.append(os.getloadavg()[0])
     return res
 
 
@@ -113,6 +130,62 @@ def baseline_phases(lab: Lab, sim: Sim, plan: Plan, res: Results, life_s: float)
     res.bare_fixed = measure(lab, sim, watch, plan.cpu_s)
     sim.set_rate(0)
     lab.stop(bare)
+
+
+def ccxt_phases(lab: Lab, sim: Sim, plan: Plan, res: Results, life_s: float) -> None:
+    """ccxt's MEXC client, in its own virtual environment: its maximum receive rate, then its
+    CPU at the fixed rate. If it cannot be installed or fails, the run goes on and says so."""
+    say(f"ccxt: preparing ccxt {CCXT_VERSION} in {env_dir()} (installed once)")
+    env = ensure_ccxt()
+    if env.python is None:
+        res.ccxt_note = env.reason
+        say(f"ccxt: not measured: {env.reason}")
+        return
+    say(f"ccxt: ccxt.pro mexc watch_ohlcv, {plan.symbols} symbols, one connection")
+    stats = lab.dir / "ccxt.json"
+    stats.unlink(missing_ok=True)
+    client = lab.spawn(
+        "ccxt",
+        [
+            str(Path(__file__).with_name("ccxt_client.py")),
+            f"--rest={sim.rest_url}",
+            f"--ws={sim.ws_url}",
+            f"--stats={stats}",
+            f"--max-s={life_s}",
+        ],
+        python=str(env.python),
+    )
+    try:
+        lab.wait_for(
+            lambda: (
+                "error" in client.read()
+                or (client.read().get("up") == 1 and sim.child.read().get("conns") == 1)
+            ),
+            within_s=60,
+            what="ccxt's subscriptions",
+        )
+        if "error" in client.read():
+            raise BenchError(str(client.read()["error"]))
+        time.sleep(0.5)
+        watch = {"ccxt": client.pid, "sim": sim.child.pid}
+        sim.set_rate(plan.max_rate)
+        lab.sleep(plan.warmup_s)
+        say(f"ccxt: maximum receive rate for {plan.max_s:g} s")
+        res.ccxt_max = measure(lab, sim, watch, plan.max_s)
+        sim.set_rate(plan.fixed_rate)
+        lab.sleep(plan.warmup_s)
+        say(f"ccxt: CPU at {plan.fixed_rate:g} msg/s for {plan.cpu_s:g} s")
+        res.ccxt_fixed = measure(lab, sim, watch, plan.cpu_s)
+        if "error" in client.read():
+            raise BenchError(str(client.read()["error"]))
+    except BenchError as exc:
+        res.ccxt_note = f"ccxt failed: {str(exc).splitlines()[0][:300]}"
+        res.ccxt_max = res.ccxt_fixed = None
+        say(res.ccxt_note)
+    finally:
+        sim.set_rate(0)
+        lab.stop(client)
+        time.sleep(1.0)  # the simulator lets the closed connection go
 
 
 def is_sustained(w: MeasureWindow, backlog: list[float], dropped: float) -> bool:
@@ -196,6 +269,26 @@ def service_phases(
         say("service: /top5 with the feed idle, for reference")
         res.top5_idle_ms, _ = top5_load(lab, svc, plan, plan.top5_s / 2)
     lab.stop(svc.child)
+
+
+WRITERS = ("to_thread", "thread")
+"""The REDIS_WRITER options compared: trio.to_thread per write (before), one writer thread."""
+
+
+def writer_phases(lab: Lab, sim: Sim, sub: Child, plan: Plan, res: Results) -> None:
+    """The service at the fixed rate once per REDIS_WRITER option, back to back under the
+    same conditions (no backfill: it would only add its transient to both)."""
+    redis_pid = lab.redis.proc.pid if lab.redis.proc else 0
+    for writer in WRITERS:
+        say(f"service: REDIS_WRITER={writer} at {plan.fixed_rate:g} msg/s for {plan.cpu_s:g} s")
+        extra = {**plan.service_env, "REDIS_WRITER": writer, "BACKFILL": "off"}
+        svc = start_service(lab, sim, symbols=plan.symbols, per_conn=plan.per_conn, extra=extra)
+        watch = {"service": svc.child.pid, "sim": sim.child.pid, "sub": sub.pid, "redis": redis_pid}
+        sim.set_rate(plan.fixed_rate)
+        lab.sleep(plan.warmup_s)
+        res.writers[writer] = measure(lab, sim, watch, plan.cpu_s, svc)
+        sim.set_rate(0)
+        lab.stop(svc.child)
 
 
 def top5_load(lab: Lab, svc: ServiceProcess, plan: Plan, seconds: float) -> tuple[list[float], int]:

@@ -274,6 +274,7 @@ class PublisherActor:
                 metrics=self.metrics,
                 rand=lambda: 0.5,
                 write=fake.write,
+                writer_thread=False,  # trio.testing must see the thread (threads_hold_clock)
             )
         self.ended_at = trio.current_time()
         self.ended.set()

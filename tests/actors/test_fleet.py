@@ -294,6 +294,7 @@ async def test_a_fenced_publisher_writes_only_within_its_lease(
                 status=Latest(RedisStatus(up=True, error=None)),
                 metrics=metrics,
                 write=writes.write,
+                writer_thread=False,  # trio.testing must see the thread
                 fenced=True,
             )
         )
@@ -337,6 +338,7 @@ async def test_a_leader_that_took_over_drops_what_it_held_from_before(
                 status=Latest(RedisStatus(up=True, error=None)),
                 metrics=metrics,
                 write=writes.write,
+                writer_thread=False,  # trio.testing must see the thread
                 fenced=True,
             )
         )

@@ -132,6 +132,36 @@ async def test_without_batch_wait_each_wakeup_drains_what_is_queued(
             await rig.assert_no_batch()
 
 
+async def test_without_a_fixed_wait_a_push_leaves_at_once_with_what_is_ready_in_the_same_round(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Light load: a lone push is sent without any wait. Several producers ready in the same
+    scheduler round (sockets with data) land in one batch, still at no cost in time; a push
+    that comes a moment later goes in the next batch, again at once."""
+
+    async def producer(symbol: str, go: trio.Event) -> None:
+        await go.wait()
+        await rig.inbox.send(push(symbol))
+
+    with trio.fail_after(10):
+        async with window() as rig:
+            await trio.sleep(1)
+            await rig.inbox.send(push("A_USDT"))
+            assert await rig.batch() == (1.0, ["A_USDT"])
+            go = trio.Event()
+            async with trio.open_nursery() as producers:
+                for symbol in ("B_USDT", "C_USDT", "D_USDT"):
+                    producers.start_soon(producer, symbol, go)
+                await trio.testing.wait_all_tasks_blocked()
+                go.set()
+            at, symbols = await rig.batch()  # trio runs a round's tasks in any order
+            assert (at, sorted(symbols)) == (1.0, ["B_USDT", "C_USDT", "D_USDT"])
+            await trio.sleep(0.001)
+            await rig.inbox.send(push("E_USDT"))
+            assert await rig.batch() == (1.001, ["E_USDT"])
+            await rig.assert_no_batch()
+
+
 async def test_connection_states_feed_the_counts_and_retired_chunks_leave_the_total(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

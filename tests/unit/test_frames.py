@@ -8,8 +8,10 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from screener.mexc.frames import ErrorReply, Pong, SubAck, decode, sub_kline
+from screener.mexc.frames import ErrorReply, Pong, SubAck, _fast_kline, _kline, decode, sub_kline
 from screener.mexc.rest import VenueError, contracts, envelope_data, live_usdt_perpetuals
 from screener.mexc.values import DecodeError
 from screener.models import Kline
@@ -123,6 +125,9 @@ def _mutated(**data: object) -> bytes:
         ),
         (_mutated(o="Infinity"), "bad_value"),
         (_mutated(o="nan"), "bad_value"),
+        (_mutated(o=1e308).replace(b"1e308", b"1e999"), "bad_value"),  # parsed as infinity
+        (_mutated(t=1770330481), "bad_value"),
+        (_mutated(interval=None), "interval"),
     ],
 )
 def test_garbage_is_rejected_with_a_reason(payload: bytes, reason: str) -> None:
@@ -130,6 +135,42 @@ def test_garbage_is_rejected_with_a_reason(payload: bytes, reason: str) -> None:
     with pytest.raises(DecodeError) as info:
         decode(message)
     assert info.value.reason == reason
+
+
+_ANY_VALUE = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**64 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from([1770330480, 1770330540, 0.0, 1e-16, 1e12, 63104.8, "63104.8", "1e3"]),
+    st.text(max_size=8),
+)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["t", "o", "h", "l", "c", "q", "a", "symbol", "interval"]), _ANY_VALUE
+    ),
+    st.one_of(st.just(1770330514053), _ANY_VALUE),
+)
+def test_the_fast_path_accepts_nothing_the_checked_path_rejects(
+    changes: dict[str, object], ts: object
+) -> None:
+    """msgspec's typed decode is only a shortcut: whatever it accepts, the field-by-field
+    checks accept as the same `Kline`; whatever else, they decide (and name the reason)."""
+    raw = orjson.loads(frame("push_kline_min1_2026.json"))
+    raw["data"].update(changes)
+    raw["ts"] = ts
+    message = orjson.dumps(raw).decode()
+    fast = _fast_kline(message)
+    if fast is not None:
+        assert fast == _kline(orjson.loads(message))
+        assert decode(message) == fast
+
+
+def test_the_fast_path_takes_the_recorded_pushes() -> None:
+    for name in ("push_kline_min1_2026.json", "push_kline_min1_2022.json"):
+        assert _fast_kline(text(name)) == _kline(orjson.loads(frame(name)))
 
 
 def test_subscribe_frame_matches_the_protocol() -> None:

@@ -26,6 +26,7 @@ from screener.models import (
     SymbolStat,
     UniverseStatus,
 )
+from screener.redis_client import encode_event
 from screener.snapshot import Views
 from tests.contracts import (
     SCHEMA_NAMES,
@@ -50,9 +51,7 @@ def market_data(source: str = "mexc") -> dict[str, Any]:
         ts_ms=M * 1000 + 46_237,
         source=source,
     )
-    return orjson.loads(
-        orjson.dumps(MarketData(kline=kline, change_pct=-0.15, window_min=15).as_dict())
-    )
+    return orjson.loads(encode_event(MarketData(kline=kline, change_pct=-0.15, window_min=15)))
 
 
 def top_movers() -> dict[str, Any]:

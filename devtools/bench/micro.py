@@ -1,0 +1,180 @@
+"""`screener bench --micro`: the hot path's per-push and per-write costs, each measured against
+what it replaced (docs/performance.md, "Issue 11"), in one process, without the machine's
+other load mattering much (each figure is the best of three timings).
+
+- decode: one recorded push, msgspec's typed decoder (`decode`) against orjson plus a check
+  per field (`_kline(orjson.loads(...))`, still the path of every frame the fast one refuses);
+- encode: one event, `encode_event` against `orjson.dumps(event.as_dict())`;
+- histogram: 20 latencies, `observe_many` against `observe` each;
+- replies: a pipeline of 20 PUBLISHes to a private redis-server, replies read in bulk
+  (`read_refusals`) against redis-py's `read_response` each (send included);
+- write hand-off: a write of 20 events (and an empty one), `trio.to_thread.run_sync` per
+  write against the long-lived writer thread, one write at a time as the publisher does;
+  CPU (user + system, all threads) and wall time per write.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import timeit
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import trio
+
+from actors.publisher import Hop, WriterThread, to_thread_hop
+from devtools.devredis import RedisServer
+from screener.config import load_settings
+from screener.metrics import Metrics, observe_many
+from screener.mexc.frames import _kline, decode
+from screener.models import Kline, MarketData
+from screener.redis_client import (
+    BatchResult,
+    _read_one_by_one,
+    encode_event,
+    make_client,
+    packed_commands,
+    publish_batch,
+    read_refusals,
+)
+
+WRITES = 3000
+BATCH = 20
+PUSH = (
+    '{"symbol":"BTC_USDT","data":{"symbol":"BTC_USDT","interval":"Min1","t":1770330480,'
+    '"o":63104.8,"c":63519.9,"h":63522.3,"l":63104.8,"a":9033395.19463,"q":1425571,'
+    '"ro":63123.3,"rc":63519.9,"rh":63522.3,"rl":63120.8},"channel":"push.kline",'
+    '"ts":1770330514053}'
+)
+
+
+def _us(fn: Callable[[], object], n: int) -> float:
+    """Best of three: microseconds of this process's CPU per call (Redis's own is not
+    counted, nor the time spent waiting for it)."""
+    return min(timeit.repeat(fn, number=n, repeat=3, timer=time.process_time)) / n * 1e6
+
+
+def _row(what: str, before: str, t_before: float, after: str, t_after: float) -> str:
+    return (
+        f"| {what} | {before}: {t_before:.2f} us | {after}: {t_after:.2f} us | "
+        f"{t_before / t_after:.1f}x |"
+    )
+
+
+def main() -> int:
+    print("| cost | before | after | gain |")
+    print("| --- | --- | --- | ---: |")
+    print(
+        _row(
+            "decode one push",
+            "orjson + checks",
+            _us(lambda: _kline(orjson.loads(PUSH)), 50_000),
+            "msgspec typed",
+            _us(lambda: decode(PUSH), 50_000),
+        )
+    )
+    event = MarketData(
+        Kline("BTC_USDT", 1770330480, 63104.8, 63522.3, 63104.8, 63519.9, 1425571.0, 9e6, 1),
+        0.6577,
+        15,
+    )
+    print(
+        _row(
+            "encode one event",
+            "dict + orjson",
+            _us(lambda: orjson.dumps(event.as_dict()), 50_000),
+            "msgspec struct",
+            _us(lambda: encode_event(event), 50_000),
+        )
+    )
+    latencies = [0.002 + i * 0.0001 for i in range(BATCH)]
+    hist = Metrics().publish_latency
+
+    def each() -> None:
+        for amount in latencies:
+            hist.observe(amount)
+
+    print(
+        _row(
+            f"histogram, {BATCH} latencies",
+            "observe each",
+            _us(each, 5_000),
+            "observe_many",
+            _us(lambda: observe_many(hist, latencies), 5_000),
+        )
+    )
+    with tempfile.TemporaryDirectory() as work:
+        server = RedisServer(Path(work))
+        server.start()
+        try:
+            _redis_rows(server.port, event)
+        finally:
+            server.stop()
+    return 0
+
+
+def _redis_rows(port: int, event: MarketData) -> None:
+    settings = load_settings({"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(port)}).redis
+    client = make_client(settings)
+    events = [event] * BATCH
+    payload = b"".join(
+        packed_commands(settings, [(settings.market_data_channel, encode_event(event))] * BATCH)
+    )
+    conn = client.connection_pool.get_connection()
+
+    def replies(read: Callable[..., object]) -> Callable[[], object]:
+        def run() -> object:
+            conn.send_packed_command([payload])  # type: ignore[no-untyped-call]
+            return read(conn, BATCH)
+
+        return run
+
+    print(
+        _row(
+            f"pipeline of {BATCH}: send + replies",
+            "read_response each",
+            _us(replies(_read_one_by_one), 2_000),
+            "hiredis in bulk",
+            _us(replies(read_refusals), 2_000),
+        )
+    )
+    client.connection_pool.release(conn)
+
+    def publish() -> BatchResult:
+        return publish_batch(client, settings, events, None)
+
+    def empty() -> BatchResult:
+        return BatchResult(0, 0, None)
+
+    print()
+    print("| write | hand-off | CPU per write | wall per write |")
+    print("| --- | --- | ---: | ---: |")
+    for name, write in ((f"publish {BATCH} events", publish), ("empty", empty)):
+        for option in ("to_thread per write", "writer thread"):
+            cpu_us, wall_us = trio.run(_measure, option, write)
+            print(f"| {name} | {option} | {cpu_us:.1f} us | {wall_us:.1f} us |")
+    client.close()
+
+
+async def _measure(option: str, write: Callable[[], BatchResult]) -> tuple[float, float]:
+    async def run(hop: Hop) -> tuple[float, float]:
+        for _ in range(200):  # warm-up: thread cache, connection
+            await hop(write)
+        cpu, wall = time.process_time(), time.perf_counter()
+        for _ in range(WRITES):
+            await hop(write)
+        return (
+            (time.process_time() - cpu) / WRITES * 1e6,
+            (time.perf_counter() - wall) / WRITES * 1e6,
+        )
+
+    if option == "writer thread":
+        with WriterThread.open() as writer:
+            return await run(writer.run)
+    return await run(to_thread_hop)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
