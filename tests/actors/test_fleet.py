@@ -214,11 +214,11 @@ async def test_a_clean_shutdown_hands_the_lease_over_at_the_next_request(
         nursery.start_soon(a.run)
         await trio.sleep(0.5)
         nursery.start_soon(b.run)
-        await trio.sleep(4.0)
-        a.scope.cancel()  # at 4.5: released
+        await trio.sleep(3.5)
+        a.scope.cancel()  # at 4.0, between b's requests (0.5, 2.5, 4.5, ...): released
         await trio.sleep(3.0)
         taken = next(at for at, f in b.fences if f.role == "leader")
-        assert taken == pytest.approx(6.5)  # b's next request, not a lease later
+        assert taken == pytest.approx(4.5)  # b's next request, not a lease later
         b.scope.cancel()
 
 
