@@ -15,6 +15,7 @@ the lease is released, so a standby takes over at its next request.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 
 import redis
@@ -22,7 +23,7 @@ import trio
 from loguru import logger
 
 from screener.config import FleetSettings
-from screener.fleet import Lease, merge_rankings
+from screener.fleet import Grant, Lease, merge_rankings
 from screener.fleet_redis import (
     RANKING_TTL_INTERVALS,
     acquire_or_renew,
@@ -58,6 +59,7 @@ class Fleet:
         self.status = status
         self.metrics = metrics
         self.log = logger.bind(actor="fleet")
+        self.renewing: threading.Event | None = None  # set once the last request ended
         self._publish_status()
 
     async def renew(self, outbox: trio.MemorySendChannel[PublisherInbox]) -> None:
@@ -65,11 +67,17 @@ class Fleet:
         lease, metrics = self.lease, self.metrics
         was = (lease.role, lease.leader, lease.error)
         sent_at = trio.current_time()
+        done = self.renewing = threading.Event()
+
+        def request() -> Grant:
+            try:
+                return acquire_or_renew(self.client, self.settings)
+            finally:
+                done.set()
+
         try:
             with trio.fail_after(lease.renew_every_s):
-                grant = await trio.to_thread.run_sync(
-                    acquire_or_renew, self.client, self.settings, abandon_on_cancel=True
-                )
+                grant = await trio.to_thread.run_sync(request, abandon_on_cancel=True)
         except trio.TooSlowError:
             self._failed("no answer in time", refused=False, was_error=was[2])
             return
@@ -132,15 +140,21 @@ class Fleet:
                 leaderless_since=lease.leaderless_since,
             )
         )
-        self.metrics.fleet_leader.set(1 if lease.role == "leader" else 0)
-        self.metrics.fleet_term.set(lease.term)
+        shard = str(self.settings.shard)
+        self.metrics.fleet_leader.labels(shard).set(1 if lease.role == "leader" else 0)
+        self.metrics.fleet_term.labels(shard).set(lease.term)
 
     async def give_up(self) -> None:
-        """Release the lease if held, within RELEASE_S whatever Redis does."""
-        if self.lease.role != "leader":
+        """Release the lease if held, within RELEASE_S whatever Redis does. A request still
+        in flight (abandoned by the cancel, its thread runs on) may take or extend the lease
+        after a release, so it is waited for first; a standby stays one if it ends first."""
+        renewing = self.renewing
+        if self.lease.role != "leader" and (renewing is None or renewing.is_set()):
             return
         with trio.move_on_after(RELEASE_S) as scope:
             scope.shield = True
+            if renewing is not None and not renewing.is_set():
+                await trio.to_thread.run_sync(renewing.wait, RELEASE_S, abandon_on_cancel=True)
             try:
                 await trio.to_thread.run_sync(
                     release, self.client, self.settings, abandon_on_cancel=True

@@ -16,7 +16,7 @@ import redis
 import trio
 import trio.testing
 
-from actors.fleet import run_fleet
+from actors.fleet import Fleet, run_fleet
 from actors.publisher import Attempt, FencedOut, run_publisher
 from actors.ranking import rank
 from screener.config import FleetSettings, RedisSettings, load_settings
@@ -214,8 +214,8 @@ async def test_a_clean_shutdown_hands_the_lease_over_at_the_next_request(
         nursery.start_soon(a.run)
         await trio.sleep(0.5)
         nursery.start_soon(b.run)
-        await trio.sleep(3.5)
-        a.scope.cancel()  # at 4.0, between b's requests (0.5, 2.5, 4.5, ...): released
+        await trio.sleep(2.5)
+        a.scope.cancel()  # at 3.0, between a's requests and b's (0.5, 2.5, 4.5): released
         await trio.sleep(3.0)
         taken = next(at for at, f in b.fences if f.role == "leader")
         assert taken == pytest.approx(4.5)  # b's next request, not a lease later
@@ -370,3 +370,34 @@ def test_a_slice_whose_lease_ran_out_in_the_thread_is_not_written() -> None:
     assert not written.is_set()
     assert attempt.done.is_set()
     assert attempt.result is None
+
+
+async def test_a_request_in_flight_at_shutdown_ends_before_the_release() -> None:
+    """Cancelled while its request is in Redis (the thread runs on), a replica must not
+    release first: the request would then take the lease again after the release, and the
+    standby would wait a whole lease. Real time, a few milliseconds: the order is what
+    counts, and MockClock cannot pass a thread that waits on purpose."""
+    order: list[str] = []
+
+    class Client:
+        def eval(self, script: str, numkeys: int, *args: Any) -> int:
+            order.append("release")
+            return 1
+
+    fleet = Fleet(
+        FleetSettings(replica_id="a"),
+        cast(redis.Redis, Client()),
+        status=Latest(None),
+        metrics=Metrics(),
+    )
+    fleet.renewing = in_flight = threading.Event()  # a request sent, no answer yet
+
+    def answer() -> None:
+        order.append("request answered")
+        in_flight.set()
+
+    timer = threading.Timer(0.05, answer)
+    timer.start()
+    await fleet.give_up()
+    timer.join()
+    assert order == ["request answered", "release"]
