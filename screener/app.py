@@ -72,7 +72,10 @@ class Service:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         redis = settings.redis
-        self.metrics = Metrics(channels=(redis.market_data_channel, redis.top_movers_channel))
+        self.metrics = Metrics(
+            channels=(redis.market_data_channel, redis.top_movers_channel),
+            shard=settings.fleet.shard,
+        )
         self.views = Views.empty()
         self.http_port = 0
         self.metrics.watch_last_push(lambda: self.views.push_age(trio.current_time()))

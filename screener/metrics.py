@@ -191,8 +191,20 @@ METRICS: Final = (
         ("queue",),
         _each("ingest", "publish_buffer"),
     ),
-    Spec("fleet_leader", Gauge, "screener_fleet_leader", "1 while this replica leads its shard"),
-    Spec("fleet_term", Gauge, "screener_fleet_term", "The shard's lease term, as last seen"),
+    Spec(
+        "fleet_leader",
+        Gauge,
+        "screener_fleet_leader",
+        "1 while this replica leads its shard (FLEET_SHARD)",
+        ("shard",),
+    ),
+    Spec(
+        "fleet_term",
+        Gauge,
+        "screener_fleet_term",
+        "The shard's lease term, as last seen",
+        ("shard",),
+    ),
     Spec(
         "fleet_renewals",
         Counter,
@@ -270,7 +282,9 @@ class Metrics:
     publish_latency: Histogram
     http_duration: Histogram
 
-    def __init__(self, channels: Sequence[str] = ("market_data", "top_movers")) -> None:
+    def __init__(
+        self, channels: Sequence[str] = ("market_data", "top_movers"), shard: int = 0
+    ) -> None:
         # The client library offers only a process-wide switch for `_created` series; every
         # registry of this process is ours, so turning them off here is what we want.
         disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -282,7 +296,12 @@ class Metrics:
                 if spec.kind is Histogram
                 else spec.kind(spec.name, spec.help, spec.labels, registry=r)
             )
-            values = _each(*channels) if spec.attr == "published" else spec.values
+            # Label values known only from the configuration: created at zero all the same.
+            values = {
+                "published": _each(*channels),
+                "fleet_leader": _each(str(shard)),
+                "fleet_term": _each(str(shard)),
+            }.get(spec.attr, spec.values)
             for labels in values:
                 metric.labels(*labels)
             setattr(self, spec.attr, metric)
