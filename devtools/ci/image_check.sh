@@ -151,15 +151,21 @@ build_args=(--build-arg "VERSION=$version" --build-arg "REVISION=$revision" --bu
 echo "labels: version=$version revision=$revision source=$source_url; base: ${PYTHON_IMAGE:-as the Dockerfile says}"
 build_started=$SECONDS
 # buildah: --pull=false uses a base image already in storage as is (the mmdebstrap base is in
-# no registry; the default asks the registry for a newer one first). The host's CA bundle is
-# mounted over the base's while RUN steps run, so pip trusts what this machine trusts (a
-# TLS-inspecting proxy, say) and no host certificate ends up in the image.
+# no registry; the default asks the registry for a newer one first). No --layers: buildah
+# 1.28's layer cache ignores --build-arg values, so a cached LABEL step kept the previous
+# commit's revision (step 4 caught it); with vfs the cache saved little time anyway. The
+# previous check image goes first (vfs keeps full copies; it would stay behind untagged).
+# The host's CA bundle is mounted over the base's while RUN steps run, so pip trusts what
+# this machine trusts (a TLS-inspecting proxy, say) and no host certificate enters the image.
 host_cas=()
 [[ ! -f /etc/ssl/certs/ca-certificates.crt ]] ||
     host_cas=(--volume /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro)
 case $engine in
-    buildah) buildah bud --isolation chroot --format docker --layers --pull=false --force-rm \
-        "${host_cas[@]}" -f docker/Dockerfile --target runtime -t "$IMAGE" "${build_args[@]}" . ;;
+    buildah)
+        buildah rmi "$IMAGE" >/dev/null 2>&1 || true
+        buildah bud --isolation chroot --format docker --pull=false --force-rm "${host_cas[@]}" \
+            -f docker/Dockerfile --target runtime -t "$IMAGE" "${build_args[@]}" .
+        ;;
     podman) podman build --format docker -f docker/Dockerfile --target runtime -t "$IMAGE" \
         "${build_args[@]}" . ;;
     *) "$engine" build -f docker/Dockerfile --target runtime -t "$IMAGE" "${build_args[@]}" . ;;
