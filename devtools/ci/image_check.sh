@@ -163,7 +163,7 @@ host_cas=()
 case $engine in
     buildah)
         buildah rmi "$IMAGE" >/dev/null 2>&1 || true
-        buildah bud --isolation chroot --format docker --pull=false --force-rm "${host_cas[@]}" \
+        buildah bud --isolation chroot --format docker --pull=false "${host_cas[@]}" \
             -f docker/Dockerfile --target runtime -t "$IMAGE" "${build_args[@]}" .
         ;;
     podman) podman build --format docker -f docker/Dockerfile --target runtime -t "$IMAGE" \
