@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml devtools/pyproject.toml
 	$(BIN)/pip install -q -e ./devtools -e '.[dev]'
 	touch $(STAMP)
 
-.PHONY: install test test-fast test-floors lint run demo simulate bench
+.PHONY: install test test-fast test-floors image-check lint run demo simulate bench
 install: $(STAMP)
 
 lint: $(STAMP)
@@ -31,6 +31,11 @@ test-fast: lint
 ## pyproject.toml allows, in a venv of its own (uv's lowest-direct resolution; no lint)
 test-floors:
 	PYTHON=$(PYTHON) bash devtools/ci/floors.sh
+
+## build docker/Dockerfile (docker, podman, or else buildah on a local Debian base) and run
+## the image against loopback Redis and the simulator: HEALTHCHECK, /top5, SIGTERM exit 0
+image-check: $(STAMP)
+	VENV=$(VENV) bash devtools/ci/image_check.sh
 
 ## the service against the real exchange (env from the shell or .env; see .env.example)
 run: $(STAMP)

@@ -343,6 +343,12 @@ def test_dockerfile_contract() -> None:
     assert 'CMD ["screener"]' in final
     assert "LOG_FORMAT=json" in final
     assert "-r /tmp/constraints.txt" in text
+    # The OCI labels come from build arguments (make image-check fills them from git and
+    # pyproject.toml); a literal value would go stale with the next commit.
+    for key in ("source", "version", "revision"):
+        label = re.search(rf'org\.opencontainers\.image\.{key}="([^"]*)"', final)
+        assert label, f"no org.opencontainers.image.{key} label in the final stage"
+        assert re.fullmatch(r"\$\{\w+\}", label.group(1)), f"{key} is not a build argument"
 
 
 def test_constraints_pin_runtime_deps_only() -> None:
