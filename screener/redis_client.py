@@ -8,7 +8,7 @@ client writes to the master the Sentinels name and follows it when it moves (`_M
 from __future__ import annotations
 
 import time
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, NoReturn
 
 import msgspec
 import orjson
@@ -17,7 +17,12 @@ from loguru import logger
 from redis.backoff import NoBackoff
 from redis.connection import SSLConnection, parse_url
 from redis.retry import Retry
-from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
+from redis.sentinel import (
+    MasterNotFoundError,
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+)
 
 try:  # redis-py's hiredis parser and its "need more bytes" marker (read_refusals)
     from redis._parsers.hiredis import NOT_ENOUGH_DATA as _NOT_ENOUGH_DATA
@@ -405,6 +410,10 @@ def read_refusals(conn: redis.Connection, n: int) -> list[tuple[int, str]]:
             if isinstance(reply, Exception):
                 if not isinstance(reply, _REFUSALS):
                     raise reply
+                if isinstance(reply, redis.ReadOnlyError) and isinstance(
+                    conn, SentinelManagedConnection
+                ):
+                    _demoted(conn)
                 refusals.append((index, refusal_text(reply)))
             index += 1
     except OSError as exc:  # as redis-py's read_response words it
@@ -412,6 +421,14 @@ def read_refusals(conn: redis.Connection, n: int) -> list[tuple[int, str]]:
             f"Error while reading from {conn._host_error()} : {exc.args}"  # type: ignore[no-untyped-call]
         ) from None
     return refusals
+
+
+def _demoted(conn: SentinelManagedConnection) -> NoReturn:
+    """READONLY from the master Sentinel named: it has been demoted. As redis-py's own
+    `read_response` does for a Sentinel connection, a broken link, not a refusal: the pool
+    forgets the old master and the caller's retry asks the Sentinels for the new one."""
+    conn.connection_pool.reset()
+    raise redis.ConnectionError("The previous master is now a slave")
 
 
 def _read_one_by_one(conn: redis.Connection, n: int) -> list[tuple[int, str]]:
