@@ -1,6 +1,6 @@
 """`screener bench --micro`: the hot path's per-push and per-write costs, each measured against
-what it replaced (docs/performance.md, "Issue 11"), in one process, without the machine's
-other load mattering much (each figure is the best of three timings).
+what it replaced (docs/performance.md, "The hot path: what changed"), in one process,
+without the machine's other load mattering much (each figure is the best of three timings).
 
 - decode: one recorded push, msgspec's typed decoder (`decode`) against orjson plus a check
   per field (`_kline(orjson.loads(...))`, still the path of every frame the fast one refuses);

@@ -271,7 +271,7 @@ def details(res: Results) -> list[str]:
     return lines
 
 
-# Issue 11 (the hot path): the figures before it, from the report of commit 2cc304c (run at
+# The hot path: the figures before its rework, from the report of commit 2cc304c (run at
 # 2026-12-02 09:05 UTC on a quiet machine: the rest of the machine used 0-10 % of a core).
 BEFORE_COMMIT = "2cc304c"
 BEFORE: dict[str, float] = {
@@ -287,7 +287,7 @@ BEFORE: dict[str, float] = {
 
 
 def before_after(res: Results) -> list[str]:
-    """Issue 11's before/after table: the figures of `BEFORE` against this run's."""
+    """The hot path's before/after table: the figures of `BEFORE` against this run's."""
     b = BEFORE
     p = res.plan
     bare_cpu = res.bare_fixed.cpu_pct("bare") if res.bare_fixed else None
@@ -338,7 +338,7 @@ def before_after(res: Results) -> list[str]:
 # What the change did and what stands in the way; kept in the report so the figures come
 # with it (the per-push figures are `screener bench --micro`'s, on this machine).
 ANALYSIS = (
-    "## Issue 11: what changed on the hot path",
+    "## The hot path: what changed",
     "",
     "Per push and per write, measured by `screener bench --micro` (CPU time of the process,",
     "best of three, three runs on 2026-12-02 with the machine's load average at 5-6 from other",
@@ -400,7 +400,7 @@ ANALYSIS = (
     "  the per-push figures above are worth comparing.",
     "- The before figures come from another build of the machine (Linux 6.18.44-fc-v857;",
     "  this run's kernel is named at the top): the bare loop took 11.7 % of a core at 2,000",
-    "  msg/s then, 18-22 % in every run of issue 11, quiet or not. So the before/after table",
+    "  msg/s then, 18-22 % in every run since, quiet or not. So the before/after table",
     "  compares ratios to the bare loop of the same run, not percentages.",
     "",
 )
@@ -442,7 +442,8 @@ def write_report(path: Path, res: Results, command: str) -> None:
                 "",
                 "Each option is the service started afresh (BACKFILL=off) and measured for "
                 f"{p.cpu_s:g} s at {p.fixed_rate:,.0f} msg/s, one after the other in this run; "
-                '`screener bench --micro` measures the hand-off alone (section "Issue 11").',
+                "`screener bench --micro` measures the hand-off alone (section "
+                '"The hot path: what changed").',
                 "",
             ]
             if res.writers
@@ -486,7 +487,7 @@ def write_report(path: Path, res: Results, command: str) -> None:
             "",
         ]
     if not p.quick:
-        lines += ["## Issue 11: before and after", "", *before_after(res), "", *ANALYSIS]
+        lines += ["## The hot path: before and after", "", *before_after(res), "", *ANALYSIS]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines).rstrip() + "\n")
 
