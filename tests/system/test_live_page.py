@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -115,10 +116,13 @@ def drive(url: str, out: Path) -> dict[str, Any]:
 
             # A new ranking replaces the tables without a reload (the marker would be lost).
             page.evaluate("() => { window.sameDocument = true; }")
-            page.wait_for_function(
-                "(ts) => Number(document.getElementById('ranking-ts').dataset.tsMs) > ts",
-                arg=first["ts_ms"],
-            )
+            # Polled with evaluate: wait_for_function compiles its text inside the page, which
+            # the page's CSP (no unsafe-eval) forbids in older Playwright releases.
+            shown_ts = "() => Number(document.getElementById('ranking-ts').dataset.tsMs)"
+            deadline = time.monotonic() + TIMEOUT_MS / 1000
+            while page.evaluate(shown_ts) <= first["ts_ms"]:
+                assert time.monotonic() < deadline, "the page never showed a newer ranking"
+                page.wait_for_timeout(50)
             assert page.evaluate("() => window.sameDocument") is True
             seen["later"] = _shown_matches_top5(page, http)
 

@@ -125,7 +125,9 @@ def _mutated(**data: object) -> bytes:
         ),
         (_mutated(o="Infinity"), "bad_value"),
         (_mutated(o="nan"), "bad_value"),
-        (_mutated(o=1e308).replace(b"1e308", b"1e999"), "bad_value"),  # parsed as infinity
+        # A literal beyond a double: no JSON decoder here takes it (orjson writes 1e308 as
+        # "1e308" in some versions and "1e+308" in others, so the literal is put in by hand).
+        (_mutated(o=12345.5).replace(b"12345.5", b"1e999"), "json"),
         (_mutated(t=1770330481), "bad_value"),
         (_mutated(interval=None), "interval"),
     ],
