@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Final
 
 from devtools.bench.ccxt_env import CCXT_VERSION
 from devtools.bench.measure import MeasureWindow, hist_max, percentile, quantile
@@ -488,8 +489,30 @@ def write_report(path: Path, res: Results, command: str) -> None:
         ]
     if not p.quick:
         lines += ["## The hot path: before and after", "", *before_after(res), "", *ANALYSIS]
+    lines += kept_sections(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines).rstrip() + "\n")
+
+
+KEPT_SECTIONS: Final = ("## Fleet",)
+"""Sections other runs write into the same file (`screener bench --fleet`): a run of the
+benchmark rewrites the rest and keeps these as they are."""
+
+
+def kept_sections(path: Path) -> list[str]:
+    """The `KEPT_SECTIONS` of the report already at `path`, each up to the next `## `."""
+    if not path.exists():
+        return []
+    kept: list[str] = []
+    keeping = False
+    for line in path.read_text().splitlines():
+        if line.startswith("## "):
+            keeping = line.strip() in KEPT_SECTIONS
+            if keeping:
+                kept.append("")
+        if keeping:
+            kept.append(line)
+    return kept
 
 
 def check_quick(res: Results) -> list[str]:
