@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
+from typing import TypeVar
 
 import trio
 from loguru import logger
@@ -42,6 +43,8 @@ from screener.models import (
     WindowInbox,
 )
 from screener.snapshot import Latest
+
+T = TypeVar("T")
 
 
 def merged(held: Kline, k: Kline) -> Kline | None:
@@ -188,6 +191,16 @@ class Links:
         )
 
 
+def _answer(reply: trio.MemorySendChannel[T], value: T, what: str) -> None:
+    """Answer a one-shot request without ever waiting (the reply channel holds one item);
+    a requester that went away is logged, never an error of the window's."""
+    try:
+        reply.send_nowait(value)
+    except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+        logger.bind(actor="window").warning("{what} requester went away", what=what)
+    reply.close()
+
+
 async def run_window(
     inbox: trio.MemoryReceiveChannel[WindowInbox],
     outbox: trio.MemorySendChannel[list[MarketData]],
@@ -209,7 +222,6 @@ async def run_window(
     links = Links()
     peak = 0
     peak_gauge = metrics.queue_peak.labels("ingest")
-    log = logger.bind(actor="window")
     task_status.started()
     async with inbox, outbox:
         while True:
@@ -242,17 +254,9 @@ async def run_window(
                     feed.set(links.feed(feed.value))
                     metrics.connections_up.set(feed.value.conns_up)
                 elif type(item) is StatsRequest:
-                    try:
-                        item.reply.send_nowait(windows.stats())
-                    except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                        log.warning("stats requester went away")
-                    item.reply.close()
+                    _answer(item.reply, windows.stats(), "stats")
                 elif type(item) is CandlesRequest:
-                    try:
-                        item.reply.send_nowait(windows.all_candles())
-                    except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                        log.warning("candles requester went away")
-                    item.reply.close()
+                    _answer(item.reply, windows.all_candles(), "candles")
                 try:
                     item = inbox.receive_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel):

@@ -175,15 +175,20 @@ async def test_the_lease_is_renewed_every_third_of_it(
     assert (status.role, status.leader, status.term) == ("leader", "a", 1)
 
 
+async def a_then_b(nursery: trio.Nursery, a: Replica, b: Replica) -> None:
+    """`a` starts at 0 and leads; `b` starts at 0.5 and stands by (requests at 0.5, 2.5, ...)."""
+    nursery.start_soon(a.run)
+    await trio.sleep(0.5)
+    nursery.start_soon(b.run)
+
+
 async def test_a_standby_takes_over_only_after_the_leader_has_stopped_publishing(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     server = LeaseRedis(autojump_clock)
     a, b = Replica(server, "a"), Replica(server, "b")
     async with threads_hold_clock(autojump_clock), trio.open_nursery() as nursery:
-        nursery.start_soon(a.run)
-        await trio.sleep(0.5)
-        nursery.start_soon(b.run)
+        await a_then_b(nursery, a, b)
         await trio.sleep(9.0)  # a renews at 8.0 for the last time
         assert b.last_fence().role == "standby"
         assert b.last_fence().drop_held
@@ -211,9 +216,7 @@ async def test_a_clean_shutdown_hands_the_lease_over_at_the_next_request(
     server = LeaseRedis(autojump_clock)
     a, b = Replica(server, "a"), Replica(server, "b")
     async with threads_hold_clock(autojump_clock), trio.open_nursery() as nursery:
-        nursery.start_soon(a.run)
-        await trio.sleep(0.5)
-        nursery.start_soon(b.run)
+        await a_then_b(nursery, a, b)
         await trio.sleep(2.5)
         a.scope.cancel()  # at 3.0, between a's requests and b's (0.5, 2.5, 4.5): released
         await trio.sleep(3.0)
