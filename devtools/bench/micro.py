@@ -24,7 +24,6 @@ from pathlib import Path
 import orjson
 import trio
 
-from actors.publisher import Hop, WriterThread, to_thread_hop
 from devtools.devredis import RedisServer
 from screener.config import load_settings
 from screener.metrics import Metrics, observe_many
@@ -39,6 +38,7 @@ from screener.redis_client import (
     publish_batch,
     read_refusals,
 )
+from screener.writer_thread import Hop, WriterThread, to_thread_hop
 
 WRITES = 3000
 BATCH = 20

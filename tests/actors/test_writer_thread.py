@@ -9,8 +9,8 @@ import threading
 import pytest
 import trio
 
-from actors.publisher import WriterThread
 from screener.redis_client import BatchResult
+from screener.writer_thread import WriterThread
 
 DONE = BatchResult(unencodable=0, refused=0, refusal=None)
 

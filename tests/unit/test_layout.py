@@ -36,6 +36,7 @@ BASE = {
     "screener.redis_client",
     "screener.fleet",
     "screener.fleet_redis",
+    "screener.writer_thread",
     "screener.mexc.values",
 }
 
