@@ -278,6 +278,21 @@ class Writes:
         return True
 
 
+async def fenced_publisher(
+    inbox: trio.MemoryReceiveChannel[PublisherInbox], writes: Writes, metrics: Metrics
+) -> None:
+    """A fleet replica's publisher over `writes`, Redis up, its thread visible to the clock."""
+    await run_publisher(
+        inbox,
+        settings=load_settings({}).redis,
+        status=Latest(RedisStatus(up=True, error=None)),
+        metrics=metrics,
+        write=writes.write,
+        writer_thread=False,  # trio.testing must see the thread
+        fenced=True,
+    )
+
+
 def ev(symbol: str) -> list[MarketData]:
     return [market_data(symbol, 1.0, M * 1000)]
 
@@ -288,19 +303,8 @@ async def test_a_fenced_publisher_writes_only_within_its_lease(
     writes = Writes(autojump_clock)
     metrics = Metrics()
     inbox_send, inbox_recv = trio.open_memory_channel[PublisherInbox](16)
-    settings = load_settings({}).redis
     async with threads_hold_clock(autojump_clock), trio.open_nursery() as nursery:
-        nursery.start_soon(
-            lambda: run_publisher(
-                inbox_recv,
-                settings=settings,
-                status=Latest(RedisStatus(up=True, error=None)),
-                metrics=metrics,
-                write=writes.write,
-                writer_thread=False,  # trio.testing must see the thread
-                fenced=True,
-            )
-        )
+        nursery.start_soon(fenced_publisher, inbox_recv, writes, metrics)
         await inbox_send.send(ev("A"))  # before any lease answer: held
         await trio.sleep(1.0)
         assert writes.batches == []
@@ -334,17 +338,7 @@ async def test_a_leader_that_took_over_drops_what_it_held_from_before(
     metrics = Metrics()
     inbox_send, inbox_recv = trio.open_memory_channel[PublisherInbox](16)
     async with threads_hold_clock(autojump_clock), trio.open_nursery() as nursery:
-        nursery.start_soon(
-            lambda: run_publisher(
-                inbox_recv,
-                settings=load_settings({}).redis,
-                status=Latest(RedisStatus(up=True, error=None)),
-                metrics=metrics,
-                write=writes.write,
-                writer_thread=False,  # trio.testing must see the thread
-                fenced=True,
-            )
-        )
+        nursery.start_soon(fenced_publisher, inbox_recv, writes, metrics)
         await inbox_send.send(ev("A"))
         await inbox_send.send(ev("B"))
         await trio.sleep(1.0)
