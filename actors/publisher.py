@@ -42,7 +42,16 @@ from screener.logs import RateLimited
 from screener.metrics import Metrics, observe_many
 from screener.models import Leadership, MarketData, PublisherInbox, Ranking, RedisStatus
 from screener.periodic import Pulse
-from screener.redis_client import REDIS_ERRORS, BatchResult, Held, make_client, publish_batch
+from screener.redis_client import (
+    REDIS_ERRORS,
+    REDIS_TIMEOUT_S,
+    BatchResult,
+    Held,
+    make_client,
+    prepare_batch,
+    publish_batch,
+)
+from screener.redis_socket import SocketLink, takes_over
 from screener.snapshot import Latest
 from screener.supervise import Backoff, failure_text
 from screener.writer_thread import Hop, WriterThread, to_thread_hop
@@ -110,7 +119,7 @@ class PublishBuffer:
 
 
 class Attempt:
-    """One slice on its way to the targets of `mode` in a worker thread. The thread records
+    """One slice on its way to the targets of `mode`. In a writer thread, the thread records
     the outcome here itself: when the flusher is cancelled meanwhile (the call is abandoned,
     the thread runs on), shutdown still learns whether the slice went."""
 
@@ -146,10 +155,12 @@ class Publisher:
         rand: Callable[[], float] = random.random,
         write: WriteBatch = publish_batch,
         hop: Hop = to_thread_hop,
+        link: SocketLink | None = None,
         fenced: bool = False,
     ) -> None:
         self.settings = settings
         self.hop = hop
+        self.link = link  # REDIS_WRITER=socket: writes on the event loop, `hop` unused
         # The shard lease as last answered (None: no fleet, always publish); see `_fence`.
         self.fence: Leadership | None = UNCONFIRMED if fenced else None
         self.status = status
@@ -253,11 +264,16 @@ class Publisher:
             return
         reason: str | None = None
         client = make_client(self.settings)
+        if self.link is not None:
+            await self.link.close()
+            self.link = SocketLink(client)
         try:
             deadline = trio.current_time() + FINAL_FLUSH_S
             with trio.CancelScope(shield=True, deadline=deadline) as final:
                 reason = await self.final_flush(client)
         finally:
+            if self.link is not None:
+                await self.link.close()
             client.close()
         if final.cancelled_caught:  # Redis hangs: say what is lost, never wait longer
             reason = f"no answer within {FINAL_FLUSH_S:g}s"
@@ -291,6 +307,9 @@ class Publisher:
                 except FencedOut:
                     self._put_back(attempt)
                     return "this replica's shard lease ran out"
+                except redis.TimeoutError:  # as the deadline of the whole flush words it
+                    self._put_back(attempt)
+                    return f"no answer within {REDIS_TIMEOUT_S:g}s"
                 except REDIS_ERRORS as exc:
                     self._put_back(attempt)
                     return failure_text(exc)
@@ -353,7 +372,10 @@ class Publisher:
             await self.arrived.wait()
 
     async def _send(self, client: redis.Redis, attempt: Attempt) -> BatchResult:
-        """One slice in a worker thread. On cancel it stays `in_flight` for `final_flush`."""
+        """One slice, over the socket link or in a writer thread. In a thread, on cancel it
+        stays `in_flight` for `final_flush`; the link's outcome is always known here."""
+        if self.link is not None:
+            return await self._send_on_link(self.link, attempt)
         self.in_flight = attempt
         if self.fence is not None:  # the thread checks again just before writing
             attempt.until = time.monotonic() + (self.fence.valid_until - trio.current_time())
@@ -369,6 +391,22 @@ class Publisher:
             raise
         self.in_flight = None
         return result
+
+    async def _send_on_link(self, link: SocketLink, attempt: Attempt) -> BatchResult:
+        """Encode, check the lease once more (encoding takes time), then one round trip that
+        cancellation cannot cut (`SocketLink.request`). Cancelled before it started, the
+        slice was not sent: it goes back to its lane."""
+        batch = prepare_batch(self.targets[attempt.mode], attempt.events, attempt.ranking)
+        if not self.may_publish_now():
+            raise FencedOut()
+        if not batch.commands:
+            return batch.result([])
+        try:
+            refusals = await link.request(batch.payload, batch.commands)
+        except trio.Cancelled:
+            self._put_back(attempt)
+            raise
+        return batch.result(refusals)
 
     def _hold(self, attempt: Attempt, group: Held) -> None:
         """Keep what Redis held in the lane of the targets still owed: in front of that lane
@@ -517,26 +555,28 @@ async def run_publisher(
     fenced: bool = False,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Writes go through one long-lived `WriterThread`, unless `REDIS_WRITER=to_thread` or
-    `writer_thread` is False (MockClock tests, where trio.testing must see the thread):
-    then through `to_thread_hop`. `fenced`: a fleet replica, publishing only while its
-    shard lease says so (the `Leadership` items of the inbox)."""
+    """Writes go the way REDIS_WRITER says: over a `SocketLink` (socket; a TLS link cannot
+    be handed to trio and goes through the writer thread), one long-lived `WriterThread`
+    (thread) or `to_thread_hop` (to_thread). `writer_thread` False: always `to_thread_hop`
+    (MockClock tests passing their own `write`, where trio.testing must see the thread).
+    `fenced`: a fleet replica, publishing only while its shard lease says so (the
+    `Leadership` items of the inbox)."""
+    client = make_client(settings)
+    way = settings.writer if writer_thread else "to_thread"
+    if way == "socket" and not takes_over(client):
+        logger.bind(actor="publisher").info("TLS link to redis: writes go through a thread")
+        way = "thread"
     with contextlib.ExitStack() as stack:
-        hop = (
-            stack.enter_context(WriterThread.open()).run
-            if writer_thread and settings.writer == "thread"
-            else to_thread_hop
-        )
         publisher = Publisher(
             settings,
             status=status,
             metrics=metrics,
             rand=rand,
             write=write,
-            hop=hop,
+            hop=stack.enter_context(WriterThread.open()).run if way == "thread" else to_thread_hop,
+            link=SocketLink(client) if way == "socket" else None,
             fenced=fenced,
         )
-        client = make_client(settings)
         task_status.started()
         try:
             async with trio.open_nursery() as nursery:
@@ -546,4 +586,6 @@ async def run_publisher(
             try:
                 await publisher.finish()
             finally:
+                if publisher.link is not None:
+                    await publisher.link.close()
                 client.close()

@@ -417,10 +417,12 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     Variable(
         "REDIS_WRITER",
-        "thread",
-        "how writes reach redis-py: thread (one long-lived writer thread) or to_thread "
-        "(trio.to_thread per write, the earlier way; docs/performance.md compares them)",
-        _choice("thread", "to_thread"),
+        "socket",
+        "how the publisher writes: socket (on the event loop over the connection redis-py "
+        "opened; over TLS it falls back to thread), thread (redis-py in one long-lived writer "
+        "thread) or to_thread (redis-py in trio.to_thread per write); docs/performance.md "
+        "compares them",
+        _choice("socket", "thread", "to_thread"),
         into="redis.writer",
     ),
     Variable(
@@ -562,7 +564,7 @@ class RedisSettings:
     sentinels: tuple[tuple[str, int], ...] = ()  # empty: REDIS_URL or REDIS_HOST/PORT
     sentinel_master: str = "mymaster"
     sentinel_password: str = ""
-    writer: str = "thread"  # REDIS_WRITER
+    writer: str = "socket"  # REDIS_WRITER
 
     @property
     def to_pubsub(self) -> bool:

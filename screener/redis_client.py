@@ -1,8 +1,10 @@
 """Redis as the publisher uses it: the client, and one batch written in one round trip.
 
-A resource, not an actor: `publish_batch` is synchronous (redis-py) and runs in a worker
-thread of the publisher actor, the one place that talks to Redis. With REDIS_SENTINELS the
-client writes to the master the Sentinels name and follows it when it moves (`_MasterPool`).
+A resource, not an actor. `prepare_batch` encodes a batch once; it is written either over
+the publisher's socket link (screener/redis_socket.py) or by `publish_batch` through
+redis-py in a writer thread; either way the replies are read in bulk and sorted by
+`Prepared.result`. With REDIS_SENTINELS the client writes to the master the Sentinels name
+and follows it when it moves (`MasterPool`).
 """
 
 from __future__ import annotations
@@ -103,7 +105,7 @@ def _sentinel_client(settings: RedisSettings, announce_moves: bool) -> redis.Red
     )
     client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
         settings.sentinel_master,
-        connection_pool_class=_MasterPool,
+        connection_pool_class=MasterPool,
         socket_timeout=REDIS_TIMEOUT_S,
         socket_connect_timeout=REDIS_TIMEOUT_S,
         **common,
@@ -158,7 +160,7 @@ class _Sentinel(Sentinel):
         raise MasterNotFoundError(f"no master {service_name!r} ({'; '.join(why)})")
 
 
-class _MasterPool(SentinelConnectionPool):
+class MasterPool(SentinelConnectionPool):
     """A Sentinel pool that also asks the Sentinels where the master is at most every
     `MASTER_CHECK_S` while writes succeed (redis-py asks only when it connects): when it
     moved, the idle connection is closed, and the write taken next connects to the new one.
@@ -172,14 +174,26 @@ class _MasterPool(SentinelConnectionPool):
         self.check_at = 0.0
 
     def get_connection(self, *args: Any, **kwargs: Any) -> Any:
-        now = time.monotonic()
-        if now >= self.check_at:
-            self.check_at = now + MASTER_CHECK_S
-            try:
-                self.get_master_address()  # type: ignore[no-untyped-call]
-            except REDIS_ERRORS:  # the connection attempt, if there is one, says why
-                self.check_at = now + MASTER_CHECK_FAILED_S
+        self.check_master()
         return super().get_connection(*args, **kwargs)
+
+    def check_due(self) -> bool:
+        return time.monotonic() >= self.check_at
+
+    def check_master(self) -> tuple[str, int] | None:
+        """Where the Sentinels say the master is, when a check is due (None: not due, or no
+        Sentinel answered; the connection attempt, if there is one, says why). Blocking: the
+        publisher's socket link calls it from a thread."""
+        now = time.monotonic()
+        if now < self.check_at:
+            return None
+        self.check_at = now + MASTER_CHECK_S
+        try:
+            address: tuple[str, int] = self.get_master_address()  # type: ignore[no-untyped-call]
+        except REDIS_ERRORS:
+            self.check_at = now + MASTER_CHECK_FAILED_S
+            return None
+        return address
 
     def disconnect(self, inuse_connections: bool = True) -> None:
         """Closing the client closes the Sentinel links too (a failover only drops the idle
@@ -334,18 +348,35 @@ def packed_commands(settings: RedisSettings, messages: list[tuple[str, bytes]]) 
     return commands
 
 
-def publish_batch(
-    client: redis.Redis,
-    settings: RedisSettings,
-    events: list[MarketData],
-    ranking: Ranking | None,
-) -> BatchResult:
-    """Runs in a worker thread: serialize and send the batch in one round trip.
+class Prepared(NamedTuple):
+    """A batch encoded for one round trip: its commands as one payload, and what they were
+    made of, so the replies can be matched back to the records."""
 
-    Events that cannot be serialized are counted and skipped; so are commands Redis refuses
-    for their content: one bad record must not block, or crash, the rest. Commands Redis
-    refuses for now (`HELD_CODES`) come back in `held`, to be sent again. The caller keeps
-    batches to a bounded slice, so this never holds a whole backlog encoded at once."""
+    settings: RedisSettings
+    payload: bytes
+    commands: int  # in `payload`; 0: nothing to send
+    events: list[MarketData]
+    ranking: Ranking | None
+    skipped: list[MarketData]  # events that could not be encoded: not in `payload`
+
+    def result(self, refusals: list[tuple[int, str]]) -> BatchResult:
+        """How the batch went, given the refusals among its replies."""
+        unencodable = len(self.skipped)
+        if not refusals:
+            return BatchResult(unencodable, 0, None)
+        gone = {id(event) for event in self.skipped}
+        sources: list[MarketData | Ranking] = [e for e in self.events if id(e) not in gone]
+        if self.ranking is not None:
+            sources.append(self.ranking)
+        return sort_refusals(self.settings, sources, refusals, unencodable)
+
+
+def prepare_batch(
+    settings: RedisSettings, events: list[MarketData], ranking: Ranking | None
+) -> Prepared:
+    """Serialize a batch for one round trip. Events that cannot be serialized are counted
+    and skipped: one bad record must not block, or crash, the rest. The caller keeps batches
+    to a bounded slice, so this never holds a whole backlog encoded at once."""
     messages: list[tuple[str, bytes]] = []
     skipped: list[MarketData] = []
     channel = settings.market_data_channel
@@ -357,27 +388,34 @@ def publish_batch(
     if ranking is not None:
         messages.append((settings.top_movers_channel, orjson.dumps(ranking.as_dict())))
     commands = packed_commands(settings, messages)
-    unencodable = len(skipped)
-    if not commands:
-        return BatchResult(unencodable, 0, None)
-    del messages  # the commands carry the payloads now; hold them once, not twice
+    return Prepared(settings, b"".join(commands), len(commands), events, ranking, skipped)
+
+
+def publish_batch(
+    client: redis.Redis,
+    settings: RedisSettings,
+    events: list[MarketData],
+    ranking: Ranking | None,
+) -> BatchResult:
+    """Runs in a writer thread (REDIS_WRITER=thread or to_thread): the batch in one round
+    trip through redis-py's connection pool.
+
+    Commands Redis refuses for their content are counted and skipped; commands it refuses
+    for now (`HELD_CODES`) come back in `held`, to be sent again."""
+    batch = prepare_batch(settings, events, ranking)
+    if not batch.commands:
+        return batch.result([])
     pool = client.connection_pool
     conn = pool.get_connection()
     try:
-        conn.send_packed_command([b"".join(commands)])  # type: ignore[no-untyped-call]
-        refusals = read_refusals(conn, len(commands))
+        conn.send_packed_command([batch.payload])  # type: ignore[no-untyped-call]
+        refusals = read_refusals(conn, batch.commands)
     except BaseException:
         conn.disconnect()  # type: ignore[no-untyped-call]  # a half-read reply stream is useless
         raise
     finally:
         pool.release(conn)
-    if not refusals:
-        return BatchResult(unencodable, 0, None)
-    gone = {id(event) for event in skipped}
-    sources: list[MarketData | Ranking] = [e for e in events if id(e) not in gone]
-    if ranking is not None:
-        sources.append(ranking)
-    return sort_refusals(settings, sources, refusals, unencodable)
+    return batch.result(refusals)
 
 
 # A refusal is one error reply: the reply stream stays in step, the link is fine. LOADING is

@@ -321,19 +321,22 @@ async def until(check: Callable[[], Awaitable[bool]], what: str, within_s: float
     raise AssertionError(f"not within {within_s}s: {what}")
 
 
+@pytest.mark.parametrize("writer", ["socket", "thread"])
 @pytest.mark.parametrize("load", [False, True], ids=["in-flight", "under-load"])
 async def test_sigterm_while_redis_hangs_says_how_many_events_are_not_published(
-    redis_server: RedisServer, load: bool
+    redis_server: RedisServer, load: bool, writer: str
 ) -> None:
     """redis-server SIGSTOPped (connections accepted, nothing answered) with events pending:
     the process exits 0 within 5 s of SIGTERM and says how many events it could not publish.
     In-flight: the only pending events are those of the write hanging when SIGTERM comes
-    (they were once lost without a line: the buffer was empty); exactly those are counted.
-    Under load: 500 pushes/s, a backlog in the buffer too."""
+    (they were once lost without a line: the buffer was empty); exactly those are counted,
+    whether the write hangs on the event loop's socket link (shielded until its own timeout)
+    or in the writer thread (abandoned, its outcome awaited). Under load: 500 pushes/s, a
+    backlog in the buffer too."""
     assert redis_server.proc is not None
     async with (
         simulator(SimConfig(symbols=50, rate_per_s=500 if load else 0)) as (ex, sim),
-        service_process(sim, redis_server.port) as svc,
+        service_process(sim, redis_server.port, REDIS_WRITER=writer) as svc,
     ):
 
         async def subscribed() -> bool:

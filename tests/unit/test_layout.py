@@ -37,6 +37,7 @@ BASE = {
     "screener.fleet",
     "screener.fleet_redis",
     "screener.writer_thread",
+    "screener.redis_socket",
     "screener.mexc.values",
 }
 

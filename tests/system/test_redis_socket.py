@@ -1,0 +1,169 @@
+"""The publisher's socket link (REDIS_WRITER=socket) against a real redis-server: replies
+read in bulk and in place, a write never cut in half by cancellation, and a link that
+fails, hangs or is closed by the server raising as redis-py would, the next write opening a
+new one."""
+
+from __future__ import annotations
+
+import redis
+import trio
+
+from devtools.devredis import RedisServer
+from screener.config import load_settings
+from screener.redis_client import REDIS_TIMEOUT_S, make_client
+from screener.redis_socket import SocketLink, takes_over
+
+PING = b"*1\r\n$4\r\nPING\r\n"
+
+
+def _xadd(key: bytes) -> bytes:
+    return b"*5\r\n$4\r\nXADD\r\n$%d\r\n%s\r\n$1\r\n*\r\n$1\r\nk\r\n$1\r\nv\r\n" % (len(key), key)
+
+
+def _client(server: RedisServer) -> redis.Redis:
+    return make_client(
+        load_settings({"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(server.port)}).redis
+    )
+
+
+async def test_refusals_come_back_in_place_across_many_reads(redis_server: RedisServer) -> None:
+    """5,000 commands whose replies span many socket reads; every seventh refused
+    (WRONGTYPE) at its own index in Redis's words; the link stays in step for the next."""
+    admin = redis_server.client()
+    admin.set("str", "not a stream")
+    payload = b"x" * 200
+    publish = b"*3\r\n$7\r\nPUBLISH\r\n$2\r\nch\r\n$%d\r\n%s\r\n" % (len(payload), payload)
+    n = 5000
+    commands = b"".join(_xadd(b"str") if i % 7 == 3 else publish for i in range(n))
+    client = _client(redis_server)
+    link = SocketLink(client)
+    try:
+        refusals = await link.request(commands, n)
+        assert [i for i, _ in refusals] == [i for i in range(n) if i % 7 == 3]
+        assert all(why.startswith("WRONGTYPE ") for _, why in refusals)
+        assert await link.request(_xadd(b"events") + PING, 2) == []
+        assert admin.xlen("events") == 1
+    finally:
+        await link.close()
+        client.close()
+
+
+async def test_a_cancelled_write_is_not_cut_in_half(redis_server: RedisServer) -> None:
+    """Writes paused for 0.5 s; the caller is cancelled 0.1 s into the write (SIGTERM): the
+    write still completes with its replies read (the publisher then knows how it went), and
+    the cancellation reaches the caller at its next checkpoint."""
+    admin = redis_server.client()
+    client = _client(redis_server)
+    link = SocketLink(client)
+    refusals: list[tuple[int, str]] | None = None
+
+    async def write(scope: trio.CancelScope) -> None:
+        nonlocal refusals
+        with scope:
+            refusals = await link.request(_xadd(b"events"), 1)
+            await trio.sleep(1)  # the next checkpoint raises Cancelled
+
+    try:
+        assert await link.request(PING, 1) == []  # the link is open
+        admin.client_pause(500, all=False)  # WRITE: XADD waits, the link stays up
+        scope = trio.CancelScope()
+        started = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(write, scope)
+            await trio.sleep(0.1)
+            scope.cancel()
+        assert scope.cancelled_caught
+        assert refusals == []
+        assert 0.4 < trio.current_time() - started < 1  # until the write was answered
+        assert admin.xlen("events") == 1
+    finally:
+        await link.close()
+        client.close()
+
+
+async def test_a_hung_redis_times_out_and_the_next_write_opens_a_new_link(
+    redis_server: RedisServer,
+) -> None:
+    """CLIENT PAUSE longer than REDIS_TIMEOUT_S: TimeoutError after it, the half-read link
+    closed; once Redis answers again the next write goes out on a new link. (Whether the
+    write that timed out took effect is unknown to the caller, as with redis-py: the
+    publisher puts such a slice back.)"""
+    admin = redis_server.client()
+    client = _client(redis_server)
+    link = SocketLink(client)
+    try:
+        assert await link.request(PING, 1) == []
+        first = link.stream
+        admin.client_pause(int((REDIS_TIMEOUT_S + 1) * 1000), all=False)
+        started = trio.current_time()
+        try:
+            await link.request(_xadd(b"events"), 1)
+        except redis.TimeoutError as exc:
+            assert f"within {REDIS_TIMEOUT_S:g}s" in str(exc)
+        else:
+            raise AssertionError("a write to a hung Redis returned")
+        assert REDIS_TIMEOUT_S <= trio.current_time() - started < REDIS_TIMEOUT_S + 1
+        assert link.stream is None
+        admin.client_unpause()
+        assert await link.request(_xadd(b"after"), 1) == []
+        assert link.stream is not None and link.stream is not first
+        assert admin.xlen("after") == 1
+    finally:
+        await link.close()
+        client.close()
+
+
+async def test_a_link_closed_by_the_server_is_a_connection_error_then_reopened(
+    redis_server: RedisServer,
+) -> None:
+    admin = redis_server.client()
+    client = _client(redis_server)
+    link = SocketLink(client)
+    try:
+        assert await link.request(PING, 1) == []
+        assert admin.client_kill_filter(_type="normal", skipme=True) >= 1
+        try:
+            await link.request(PING, 1)
+        except redis.ConnectionError as exc:
+            assert f"127.0.0.1:{redis_server.port}" in str(exc)
+        else:
+            raise AssertionError("a write on a killed link returned")
+        assert link.stream is None
+        assert await link.request(PING, 1) == []
+    finally:
+        await link.close()
+        client.close()
+
+
+async def test_auth_errors_are_redis_pys_own(redis_server: RedisServer) -> None:
+    """The link is opened by redis-py: a wrong password raises its AuthenticationError, with
+    no secret in the words."""
+    redis_server.client().config_set("requirepass", "right-one")
+    settings = load_settings(
+        {
+            "REDIS_HOST": "127.0.0.1",
+            "REDIS_PORT": str(redis_server.port),
+            "REDIS_PASSWORD": "wrong-one",
+        }
+    ).redis
+    client = make_client(settings)
+    link = SocketLink(client)
+    try:
+        try:
+            await link.request(PING, 1)
+        except redis.AuthenticationError as exc:
+            assert "wrong-one" not in str(exc)
+        else:
+            raise AssertionError("a wrong password was accepted")
+    finally:
+        await link.close()
+        client.close()
+
+
+def test_tls_links_are_left_to_redis_py() -> None:
+    def client(url: str) -> redis.Redis:
+        return make_client(load_settings({"REDIS_URL": url}).redis)
+
+    assert takes_over(client("redis://127.0.0.1:6390/0"))
+    assert takes_over(client("unix:///tmp/redis.sock"))
+    assert not takes_over(client("rediss://127.0.0.1:6390/0"))
