@@ -8,8 +8,9 @@ without the machine's other load mattering much (each figure is the best of thre
 - histogram: 20 latencies, `observe_many` against `observe` each;
 - replies: a pipeline of 20 PUBLISHes to a private redis-server, replies read in bulk
   (`read_refusals`) against redis-py's `read_response` each (send included);
-- write hand-off: a write of 20 events (and an empty one), `trio.to_thread.run_sync` per
-  write against the long-lived writer thread, one write at a time as the publisher does;
+- writes: a write of 20 events (and an empty one), `trio.to_thread.run_sync` per write,
+  the long-lived writer thread, and the socket link on the event loop (REDIS_WRITER=socket,
+  no hand-off: an empty write is nothing to it), one write at a time as the publisher does;
   CPU (user + system, all threads) and wall time per write.
 """
 
@@ -18,14 +19,15 @@ from __future__ import annotations
 import tempfile
 import time
 import timeit
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import orjson
+import redis
 import trio
 
 from devtools.devredis import RedisServer
-from screener.config import load_settings
+from screener.config import RedisSettings, load_settings
 from screener.metrics import Metrics, observe_many
 from screener.mexc.frames import _kline, decode
 from screener.models import Kline, MarketData
@@ -35,10 +37,12 @@ from screener.redis_client import (
     encode_event,
     make_client,
     packed_commands,
+    prepare_batch,
     publish_batch,
     read_refusals,
 )
-from screener.writer_thread import Hop, WriterThread, to_thread_hop
+from screener.redis_socket import SocketLink
+from screener.writer_thread import WriterThread, to_thread_hop
 
 WRITES = 3000
 BATCH = 20
@@ -149,31 +153,51 @@ def _redis_rows(port: int, event: MarketData) -> None:
         return BatchResult(0, 0, None)
 
     print()
-    print("| write | hand-off | CPU per write | wall per write |")
+    print("| write | way | CPU per write | wall per write |")
     print("| --- | --- | ---: | ---: |")
     for name, write in ((f"publish {BATCH} events", publish), ("empty", empty)):
         for option in ("to_thread per write", "writer thread"):
-            cpu_us, wall_us = trio.run(_measure, option, write)
+            cpu_us, wall_us = trio.run(_measure_hop, option, write)
             print(f"| {name} | {option} | {cpu_us:.1f} us | {wall_us:.1f} us |")
+    cpu_us, wall_us = trio.run(_measure_link, client, settings, events)
+    print(f"| publish {BATCH} events | socket link | {cpu_us:.1f} us | {wall_us:.1f} us |")
     client.close()
 
 
-async def _measure(option: str, write: Callable[[], BatchResult]) -> tuple[float, float]:
-    async def run(hop: Hop) -> tuple[float, float]:
-        for _ in range(200):  # warm-up: thread cache, connection
-            await hop(write)
-        cpu, wall = time.process_time(), time.perf_counter()
-        for _ in range(WRITES):
-            await hop(write)
-        return (
-            (time.process_time() - cpu) / WRITES * 1e6,
-            (time.perf_counter() - wall) / WRITES * 1e6,
-        )
+async def _timed(write: Callable[[], Awaitable[object]]) -> tuple[float, float]:
+    """CPU and wall microseconds per awaited `write()`, after a warm-up (thread cache,
+    connection)."""
+    for _ in range(200):
+        await write()
+    cpu, wall = time.process_time(), time.perf_counter()
+    for _ in range(WRITES):
+        await write()
+    return (
+        (time.process_time() - cpu) / WRITES * 1e6,
+        (time.perf_counter() - wall) / WRITES * 1e6,
+    )
 
+
+async def _measure_hop(option: str, write: Callable[[], BatchResult]) -> tuple[float, float]:
     if option == "writer thread":
         with WriterThread.open() as writer:
-            return await run(writer.run)
-    return await run(to_thread_hop)
+            return await _timed(lambda: writer.run(write))
+    return await _timed(lambda: to_thread_hop(write))
+
+
+async def _measure_link(
+    client: redis.Redis, settings: RedisSettings, events: list[MarketData]
+) -> tuple[float, float]:
+    link = SocketLink(client)
+
+    async def write() -> BatchResult:
+        batch = prepare_batch(settings, events, None)
+        return batch.result(await link.request(batch.payload, batch.commands))
+
+    try:
+        return await _timed(write)
+    finally:
+        await link.close()
 
 
 if __name__ == "__main__":

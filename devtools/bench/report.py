@@ -12,6 +12,7 @@ from devtools.bench.measure import MeasureWindow, hist_max, percentile, quantile
 from devtools.bench.plan import LOOKBACK_MIN, connections
 from devtools.bench.provenance import provenance
 from devtools.bench.run import Results, Trial
+from screener.config import VARIABLES
 
 
 def _fmt(value: float | None, unit: str = "", digits: int = 1) -> str:
@@ -155,9 +156,11 @@ def writers_table(res: Results) -> list[str]:
     if not res.writers:
         return []
     names = {
-        "to_thread": "(a) `trio.to_thread.run_sync` per write (before)",
-        "thread": "(b) one long-lived writer thread (chosen)",
+        "to_thread": "(a) redis-py in `trio.to_thread.run_sync` per write (before)",
+        "thread": "(b) redis-py in one long-lived writer thread",
+        "socket": "(c) socket link on the event loop, hiredis.Reader",
     }
+    chosen = next(v.default for v in VARIABLES if v.name == "REDIS_WRITER")
     lines = [
         f"| option (REDIS_WRITER) | service CPU at {res.plan.fixed_rate:,.0f} msg/s | "
         "events/s into Redis | push-to-Redis p50 | p99 | rest of the machine |",
@@ -167,7 +170,8 @@ def writers_table(res: Results) -> list[str]:
         hist = w.hist("sub")
         ours = sum(w.cpu_pct(name) for name in w.a.cpu if name not in ("machine",))
         lines.append(
-            f"| {names.get(writer, writer)} | {w.cpu_pct('service'):.1f} % | "
+            f"| {names.get(writer, writer)}{' (chosen)' if writer == chosen else ''} | "
+            f"{w.cpu_pct('service'):.1f} % | "
             f"{w.rate('sub', 'events'):,.0f} | {_fmt(percentile(hist, 0.5), ' ms')} | "
             f"{_fmt(percentile(hist, 0.99), ' ms')} | "
             f"{max(w.cpu_pct('machine') - ours, 0):.0f} % |"

@@ -271,8 +271,9 @@ def service_phases(
     lab.stop(svc.child)
 
 
-WRITERS = ("to_thread", "thread")
-"""The REDIS_WRITER options compared: trio.to_thread per write (before), one writer thread."""
+WRITERS = ("to_thread", "thread", "socket")
+"""The REDIS_WRITER options compared: redis-py in trio.to_thread per write (the first way),
+in one writer thread, and the socket link on the event loop."""
 
 
 def writer_phases(lab: Lab, sim: Sim, sub: Child, plan: Plan, res: Results) -> None:
