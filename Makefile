@@ -48,6 +48,6 @@ demo: $(STAMP)
 simulate: $(STAMP)
 	$(BIN)/screener simulate
 
-## the benchmark of docs/performance.md (about 7 minutes; `--quick` is the CI smoke test)
+## the benchmark of docs/performance.md (about 10 minutes; `--quick` is the CI smoke test)
 bench: $(STAMP)
 	$(BIN)/screener bench

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Final
 
+from devtools.bench.analysis import CHANGES, obstacles
 from devtools.bench.ccxt_env import CCXT_VERSION
 from devtools.bench.measure import MeasureWindow, hist_max, percentile, quantile
 from devtools.bench.plan import LOOKBACK_MIN, connections
@@ -340,77 +341,6 @@ def before_after(res: Results) -> list[str]:
     ]
 
 
-# What the change did and what stands in the way; kept in the report so the figures come
-# with it (the per-push figures are `screener bench --micro`'s, on this machine).
-ANALYSIS = (
-    "## The hot path: what changed",
-    "",
-    "Per push and per write, measured by `screener bench --micro` (CPU time of the process,",
-    "best of three, three runs on 2026-12-02 with the machine's load average at 5-6 from other",
-    "work: the ranges are that noise):",
-    "",
-    "| cost | before | after |",
-    "| --- | ---: | ---: |",
-    "| decode one push | orjson + a check per field: 6-10 us | msgspec typed + range checks: "
-    "2.6-5 us |",
-    "| encode one event | `as_dict()` + orjson: 1.6-2.3 us | msgspec struct, no dict: 1.4-1.5 us |",
-    "| push-to-publish histogram, 20 events | `observe` each: 20 us | `observe_many`: 4.5-7 us |",
-    "| received counter | one `inc()` per message | one `inc(n)` per run of queued messages |",
-    "| 20 PUBLISH replies (send included) | `read_response` each: 37-67 us | hiredis `gets` "
-    "in bulk: 21-34 us |",
-    "| hand-off of one write (empty write) | `trio.to_thread.run_sync`: 137-160 us | "
-    "long-lived writer thread: 66-85 us |",
-    "| hand-off + write of 20 events | `to_thread`: 256-397 us | writer thread: 185-339 us |",
-    "",
-    "- Decoding: a push goes through msgspec's typed decoder (the fields read, their JSON types",
-    "  checked in C, the others skipped) and a few range checks; any frame that path does not",
-    "  take as a plain good push is decoded again by the checked path, which names the reject",
-    "  reason, so every reason and counter stays (a property test checks the fast path accepts",
-    "  nothing the checked path rejects).",
-    "- Batching: no fixed wait any more (BATCH_WAIT_MS=0). The window takes what is queued plus",
-    "  what the tasks ready in the same scheduler round add; the publisher keeps one write in",
-    "  flight and what arrives meanwhile goes in the next, so batches grow with the load.",
-    "- Publishing, options measured: (a) `trio.to_thread.run_sync` per write, (b) one",
-    "  long-lived writer thread fed through a queue, results back through the trio token. (b)",
-    "  halves the hand-off (table above). The whole service cannot tell them apart on this",
-    '  shared machine: six paired runs at 2,000 msg/s (the section "Publishing: the options',
-    '  measured" of three full runs, and an alternating run of three each; load average 1.7-6)',
-    "  gave (a) 30.7-46.8 % of a core, mean 36.6, and (b) 30.5-43.0 %, mean 38.7, (b) the",
-    "  higher in four of six. The saving expected, about 70 us at some hundred writes a second,",
-    "  is under one per cent of a core, below that noise. (b) is the default for its cheaper",
-    "  hand-off in isolation; REDIS_WRITER=to_thread keeps (a), and a run on a quiet machine",
-    "  should settle which. (c), the pipeline over a trio socket stream parsed by",
-    "  `hiredis.Reader`, was not built: it would need its own connection set-up next to",
-    "  `make_client` (AUTH, TLS, Sentinel discovery) and a cancellation story for a write cut",
-    "  in half on a socket trio owns; and what it would save over (b), the hand-off of 66-85",
-    "  us per write, is under one per cent of a core at 2,000 msg/s, as (b)'s saving over (a).",
-    "",
-    "## What stands in the way of the CPU and throughput targets",
-    "",
-    "- The bare loop spends 58-110 us of CPU per message in trio-websocket and wsproto (by",
-    "  machine build). The service runs the same path, so 1.25x leaves 15-27 us a push for",
-    "  the rest: decode (2.6-5 us), the window and its event (2-3 us), two channel hops, the",
-    "  wake-ups of the window and publisher tasks, the encoding, the Redis write and its",
-    "  share of the per-write hand-off, the metrics. In one Python process that is not",
-    "  reachable by trimming; what remains would take moving work off the event loop's",
-    "  thread (another process for publishing, or a receive path cheaper than wsproto).",
-    "- The writer thread, like the worker thread before it, needs the GIL for redis-py's",
-    "  Python part of every write, and so competes with the event loop; py-spy shows the loop",
-    "  at the writer's queue put in a tenth to a sixth of its GIL samples (three runs): py-spy",
-    "  samples wall time, and waking the writer there likely lets the kernel run it on the",
-    "  event loop's core, the loop still holding the GIL (a guess, not yet checked).",
-    "- Every figure of a run is of the whole set-up on a shared machine: when other work takes",
-    "  the cores (see the load average at the top), the maximum rates and the tails of the",
-    "  latencies fall apart for every client alike, and only the ratios within one run and",
-    "  the per-push figures above are worth comparing.",
-    "- The before figures come from another build of the machine (Linux 6.18.44-fc-v857;",
-    "  this run's kernel is named at the top): the bare loop took 11.7 % of a core at 2,000",
-    "  msg/s then, 18-22 % in every run since, quiet or not. So the before/after table",
-    "  compares ratios to the bare loop of the same run, not percentages.",
-    "",
-)
-
-
 def write_report(path: Path, res: Results, command: str) -> None:
     """Write docs/performance.md (or `path`) whole: figures, set-up, details, profile."""
     p = res.plan
@@ -492,7 +422,8 @@ def write_report(path: Path, res: Results, command: str) -> None:
             "",
         ]
     if not p.quick:
-        lines += ["## The hot path: before and after", "", *before_after(res), "", *ANALYSIS]
+        lines += ["## The hot path: before and after", "", *before_after(res), ""]
+        lines += [*CHANGES, *obstacles(res)]
     lines += kept_sections(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines).rstrip() + "\n")
