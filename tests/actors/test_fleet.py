@@ -360,11 +360,12 @@ def test_a_slice_whose_lease_ran_out_in_the_thread_is_not_written() -> None:
         written.set()
         return BatchResult(unencodable=0, refused=0, refusal=None)
 
-    attempt = Attempt("pubsub", ev("A"), None)
+    attempt = Attempt("pubsub", ev("A"), None, threaded=True)
     attempt.until = time.monotonic() - 0.001
     with pytest.raises(FencedOut):
         attempt.run(write, cast(redis.Redis, None), load_settings({}).redis)
     assert not written.is_set()
+    assert attempt.done is not None
     assert attempt.done.is_set()
     assert attempt.result is None
 
