@@ -5,6 +5,9 @@ new one."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 import pytest
 import redis
 import trio
@@ -21,10 +24,17 @@ def _xadd(key: bytes) -> bytes:
     return b"*5\r\n$4\r\nXADD\r\n$%d\r\n%s\r\n$1\r\n*\r\n$1\r\nk\r\n$1\r\nv\r\n" % (len(key), key)
 
 
-def _client(server: RedisServer) -> redis.Redis:
-    return make_client(
-        load_settings({"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(server.port)}).redis
-    )
+@contextlib.asynccontextmanager
+async def open_link(server: RedisServer, **env: str) -> AsyncIterator[SocketLink]:
+    """A link through the service's own client for `server` (settings from `env` too)."""
+    settings = load_settings({"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(server.port)} | env)
+    client = make_client(settings.redis)
+    link = SocketLink(client)
+    try:
+        yield link
+    finally:
+        await link.close()
+        client.close()
 
 
 async def test_refusals_come_back_in_place_across_many_reads(redis_server: RedisServer) -> None:
@@ -36,17 +46,12 @@ async def test_refusals_come_back_in_place_across_many_reads(redis_server: Redis
     publish = b"*3\r\n$7\r\nPUBLISH\r\n$2\r\nch\r\n$%d\r\n%s\r\n" % (len(payload), payload)
     n = 5000
     commands = b"".join(_xadd(b"str") if i % 7 == 3 else publish for i in range(n))
-    client = _client(redis_server)
-    link = SocketLink(client)
-    try:
+    async with open_link(redis_server) as link:
         refusals = await link.request(commands, n)
         assert [i for i, _ in refusals] == [i for i in range(n) if i % 7 == 3]
         assert all(why.startswith("WRONGTYPE ") for _, why in refusals)
         assert await link.request(_xadd(b"events") + PING, 2) == []
         assert admin.xlen("events") == 1
-    finally:
-        await link.close()
-        client.close()
 
 
 async def test_a_cancelled_write_is_not_cut_in_half(redis_server: RedisServer) -> None:
@@ -54,8 +59,6 @@ async def test_a_cancelled_write_is_not_cut_in_half(redis_server: RedisServer) -
     write still completes with its replies read (the publisher then knows how it went), and
     the cancellation reaches the caller at its next checkpoint."""
     admin = redis_server.client()
-    client = _client(redis_server)
-    link = SocketLink(client)
     refusals: list[tuple[int, str]] | None = None
 
     async def write(scope: trio.CancelScope) -> None:
@@ -64,7 +67,7 @@ async def test_a_cancelled_write_is_not_cut_in_half(redis_server: RedisServer) -
             refusals = await link.request(_xadd(b"events"), 1)
             await trio.sleep(1)  # the next checkpoint raises Cancelled
 
-    try:
+    async with open_link(redis_server) as link:
         assert await link.request(PING, 1) == []  # the link is open
         admin.client_pause(500, all=False)  # WRITE: XADD waits, the link stays up
         scope = trio.CancelScope()
@@ -77,9 +80,6 @@ async def test_a_cancelled_write_is_not_cut_in_half(redis_server: RedisServer) -
         assert refusals == []
         assert 0.4 < trio.current_time() - started < 1  # until the write was answered
         assert admin.xlen("events") == 1
-    finally:
-        await link.close()
-        client.close()
 
 
 async def test_a_hung_redis_times_out_and_the_next_write_opens_a_new_link(
@@ -90,9 +90,7 @@ async def test_a_hung_redis_times_out_and_the_next_write_opens_a_new_link(
     write that timed out took effect is unknown to the caller, as with redis-py: the
     publisher puts such a slice back.)"""
     admin = redis_server.client()
-    client = _client(redis_server)
-    link = SocketLink(client)
-    try:
+    async with open_link(redis_server) as link:
         assert await link.request(PING, 1) == []
         first = link.stream
         admin.client_pause(int((REDIS_TIMEOUT_S + 1) * 1000), all=False)
@@ -106,49 +104,29 @@ async def test_a_hung_redis_times_out_and_the_next_write_opens_a_new_link(
         assert link.stream is not None
         assert link.stream is not first
         assert admin.xlen("after") == 1
-    finally:
-        await link.close()
-        client.close()
 
 
 async def test_a_link_closed_by_the_server_is_a_connection_error_then_reopened(
     redis_server: RedisServer,
 ) -> None:
     admin = redis_server.client()
-    client = _client(redis_server)
-    link = SocketLink(client)
-    try:
+    async with open_link(redis_server) as link:
         assert await link.request(PING, 1) == []
         assert admin.client_kill_filter(_type="normal", skipme=True) >= 1
         with pytest.raises(redis.ConnectionError, match=f"127.0.0.1:{redis_server.port}"):
             await link.request(PING, 1)
         assert link.stream is None
         assert await link.request(PING, 1) == []
-    finally:
-        await link.close()
-        client.close()
 
 
 async def test_auth_errors_are_redis_pys_own(redis_server: RedisServer) -> None:
     """The link is opened by redis-py: a wrong password raises its AuthenticationError, with
     no secret in the words."""
     redis_server.client().config_set("requirepass", "right-one")
-    settings = load_settings(
-        {
-            "REDIS_HOST": "127.0.0.1",
-            "REDIS_PORT": str(redis_server.port),
-            "REDIS_PASSWORD": "wrong-one",
-        }
-    ).redis
-    client = make_client(settings)
-    link = SocketLink(client)
-    try:
+    async with open_link(redis_server, REDIS_PASSWORD="wrong-one") as link:
         with pytest.raises(redis.AuthenticationError) as caught:
             await link.request(PING, 1)
         assert "wrong-one" not in str(caught.value)
-    finally:
-        await link.close()
-        client.close()
 
 
 def test_tls_links_are_left_to_redis_py() -> None:
