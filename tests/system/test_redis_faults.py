@@ -19,13 +19,15 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+import redis
 import trio
 
 from devtools.devredis import RedisServer, free_port
 from devtools.simulator import SimAddress, SimConfig
-from screener.config import load_settings
+from screener.config import RedisSettings, load_settings
 from screener.models import MarketData, Ranking, RedisStatus
-from screener.redis_client import Held, make_client, publish_batch
+from screener.redis_client import BatchResult, Held, make_client, prepare_batch, publish_batch
+from screener.redis_socket import SocketLink
 from tests.actors.fakes import market_data, publisher_lines
 from tests.system.service_harness import Subscriber, counter, eventually, running, simulator
 
@@ -75,21 +77,42 @@ def memory_back(server: RedisServer) -> None:
         admin.close()
 
 
-# --- what Redis refuses, sorted (publish_batch against a real server) -----------------------
+# --- what Redis refuses, sorted (either way of writing, against a real server) --------------
 
 
 def event(symbol: str, ts_ms: int = 60_000) -> MarketData:
     return market_data(symbol, 1.0, ts_ms, t=60, volume=1.0, window_min=1)
 
 
+async def _write(
+    way: str,
+    client: redis.Redis,
+    settings: RedisSettings,
+    events: list[MarketData],
+    rank: Ranking,
+) -> BatchResult:
+    """One batch the way REDIS_WRITER says: through redis-py (`publish_batch`, as in a
+    writer thread) or over the socket link."""
+    if way == "thread":
+        return publish_batch(client, settings, events, rank)
+    batch = prepare_batch(settings, events, rank)
+    link = SocketLink(client)
+    try:
+        return batch.result(await link.request(batch.payload, batch.commands))
+    finally:
+        await link.close()
+
+
+@pytest.mark.parametrize("way", ["socket", "thread"])
 @pytest.mark.parametrize("fault", ["oom", "wrongtype"])
 async def test_refusals_for_now_are_held_for_the_target_that_refused_content_ones_dropped_once(
-    redis_server: RedisServer, fault: str
+    redis_server: RedisServer, fault: str, way: str
 ) -> None:
     """PUBLISH_MODE=both: PUBLISH goes through under OOM, XADD does not, so the held events
     owe the stream only; a WRONGTYPE stream key drops each event once, not once per command.
     An event that cannot be serialized (a 70-bit integer) is skipped without shifting which
-    reply belongs to which event."""
+    reply belongs to which event. The same over the socket link (hiredis's own error
+    replies) as through redis-py (its exceptions, the code put back)."""
     settings = load_settings(
         {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(redis_server.port), "PUBLISH_MODE": "both"}
     ).redis
@@ -104,7 +127,7 @@ async def test_refusals_for_now_are_held_for_the_target_that_refused_content_one
             admin = redis_server.client()
             admin.set("market_data", "not a stream")
             admin.close()
-        result = publish_batch(client, settings, events, rank)
+        result = await _write(way, client, settings, events, rank)
         with trio.fail_after(10):
             await eventually(lambda: len(sub.get("market_data")) == 2, what="both PUBLISHes")
     finally:

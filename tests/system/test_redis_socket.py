@@ -6,16 +6,23 @@ new one."""
 from __future__ import annotations
 
 import contextlib
+import functools
+import threading
 from collections.abc import AsyncIterator
 
 import pytest
 import redis
 import trio
 
-from devtools.devredis import RedisServer
+from actors.publisher import run_publisher
+from devtools.devredis import RedisServer, free_port
 from screener.config import load_settings
+from screener.metrics import Metrics
+from screener.models import PublisherInbox, RedisStatus
 from screener.redis_client import REDIS_TIMEOUT_S, make_client
 from screener.redis_socket import SocketLink, takes_over
+from screener.snapshot import Latest
+from tests.actors.fakes import publisher_lines
 
 PING = b"*1\r\n$4\r\nPING\r\n"
 
@@ -136,3 +143,30 @@ def test_tls_links_are_left_to_redis_py() -> None:
     assert takes_over(client("redis://127.0.0.1:6390/0"))
     assert takes_over(client("unix:///tmp/redis.sock"))
     assert not takes_over(client("rediss://127.0.0.1:6390/0"))
+
+
+async def test_a_tls_url_writes_through_the_writer_thread_and_says_so() -> None:
+    """REDIS_URL=rediss://: the default way cannot take the link over; the publisher says so
+    once at start and writes through the writer thread (here to a port nobody listens on:
+    the usual outage line follows, with no secret in it)."""
+    url = f"rediss://reader:hunter2@127.0.0.1:{free_port()}/0"
+    settings = load_settings({"REDIS_URL": url}).redis
+    status = Latest(RedisStatus(up=False, error=None))
+    send, inbox = trio.open_memory_channel[PublisherInbox](10)
+    with publisher_lines() as lines, trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                functools.partial(
+                    run_publisher, inbox, settings=settings, status=status, metrics=Metrics()
+                )
+            )
+            names = {thread.name for thread in threading.enumerate()}
+            while status.value.error is None:  # noqa: ASYNC110 - the status has no event
+                await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+        await send.aclose()
+    assert "redis-writer" in names
+    assert lines[0] == ("INFO", "TLS link to redis: writes go through a thread")
+    assert lines[1][0] == "WARNING"
+    assert lines[1][1].startswith("redis unavailable at rediss://")
+    assert "hunter2" not in " ".join(text for _, text in lines)
