@@ -3,9 +3,10 @@
 Input: batches of `MarketData` (from the window actor) and `Ranking`s (from the ranking
 actor), fanned in on one channel. The collector moves them at once into a bounded
 `PublishBuffer`, so ingest never waits for Redis; the flusher sends what is pending in slices
-of at most `PIPELINE_EVENTS` events, one pipeline each, in one long-lived writer thread
-(`WriterThread`; redis-py is synchronous), one write in flight: what arrives meanwhile goes in
-the next, so writes grow with the load, and a backlog is never encoded at once.
+of at most `PIPELINE_EVENTS` events, one pipeline each, the way REDIS_WRITER says: over a
+`SocketLink` on the event loop (the default), or through redis-py in a writer thread. One
+write is in flight: what arrives meanwhile goes in the next, so writes grow with the load,
+and a backlog is never encoded at once.
 
 Only what Redis does with a write decides the status. A failed or timed-out write marks it
 down (one warning) until a write succeeds (one `redis up at` line); a PING answer is no
@@ -17,9 +18,10 @@ refused for its own content (WRONGTYPE) is dropped and counted. Nothing refused 
 published. The buffer keeps at most `capacity` events by keeping the newest per symbol,
 counting what it dropped. It closes nothing but its inbox.
 
-On cancel, under one shielded deadline: the write in flight is waited for (its thread records
-the outcome, so it is neither lost nor sent twice), then what is pending goes in slices; the
-log says `flushed N pending events` or `final flush failed, N events not published (REASON)`.
+On cancel, under one shielded deadline: the write in flight is finished first (a link's write
+is shielded until answered; a thread's records its outcome, which is waited for), so it is
+neither lost nor sent twice; then what is pending goes in slices; the log says `flushed N
+pending events` or `final flush failed, N events not published (REASON)`.
 """
 
 from __future__ import annotations

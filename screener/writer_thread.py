@@ -1,8 +1,9 @@
 """How the publisher's writes reach a thread and their outcome comes back to trio.
 
-redis-py is synchronous, so every write runs outside the event loop. Two ways, measured
-against each other by the benchmark (docs/architecture.md, "The publisher's writer thread"):
-one long-lived `WriterThread`, or `trio.to_thread.run_sync` per write (`to_thread_hop`).
+With REDIS_WRITER=thread or to_thread (and for TLS links), writes go through redis-py, which is
+synchronous, so they run outside the event loop: in one long-lived `WriterThread`, or in
+`trio.to_thread.run_sync` per write (`to_thread_hop`). The benchmark measures both against the
+default socket link (docs/architecture.md, "How the publisher writes").
 A resource of the publisher actor, not an actor: it knows nothing of Redis but the result type.
 """
 
