@@ -451,7 +451,7 @@ def read_refusals(conn: redis.Connection, n: int) -> list[tuple[int, str]]:
                 if isinstance(reply, redis.ReadOnlyError) and isinstance(
                     conn, SentinelManagedConnection
                 ):
-                    _demoted(conn)
+                    demoted(conn.connection_pool)
                 refusals.append((index, refusal_text(reply)))
             index += 1
     except OSError as exc:  # as redis-py's read_response words it
@@ -461,11 +461,12 @@ def read_refusals(conn: redis.Connection, n: int) -> list[tuple[int, str]]:
     return refusals
 
 
-def _demoted(conn: SentinelManagedConnection) -> NoReturn:
-    """READONLY from the master Sentinel named: it has been demoted. As redis-py's own
+def demoted(pool: SentinelConnectionPool) -> NoReturn:
+    """READONLY from the master the Sentinels named: it has been demoted. As redis-py's own
     `read_response` does for a Sentinel connection, a broken link, not a refusal: the pool
-    forgets the old master and the caller's retry asks the Sentinels for the new one."""
-    conn.connection_pool.reset()
+    forgets the old master and the caller's retry asks the Sentinels for the new one. (Both
+    ways of writing: `read_refusals` and the socket link.)"""
+    pool.reset()  # type: ignore[no-untyped-call]
     raise redis.ConnectionError("The previous master is now a slave")
 
 

@@ -22,9 +22,8 @@ import hiredis
 import redis
 import trio
 from redis.connection import SSLConnection
-from redis.sentinel import SentinelConnectionPool
 
-from screener.redis_client import REDIS_TIMEOUT_S, MasterPool
+from screener.redis_client import REDIS_TIMEOUT_S, MasterPool, demoted
 
 RECEIVE_BYTES: Final = 65536
 
@@ -41,7 +40,8 @@ class SocketLink:
 
     def __init__(self, client: redis.Redis) -> None:
         self.pool = client.connection_pool
-        self.sentinel = isinstance(self.pool, SentinelConnectionPool)
+        # Under Sentinel (`make_client` gives it this pool): whose master the link is.
+        self.masters = self.pool if isinstance(self.pool, MasterPool) else None
         self.stream: trio.SocketStream | None = None
         self.address = ""
         self.master: tuple[str, int] | None = None
@@ -90,26 +90,19 @@ class SocketLink:
                 continue
             if isinstance(reply, hiredis.ReplyError):
                 why = str(reply)
-                if self.sentinel and why.startswith("READONLY"):
-                    self._demoted()
+                if self.masters is not None and why.startswith("READONLY"):
+                    demoted(self.masters)
                 refusals.append((index, why))
             index += 1
         return refusals
-
-    def _demoted(self) -> None:
-        """READONLY from the master the Sentinels named: it has been demoted. As redis-py
-        does, a broken link, not a refusal: the pool forgets the old master and the
-        publisher's retry asks the Sentinels for the new one."""
-        self.pool.reset()
-        raise redis.ConnectionError("The previous master is now a slave")
 
     async def _open(self) -> trio.SocketStream:
         """The link, opened by redis-py in a thread (connecting blocks), then handed over.
         Under Sentinel the master is confirmed at most every MASTER_CHECK_S, as for the
         writer thread; when it moved, the link is closed and the new master's opened."""
-        pool = self.pool
-        if self.stream is not None and isinstance(pool, MasterPool) and pool.check_due():
-            moved_to = await trio.to_thread.run_sync(pool.check_master)
+        masters = self.masters
+        if self.stream is not None and masters is not None and masters.check_due():
+            moved_to = await trio.to_thread.run_sync(masters.check_master)
             if moved_to is not None and moved_to != self.master:
                 await self.close()
         if self.stream is None:
@@ -136,7 +129,7 @@ class SocketLink:
             self.pool.release(conn)
         host, port = getattr(conn, "host", None), getattr(conn, "port", 0)
         self.address = f"{host}:{port}" if host is not None else str(sock.getpeername())
-        master = (str(host), int(port)) if self.sentinel and host is not None else None
+        master = (str(host), int(port)) if self.masters is not None and host is not None else None
         return sock, master
 
     async def close(self) -> None:
