@@ -44,15 +44,8 @@ from screener.logs import RateLimited
 from screener.metrics import Metrics, observe_many
 from screener.models import Leadership, MarketData, PublisherInbox, Ranking, RedisStatus
 from screener.periodic import Pulse
-from screener.redis_client import (
-    REDIS_ERRORS,
-    REDIS_TIMEOUT_S,
-    BatchResult,
-    Held,
-    make_client,
-    prepare_batch,
-    publish_batch,
-)
+from screener.redis_batch import BatchResult, Held, prepare_batch, publish_batch
+from screener.redis_client import REDIS_ERRORS, REDIS_TIMEOUT_S, make_client
 from screener.redis_socket import SocketLink, takes_over
 from screener.snapshot import Latest
 from screener.supervise import Backoff, failure_text

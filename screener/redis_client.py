@@ -1,19 +1,15 @@
-"""Redis as the publisher uses it: the client, and one batch written in one round trip.
+"""The Redis client the service's actors use: direct, or the master the Sentinels name.
 
-A resource, not an actor. `prepare_batch` encodes a batch once; it is written either over
-the publisher's socket link (screener/redis_socket.py) or by `publish_batch` through
-redis-py in a writer thread; either way the replies are read in bulk and sorted by
-`Prepared.result`. With REDIS_SENTINELS the client writes to the master the Sentinels name
-and follows it when it moves (`MasterPool`).
+A resource, not an actor. With REDIS_SENTINELS the client writes to the master the
+Sentinels name and follows it when it moves (`MasterPool`). What is written with it, a
+batch of events in one round trip, is screener/redis_batch.py.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Final, NamedTuple, NoReturn
+from typing import Any, Final, NoReturn
 
-import msgspec
-import orjson
 import redis
 from loguru import logger
 from redis.backoff import NoBackoff
@@ -23,18 +19,9 @@ from redis.sentinel import (
     MasterNotFoundError,
     Sentinel,
     SentinelConnectionPool,
-    SentinelManagedConnection,
 )
 
-try:  # redis-py's hiredis parser and its "need more bytes" marker (read_refusals)
-    from redis._parsers.hiredis import NOT_ENOUGH_DATA as _NOT_ENOUGH_DATA
-    from redis._parsers.hiredis import _HiredisParser
-except ImportError:  # pragma: no cover - another redis-py layout: one reply at a time
-    _HiredisParser = None  # type: ignore[assignment,misc]
-    _NOT_ENOUGH_DATA = object()
-
 from screener.config import RedisSettings
-from screener.models import MarketData, Ranking
 
 REDIS_TIMEOUT_S: Final = 2.0
 SENTINEL_TIMEOUT_S: Final = 1.0
@@ -204,263 +191,6 @@ class MasterPool(SentinelConnectionPool):
                 sentinel.close()
 
 
-class _MarketDataDoc(msgspec.Struct, tag_field="type", tag="market_data", gc=False):
-    """`MarketData.as_dict()` as msgspec encodes it: the same keys in the same order, the
-    same values, with no dict built per event (a third cheaper; docs/performance.md)."""
-
-    source: str
-    symbol: str
-    interval: str
-    candle_ts: int
-    ts: int
-    open: float
-    high: float
-    low: float
-    close: float
-    price: float
-    volume: float
-    amount: float
-    change_pct: float
-    window_min: int
-
-
-_encoder: Final = msgspec.json.Encoder()
-_INT64: Final = 1 << 63
-
-
-class Unencodable(ValueError):
-    """An event JSON consumers cannot read back (an integer beyond 64 bits)."""
-
-
-def encode_event(event: MarketData) -> bytes:
-    """The `market_data` document of `event`, byte for byte `orjson.dumps(event.as_dict())`
-    for every event the service makes (a non-finite float becomes null there too)."""
-    k = event.kline
-    t, ts, window_min = k.t, k.ts_ms, event.window_min
-    if not (-_INT64 <= t < _INT64 and -_INT64 <= ts < _INT64 and -_INT64 <= window_min < _INT64):
-        raise Unencodable("integer beyond 64 bits")
-    close = k.close
-    return _encoder.encode(
-        _MarketDataDoc(
-            k.source,
-            k.symbol,
-            "Min1",
-            t,
-            ts,
-            k.open,
-            k.high,
-            k.low,
-            close,
-            close,
-            k.volume,
-            k.amount,
-            event.change_pct,
-            window_min,
-        )
-    )
-
-
-HELD_CODES: Final = frozenset(
-    (
-        "OOM",
-        "READONLY",
-        "MASTERDOWN",
-        "LOADING",
-        "BUSY",
-        "MISCONF",
-        "NOREPLICAS",
-        "TRYAGAIN",
-        "CLUSTERDOWN",
-    )
-)
-"""Refusals that say "not now" about Redis itself (full memory, a replica, a failover, a
-dataset loading, a busy script, a disk that cannot persist), not about the command: what
-they refused is kept and sent again. Any other refusal (WRONGTYPE, NOPERM, ...) would refuse
-the same command forever, so it is dropped."""
-
-
-class Held(NamedTuple):
-    """What Redis refused for now, to send again to the targets of `mode` only (with
-    PUBLISH_MODE=both, an event whose PUBLISH went out but whose XADD was refused owes the
-    stream only: sending it again to both would duplicate it on pub/sub)."""
-
-    mode: str  # "pubsub", "stream" or "both"
-    events: list[MarketData]
-    ranking: Ranking | None
-    reason: str  # Redis's words for the first of them, e.g. "OOM command not allowed ..."
-
-
-class BatchResult(NamedTuple):
-    """How one pipeline went, message by message (a message: an event or the ranking, sent
-    to one or both targets). A message is published when every target accepted it."""
-
-    unencodable: int
-    refused: int  # messages refused for their own content (e.g. WRONGTYPE): dropped
-    refusal: str | None  # the first of those refusals, for the log and /health
-    held: tuple[Held, ...] = ()  # messages refused for now (OOM, READONLY, ...): kept
-    ranking_refused: bool = False  # the ranking is one of the `refused`
-
-    @property
-    def held_events(self) -> int:
-        return sum(len(group.events) for group in self.held)
-
-    @property
-    def hold(self) -> str | None:
-        """Why Redis refused for now, None when it did not."""
-        return self.held[0].reason if self.held else None
-
-
-def refusal_text(exc: redis.RedisError) -> str:
-    """Redis's own words: redis-py strips the code off the errors it knows (OOM, READONLY,
-    LOADING, ...) and keeps it apart; it is put back, as operators search for it."""
-    code = getattr(exc, "status_code", None)
-    text = str(exc)
-    return f"{code} {text}" if code else text
-
-
-def is_held(refusal: str) -> bool:
-    return refusal.split(" ", 1)[0] in HELD_CODES
-
-
-def _resp(*parts: bytes) -> bytes:
-    """One command in the Redis protocol (RESP): an array of bulk strings."""
-    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
-
-
-def packed_commands(settings: RedisSettings, messages: list[tuple[str, bytes]]) -> list[bytes]:
-    """PUBLISH (and XADD) commands for a batch, packed here rather than by redis-py's
-    general-purpose packer, which cost a tenth of the service's CPU under load."""
-    commands: list[bytes] = []
-    if settings.to_pubsub:
-        heads: dict[str, bytes] = {}
-        for channel, payload in messages:
-            head = heads.get(channel)
-            if head is None:
-                name = channel.encode()
-                head = heads[channel] = b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n" % (len(name), name)
-            commands.append(b"%s$%d\r\n%s\r\n" % (head, len(payload), payload))
-    if settings.to_stream:
-        cap = b"%d" % settings.stream_maxlen
-        for channel, payload in messages:
-            commands.append(
-                _resp(b"XADD", channel.encode(), b"MAXLEN", b"~", cap, b"*", b"data", payload)
-            )
-    return commands
-
-
-class Prepared(NamedTuple):
-    """A batch encoded for one round trip: its commands as one payload, and what they were
-    made of, so the replies can be matched back to the records."""
-
-    settings: RedisSettings
-    payload: bytes
-    commands: int  # in `payload`; 0: nothing to send
-    events: list[MarketData]
-    ranking: Ranking | None
-    skipped: list[MarketData]  # events that could not be encoded: not in `payload`
-
-    def result(self, refusals: list[tuple[int, str]]) -> BatchResult:
-        """How the batch went, given the refusals among its replies."""
-        unencodable = len(self.skipped)
-        if not refusals:
-            return BatchResult(unencodable, 0, None)
-        gone = {id(event) for event in self.skipped}
-        sources: list[MarketData | Ranking] = [e for e in self.events if id(e) not in gone]
-        if self.ranking is not None:
-            sources.append(self.ranking)
-        return sort_refusals(self.settings, sources, refusals, unencodable)
-
-
-def prepare_batch(
-    settings: RedisSettings, events: list[MarketData], ranking: Ranking | None
-) -> Prepared:
-    """Serialize a batch for one round trip. Events that cannot be serialized are counted
-    and skipped: one bad record must not block, or crash, the rest. The caller keeps batches
-    to a bounded slice, so this never holds a whole backlog encoded at once."""
-    messages: list[tuple[str, bytes]] = []
-    skipped: list[MarketData] = []
-    channel = settings.market_data_channel
-    for event in events:
-        try:
-            messages.append((channel, encode_event(event)))
-        except (TypeError, ValueError, OverflowError):  # orjson, msgspec, `Unencodable`
-            skipped.append(event)
-    if ranking is not None:
-        messages.append((settings.top_movers_channel, orjson.dumps(ranking.as_dict())))
-    commands = packed_commands(settings, messages)
-    return Prepared(settings, b"".join(commands), len(commands), events, ranking, skipped)
-
-
-def publish_batch(
-    client: redis.Redis,
-    settings: RedisSettings,
-    events: list[MarketData],
-    ranking: Ranking | None,
-) -> BatchResult:
-    """Runs in a writer thread (REDIS_WRITER=thread or to_thread): the batch in one round
-    trip through redis-py's connection pool.
-
-    Commands Redis refuses for their content are counted and skipped; commands it refuses
-    for now (`HELD_CODES`) come back in `held`, to be sent again."""
-    batch = prepare_batch(settings, events, ranking)
-    if not batch.commands:
-        return batch.result([])
-    pool = client.connection_pool
-    conn = pool.get_connection()
-    try:
-        conn.send_packed_command([batch.payload])  # type: ignore[no-untyped-call]
-        refusals = read_refusals(conn, batch.commands)
-    except BaseException:
-        conn.disconnect()  # type: ignore[no-untyped-call]  # a half-read reply stream is useless
-        raise
-    finally:
-        pool.release(conn)
-    return batch.result(refusals)
-
-
-# A refusal is one error reply: the reply stream stays in step, the link is fine. LOADING is
-# one too, although redis-py files it under ConnectionError.
-_REFUSALS: Final = (redis.ResponseError, redis.BusyLoadingError)
-
-
-def read_refusals(conn: redis.Connection, n: int) -> list[tuple[int, str]]:
-    """Read the replies to `n` pipelined commands; returns the refusals among them as
-    (command index, Redis's words), raises as redis-py does when the link fails.
-
-    In bulk: the socket's bytes go to the hiredis reader of redis-py's own parser and each
-    reply costs one C call (`gets`), not a pass through redis-py's `read_response` (a few
-    Python frames per reply). This reads two private attributes of redis-py's parser
-    (`_parser`, `_reader`; redis 5 to 8); without them, or without hiredis >= 3.2 (redis-py
-    then parses in Python), it falls back to `read_response` per reply."""
-    parser = getattr(conn, "_parser", None)
-    reader = getattr(parser, "_reader", None)
-    if _HiredisParser is None or not isinstance(parser, _HiredisParser) or reader is None:
-        return _read_one_by_one(conn, n)
-    gets = reader.gets
-    refusals: list[tuple[int, str]] = []
-    index = 0
-    try:
-        while index < n:
-            reply = gets()
-            if reply is _NOT_ENOUGH_DATA:
-                parser.read_from_socket()  # type: ignore[no-untyped-call]  # raises Redis errors
-                continue
-            if isinstance(reply, Exception):
-                if not isinstance(reply, _REFUSALS):
-                    raise reply
-                if isinstance(reply, redis.ReadOnlyError) and isinstance(
-                    conn, SentinelManagedConnection
-                ):
-                    demoted(conn.connection_pool)
-                refusals.append((index, refusal_text(reply)))
-            index += 1
-    except OSError as exc:  # as redis-py's read_response words it
-        raise redis.ConnectionError(
-            f"Error while reading from {conn._host_error()} : {exc.args}"  # type: ignore[no-untyped-call]
-        ) from None
-    return refusals
-
-
 def demoted(pool: SentinelConnectionPool) -> NoReturn:
     """READONLY from the master the Sentinels named: it has been demoted. As redis-py's own
     `read_response` does for a Sentinel connection, a broken link, not a refusal: the pool
@@ -468,55 +198,3 @@ def demoted(pool: SentinelConnectionPool) -> NoReturn:
     ways of writing: `read_refusals` and the socket link.)"""
     pool.reset()  # type: ignore[no-untyped-call]
     raise redis.ConnectionError("The previous master is now a slave")
-
-
-def _read_one_by_one(conn: redis.Connection, n: int) -> list[tuple[int, str]]:
-    refusals: list[tuple[int, str]] = []
-    for index in range(n):
-        try:
-            conn.read_response()
-        except _REFUSALS as exc:
-            refusals.append((index, refusal_text(exc)))
-    return refusals
-
-
-def sort_refusals(
-    settings: RedisSettings,
-    sources: list[MarketData | Ranking],
-    refusals: list[tuple[int, str]],
-    unencodable: int,
-) -> BatchResult:
-    """Which messages (`sources`: the records sent, in order) are dropped, refused for their
-    content on some target, and which are held, by the targets that still owe them. Commands
-    come target by target (`packed_commands`: every PUBLISH, then every XADD), so command `i`
-    is message `i % len(sources)`."""
-    targets = [
-        mode for mode, on in (("pubsub", settings.to_pubsub), ("stream", settings.to_stream)) if on
-    ]
-    n = len(sources)
-    owed: dict[int, tuple[list[str], str]] = {}  # message -> (targets that held it, why)
-    dropped: dict[int, str] = {}  # message -> why it was refused for its content
-    for index, why in refusals:
-        message, target = index % n, targets[index // n]
-        if is_held(why):
-            owed.setdefault(message, ([], why))[0].append(target)
-        else:
-            dropped.setdefault(message, why)
-    groups: dict[str, Held] = {}
-    for message in sorted(owed.keys() - dropped.keys()):
-        held_by, why = owed[message]
-        mode = settings.mode if len(held_by) == len(targets) else held_by[0]
-        group = groups.setdefault(mode, Held(mode=mode, events=[], ranking=None, reason=why))
-        source = sources[message]
-        if isinstance(source, Ranking):
-            groups[mode] = group._replace(ranking=source)
-        else:
-            group.events.append(source)
-    refusal = next(iter(dropped.values()), None)
-    return BatchResult(
-        unencodable=unencodable,
-        refused=len(dropped),
-        refusal=refusal,
-        held=tuple(groups.values()),
-        ranking_refused=type(sources[-1]) is Ranking and (n - 1) in dropped,
-    )

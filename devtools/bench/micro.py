@@ -31,16 +31,16 @@ from screener.config import RedisSettings, load_settings
 from screener.metrics import Metrics, observe_many
 from screener.mexc.frames import _kline, decode
 from screener.models import Kline, MarketData
-from screener.redis_client import (
+from screener.redis_batch import (
     BatchResult,
     _read_one_by_one,
     encode_event,
-    make_client,
     packed_commands,
     prepare_batch,
     publish_batch,
     read_refusals,
 )
+from screener.redis_client import make_client
 from screener.redis_socket import SocketLink
 from screener.writer_thread import WriterThread, to_thread_hop
 

@@ -32,6 +32,7 @@ _GROUPS: tuple[tuple[str, str], ...] = (
     ("screener/mexc/frames", "screener/mexc/frames.py (decoder)"),
     ("screener/mexc/values", "screener/mexc/values.py (decoder)"),
     ("screener/redis_client", "screener/redis_client.py"),
+    ("screener/redis_batch", "screener/redis_batch.py"),
     ("screener/redis_socket", "screener/redis_socket.py"),
     ("actors/window", "actors/window.py"),
     ("actors/publisher", "actors/publisher.py"),

@@ -51,7 +51,7 @@ from screener.models import (
     UniverseStatus,
     WindowInbox,
 )
-from screener.redis_client import BatchResult
+from screener.redis_batch import BatchResult
 from screener.snapshot import Latest, Views
 from screener.supervise import Reachability
 from tests.actors.memory_exchange import MemoryExchange

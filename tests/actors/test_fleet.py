@@ -31,7 +31,7 @@ from screener.models import (
     RedisStatus,
     SymbolStat,
 )
-from screener.redis_client import BatchResult
+from screener.redis_batch import BatchResult
 from screener.snapshot import Latest
 from tests.actors.fakes import M, market_data, threads_hold_clock
 

@@ -18,7 +18,7 @@ from actors.publisher import FINAL_FLUSH_S, PIPELINE_EVENTS, Publisher
 from screener.config import RedisSettings, load_settings
 from screener.metrics import Metrics
 from screener.models import MarketData, PublisherInbox, Ranking, RedisStatus
-from screener.redis_client import BatchResult, Held
+from screener.redis_batch import BatchResult, Held
 from screener.snapshot import Latest
 from tests.actors.fakes import (
     M,

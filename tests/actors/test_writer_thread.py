@@ -9,7 +9,7 @@ import threading
 import pytest
 import trio
 
-from screener.redis_client import BatchResult
+from screener.redis_batch import BatchResult
 from screener.writer_thread import WriterThread
 
 DONE = BatchResult(unencodable=0, refused=0, refusal=None)

@@ -34,6 +34,7 @@ BASE = {
     "screener.health",
     "screener.charts",
     "screener.redis_client",
+    "screener.redis_batch",
     "screener.fleet",
     "screener.fleet_redis",
     "screener.writer_thread",

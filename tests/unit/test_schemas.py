@@ -26,7 +26,7 @@ from screener.models import (
     SymbolStat,
     UniverseStatus,
 )
-from screener.redis_client import encode_event
+from screener.redis_batch import encode_event
 from screener.snapshot import Views
 from tests.contracts import (
     SCHEMA_NAMES,
