@@ -5,14 +5,29 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTHON ?= python3
 
-$(STAMP): pyproject.toml devtools/pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ./devtools -e '.[dev]'
+# uv installs the exact versions of uv.lock (every package, hashes checked); uv itself, at the
+# release below, lives in a venv of its own ($(TOOLS)), so the project venv holds only the lock.
+UV_VERSION := 0.13.10
+TOOLS ?= .tools
+UV := $(TOOLS)/bin/uv
+export UV_PYTHON_DOWNLOADS := never
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install -q uv==$(UV_VERSION)
+
+$(STAMP): pyproject.toml devtools/pyproject.toml uv.lock | $(UV)
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync -q --frozen --extra dev --python $(PYTHON)
 	touch $(STAMP)
 
-.PHONY: install test test-fast test-floors image-check lint run demo simulate bench
+.PHONY: install upgrade test test-fast test-latest test-floors image-check lint run demo simulate bench
 install: $(STAMP)
+
+## refresh uv.lock to the newest releases pyproject.toml allows, install them, run the suite;
+## commit uv.lock only when it passes (docs/operations.md, "Upgrading dependencies")
+upgrade: | $(UV)
+	$(UV) lock --upgrade
+	$(MAKE) test
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -27,10 +42,18 @@ test: lint
 test-fast: lint
 	$(BIN)/pytest -m "not system"
 
+## lint and every test on the newest releases, ignoring uv.lock (in .venv-latest; by hand, not
+## in CI): tells early what the next `make upgrade` will meet
+test-latest: | $(UV)
+	rm -rf .venv-latest
+	$(UV) venv -q --python $(PYTHON) .venv-latest
+	$(UV) pip install -q --python .venv-latest/bin/python --upgrade -e ./devtools -e '.[dev]'
+	$(MAKE) VENV=.venv-latest STAMP=.venv-latest/bin/python test
+
 ## every test at the dependency floors: each direct dependency at the lowest version that
 ## pyproject.toml allows, in a venv of its own (uv's lowest-direct resolution; no lint)
-test-floors:
-	PYTHON=$(PYTHON) bash devtools/ci/floors.sh
+test-floors: | $(UV)
+	UV=$(UV) PYTHON=$(PYTHON) bash devtools/ci/floors.sh
 
 ## build docker/Dockerfile (docker, podman, or else buildah on a local Debian base) and run
 ## the image against loopback Redis and the simulator: HEALTHCHECK, /top5, SIGTERM exit 0

@@ -90,7 +90,7 @@ def _sentinel_client(settings: RedisSettings, announce_moves: bool) -> redis.Red
             **common,
         },
     )
-    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+    client: redis.Redis = sentinel.master_for(
         settings.sentinel_master,
         connection_pool_class=MasterPool,
         socket_timeout=REDIS_TIMEOUT_S,
@@ -109,7 +109,7 @@ class _Sentinel(Sentinel):
     characters per Sentinel, so the reason was cut off in the log and /health."""
 
     def __init__(self, announce_moves: bool, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        super().__init__(*args, **kwargs)
         self.announce_moves = announce_moves
         self.master_seen: tuple[str, int] | None = None
 

@@ -180,7 +180,7 @@ def child_sub(args: argparse.Namespace) -> int:
     import redis
 
     client = redis.Redis(port=args.port, socket_timeout=5)
-    pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe("market_data", "top_movers")
     stats = Path(args.stats)
     events = rankings = 0

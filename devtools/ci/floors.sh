@@ -6,7 +6,7 @@
 # redis 5.0.0). Lint is not run here: mypy's verdict depends on the installed libraries' type
 # hints, so `make lint` runs on the ordinary (newest) install only.
 # Usage: devtools/ci/floors.sh [pytest args...]      (make test-floors; CI runs it after make test)
-# Env: PYTHON (interpreter for the venv, default python3), FLOORS_DIR (keep the venvs there
+# Env: PYTHON (interpreter for the venv, default python3), UV (the uv to use), FLOORS_DIR (keep the venvs there
 # instead of a temporary folder that is removed at exit).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -20,12 +20,17 @@ else
     trap 'rm -rf "$work"' EXIT
 fi
 
-# uv from PyPI, in a venv of its own (nothing leaks into the venv under test).
-if [[ ! -x "$work/uv/bin/uv" ]]; then
-    "$python" -m venv "$work/uv"
-    "$work/uv/bin/pip" install -q uv
+# uv: the Makefile's (UV, the release it pins), else from PyPI in a venv of its own (nothing
+# leaks into the venv under test).
+if [[ -n "${UV:-}" ]]; then
+    uv=$(realpath "$UV")
+else
+    if [[ ! -x "$work/uv/bin/uv" ]]; then
+        "$python" -m venv "$work/uv"
+        "$work/uv/bin/pip" install -q uv
+    fi
+    uv=$work/uv/bin/uv
 fi
-uv=$work/uv/bin/uv
 
 rm -rf "$work/venv"
 "$uv" venv -q --python "$python" "$work/venv"
