@@ -17,7 +17,7 @@ $(UV):
 	$(TOOLS)/bin/pip install -q uv==$(UV_VERSION)
 
 $(STAMP): pyproject.toml devtools/pyproject.toml uv.lock | $(UV)
-	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync -q --frozen --extra dev --python $(PYTHON)
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync -q --locked --extra dev --python $(PYTHON)
 	touch $(STAMP)
 
 .PHONY: install upgrade test test-fast test-latest test-floors image-check lint run demo simulate bench

@@ -342,7 +342,9 @@ def test_dockerfile_contract() -> None:
     assert 'CMD ["python", "-m", "screener.healthcheck"]' in final
     assert 'CMD ["screener"]' in final
     assert "LOG_FORMAT=json" in final
-    assert "-r /tmp/constraints.txt" in text
+    # The dependencies are the lock's, hashes checked (uv.lock, exported by the Makefile's uv).
+    assert "uv export --frozen" in text
+    assert "--require-hashes" in text
     # The OCI labels come from build arguments (make image-check fills them from git and
     # pyproject.toml); a literal value would go stale with the next commit.
     for key in ("source", "version", "revision"):
@@ -351,16 +353,50 @@ def test_dockerfile_contract() -> None:
         assert re.fullmatch(r"\$\{\w+\}", label.group(1)), f"{key} is not a build argument"
 
 
-def test_constraints_pin_runtime_deps_only() -> None:
+def _uv() -> str:
+    """The uv the Makefile installs (or the one the floors job is given, UV)."""
+    uv = os.environ.get("UV") or str(ROOT / ".tools" / "bin" / "uv")
+    if not Path(uv).exists():
+        pytest.skip(f"no uv at {uv}: `make install` puts it there")
+    return uv
+
+
+def test_image_takes_the_locked_runtime_deps_only() -> None:
+    """What the Dockerfile's builder installs: `uv export` of the service's own dependencies
+    from uv.lock, every one pinned with its hashes, none of the test tools."""
+    out = subprocess.run(
+        [
+            _uv(),
+            "export",
+            "--frozen",
+            "--package",
+            "screener",
+            "--no-emit-workspace",
+            "--no-dev",
+            "--no-header",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     pins = {}
-    for line in (ROOT / "docker" / "constraints.txt").read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            name, sep, version = line.partition("==")
+    for line in out.splitlines():
+        if line and not line.startswith((" ", "#")):
+            name, sep, version = line.split(" ;")[0].rstrip(" \\").partition("==")
             assert sep, f"not pinned: {line!r}"
-            assert version, f"not pinned: {line!r}"
             pins[_norm(name)] = version
     assert pins.keys() >= RUNTIME_DEPS
     assert not TEST_TOOLS & pins.keys()
+    assert out.count("--hash=sha256:") >= len(pins)
+
+
+def test_dockerfile_and_makefile_use_one_uv_release() -> None:
+    makefile = re.search(r"^UV_VERSION := (\S+)$", (ROOT / "Makefile").read_text(), re.M)
+    docker = re.search(r"^ARG UV_VERSION=(\S+)$", DOCKERFILE.read_text(), re.M)
+    assert makefile, "no UV_VERSION in the Makefile"
+    assert docker, "no ARG UV_VERSION in the Dockerfile"
+    assert docker.group(1) == makefile.group(1)
 
 
 def test_dockerignore_keeps_secrets_and_venv_out() -> None:
@@ -371,7 +407,7 @@ def test_dockerignore_keeps_secrets_and_venv_out() -> None:
     ]
     assert patterns[0] == "*", "allow-list: everything is excluded first"
     allowed = {p[1:].rstrip("/") for p in patterns if p.startswith("!")}
-    assert {"pyproject.toml", "screener", "actors", "docker/constraints.txt"} <= allowed
+    assert {"pyproject.toml", "screener", "actors", "uv.lock"} <= allowed
     assert not allowed & {".env", ".venv", ".git", "tests"}
 
 
