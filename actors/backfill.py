@@ -24,12 +24,12 @@ from typing import Final
 import trio
 from loguru import logger
 
-from screener.metrics import Metrics
+from screener.core.metrics import Metrics
+from screener.core.models import BackfillProgress, Kline, SymbolSet, WindowInbox
+from screener.core.names import INTERVAL_MINUTES, LIVE_INTERVAL
+from screener.core.periodic import Pulse
+from screener.core.snapshot import Latest
 from screener.mexc.client import RestFailed
-from screener.mexc.names import INTERVAL_MINUTES, LIVE_INTERVAL
-from screener.models import BackfillProgress, Kline, SymbolSet, WindowInbox
-from screener.periodic import Pulse
-from screener.snapshot import Latest
 
 FetchKlines = Callable[[str, str, int, int], Awaitable[list[Kline]]]
 """`(symbol, interval, start_s, end_s) -> candles`; raises `RestFailed`."""

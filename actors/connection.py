@@ -34,15 +34,15 @@ import trio_websocket
 from loguru import logger
 from trio_websocket import WebSocketConnection
 
-from screener.config import ExchangeSettings
-from screener.logs import RateLimited
-from screener.metrics import Metrics
+from screener.core.config import ExchangeSettings
+from screener.core.logs import RateLimited
+from screener.core.metrics import Metrics
+from screener.core.models import ConnStatus, Kline, SymbolSet, WindowInbox
+from screener.core.periodic import Pulse, Ticker, wait_quiet
+from screener.core.supervise import Backoff, Reachability, Spell, run_supervised
 from screener.mexc.frames import PING, ErrorReply, SubAck, UnsubAck, decode, sub_kline, unsub_kline
 from screener.mexc.values import DecodeError
 from screener.mexc.websocket import Connector, open_exchange_socket
-from screener.models import ConnStatus, Kline, SymbolSet, WindowInbox
-from screener.periodic import Pulse, Ticker, wait_quiet
-from screener.supervise import Backoff, Reachability, Spell, run_supervised
 
 RETRY_ON: Final[tuple[type[Exception], ...]] = (
     OSError,

@@ -22,10 +22,8 @@ from collections.abc import Awaitable, Callable
 import trio
 from loguru import logger
 
-from screener.metrics import Metrics
-from screener.mexc.client import RestFailed
-from screener.mexc.rest import Tick
-from screener.models import (
+from screener.core.metrics import Metrics
+from screener.core.models import (
     REST_SOURCE,
     FeedStatus,
     Kline,
@@ -34,8 +32,10 @@ from screener.models import (
     WindowInbox,
     ask_stats,
 )
-from screener.periodic import Ticker, wait_quiet
-from screener.snapshot import Latest
+from screener.core.periodic import Ticker, wait_quiet
+from screener.core.snapshot import Latest
+from screener.mexc.client import RestFailed
+from screener.mexc.rest import Tick
 
 FetchTickers = Callable[[], Awaitable[dict[str, Tick]]]
 """Every contract's last price; raises `RestFailed`."""

@@ -22,21 +22,21 @@ import redis
 import trio
 from loguru import logger
 
-from screener.config import FleetSettings
-from screener.fleet import Grant, Lease, merge_rankings
-from screener.fleet_redis import (
+from screener.core.config import FleetSettings
+from screener.core.metrics import Metrics
+from screener.core.models import FleetStatus, PublisherInbox, Ranking
+from screener.core.periodic import Ticker
+from screener.core.snapshot import Latest
+from screener.core.supervise import failure_text
+from screener.fleet.lease import (
     RANKING_TTL_INTERVALS,
     acquire_or_renew,
     read_shard_rankings,
     release,
     write_shard_ranking,
 )
-from screener.metrics import Metrics
-from screener.models import FleetStatus, PublisherInbox, Ranking
-from screener.periodic import Ticker
-from screener.redis_client import REDIS_ERRORS
-from screener.snapshot import Latest
-from screener.supervise import failure_text
+from screener.fleet.shards import Grant, Lease, merge_rankings
+from screener.redis.client import REDIS_ERRORS
 
 RELEASE_S = 1.0
 """Most time spent giving the lease up on shutdown; a standby otherwise waits one lease."""

@@ -39,17 +39,17 @@ import redis
 import trio
 from loguru import logger
 
-from screener.config import RedisSettings
-from screener.logs import RateLimited
-from screener.metrics import Metrics, observe_many
-from screener.models import Leadership, MarketData, PublisherInbox, Ranking, RedisStatus
-from screener.periodic import Pulse
-from screener.redis_batch import BatchResult, Held, prepare_batch, publish_batch
-from screener.redis_client import REDIS_ERRORS, REDIS_TIMEOUT_S, make_client
-from screener.redis_socket import SocketLink, takes_over
-from screener.snapshot import Latest
-from screener.supervise import Backoff, failure_text
-from screener.writer_thread import Hop, WriterThread, to_thread_hop
+from screener.core.config import RedisSettings
+from screener.core.logs import RateLimited
+from screener.core.metrics import Metrics, observe_many
+from screener.core.models import Leadership, MarketData, PublisherInbox, Ranking, RedisStatus
+from screener.core.periodic import Pulse
+from screener.core.snapshot import Latest
+from screener.core.supervise import Backoff, failure_text
+from screener.redis.batch import BatchResult, Held, prepare_batch, publish_batch
+from screener.redis.client import REDIS_ERRORS, REDIS_TIMEOUT_S, make_client
+from screener.redis.socket import SocketLink, takes_over
+from screener.redis.writer_thread import Hop, WriterThread, to_thread_hop
 
 FINAL_FLUSH_S: Final = 2.0
 PIPELINE_EVENTS: Final = 500

@@ -22,8 +22,8 @@ from collections.abc import Callable, Iterable
 import trio
 from loguru import logger
 
-from screener.metrics import Metrics
-from screener.models import (
+from screener.core.metrics import Metrics
+from screener.core.models import (
     Charts,
     Ranking,
     SymbolStat,
@@ -31,8 +31,8 @@ from screener.models import (
     ask_candles,
     ask_stats,
 )
-from screener.periodic import Ticker
-from screener.snapshot import Latest
+from screener.core.periodic import Ticker
+from screener.core.snapshot import Latest
 
 
 def rank(stats: Iterable[SymbolStat], *, top_n: int, lookback_min: int, wall_ts: float) -> Ranking:

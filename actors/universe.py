@@ -22,15 +22,15 @@ from typing import NamedTuple
 import trio
 from loguru import logger
 
-from screener.config import ExchangeSettings
-from screener.fleet import shard_of
-from screener.metrics import Metrics
+from screener.core.config import ExchangeSettings
+from screener.core.metrics import Metrics
+from screener.core.models import ChunkPlan, SymbolSet, UniverseStatus
+from screener.core.periodic import Ticker
+from screener.core.snapshot import Latest
+from screener.core.supervise import Backoff, failure_text
+from screener.fleet.shards import shard_of
 from screener.mexc.client import RestFailed
 from screener.mexc.rest import Contract, live_usdt_perpetuals
-from screener.models import ChunkPlan, SymbolSet, UniverseStatus
-from screener.periodic import Ticker
-from screener.snapshot import Latest
-from screener.supervise import Backoff, failure_text
 
 FetchContracts = Callable[[], Awaitable[list[Contract]]]
 """Every listed contract; raises `RestFailed` once the client's retries are spent."""

@@ -28,8 +28,8 @@ from typing import TypeVar
 import trio
 from loguru import logger
 
-from screener.metrics import Metrics
-from screener.models import (
+from screener.core.metrics import Metrics
+from screener.core.models import (
     HISTORY_SOURCE,
     LIVE_SOURCE,
     Candles,
@@ -42,7 +42,7 @@ from screener.models import (
     SymbolStat,
     WindowInbox,
 )
-from screener.snapshot import Latest
+from screener.core.snapshot import Latest
 
 T = TypeVar("T")
 

@@ -18,8 +18,8 @@ from loguru import logger
 from devtools.devredis import RedisServer
 from devtools.simulator import FakeExchange, SimConfig
 from screener.app import run_service, set_on_signal
-from screener.config import ConfigError, load_settings
-from screener.logs import setup_logging
+from screener.core.config import ConfigError, load_settings
+from screener.core.logs import setup_logging
 
 
 async def _demo(env: dict[str, str], redis_dir: Path) -> None:

@@ -14,10 +14,10 @@ import trio
 from loguru import logger
 
 from screener import __version__
-from screener.config import ConfigError, describe_variables, load_settings, resolved_variables
-from screener.http import ListenError
-from screener.logs import setup_logging
-from screener.supervise import split_retryable
+from screener.core.config import ConfigError, describe_variables, load_settings, resolved_variables
+from screener.core.logs import setup_logging
+from screener.core.supervise import split_retryable
+from screener.http.routes import ListenError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -40,15 +40,15 @@ from actors.publisher import run_publisher
 from actors.ranking import run_ranking
 from actors.universe import run_universe
 from actors.window import run_window
-from screener.config import Settings
-from screener.http import create_app, serve_http
-from screener.metrics import Metrics
+from screener.core.config import Settings
+from screener.core.metrics import Metrics
+from screener.core.models import ChunkPlan, PublisherInbox, Ranking, SymbolSet, WindowInbox
+from screener.core.snapshot import Views
+from screener.core.supervise import Reachability, supervise_pool
+from screener.http.routes import create_app, serve_http
+from screener.http.stream import Streams
 from screener.mexc.client import fetch_contracts, fetch_klines, fetch_tickers, open_rest_client
-from screener.models import ChunkPlan, PublisherInbox, Ranking, SymbolSet, WindowInbox
-from screener.redis_client import make_client
-from screener.snapshot import Views
-from screener.stream import Streams
-from screener.supervise import Reachability, supervise_pool
+from screener.redis.client import make_client
 
 Mode = Literal["ws", "rest"]
 

@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 
-from screener.config import ConfigError, load_settings
+from screener.core.config import ConfigError, load_settings
 
 TIMEOUT_S = 3.0
 

@@ -5,7 +5,7 @@ kline history serves it. Pure values; no clock, no I/O."""
 
 from __future__ import annotations
 
-from screener.models import HISTORY_SOURCE, Kline
+from screener.core.models import HISTORY_SOURCE, Kline
 
 M = 1_770_330_480  # a minute boundary (seconds)
 

@@ -52,7 +52,7 @@ def child_sim(args: argparse.Namespace) -> int:
     import trio
 
     from devtools.simulator import FakeExchange, SimConfig
-    from screener.logs import setup_logging
+    from screener.core.logs import setup_logging
 
     setup_logging("text", "WARNING")
     origin = time.time()

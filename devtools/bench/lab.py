@@ -29,7 +29,7 @@ import httpx
 from devtools.bench.plan import BenchError, say
 from devtools.bench.stats_file import read_stats, write_stats
 from devtools.devredis import RedisServer, free_port
-from screener.config import VARIABLES
+from screener.core.config import VARIABLES
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

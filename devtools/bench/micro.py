@@ -27,11 +27,11 @@ import redis
 import trio
 
 from devtools.devredis import RedisServer
-from screener.config import RedisSettings, load_settings
-from screener.metrics import Metrics, observe_many
+from screener.core.config import RedisSettings, load_settings
+from screener.core.metrics import Metrics, observe_many
+from screener.core.models import Kline, MarketData
 from screener.mexc.frames import _kline, decode
-from screener.models import Kline, MarketData
-from screener.redis_batch import (
+from screener.redis.batch import (
     BatchResult,
     _read_one_by_one,
     encode_event,
@@ -40,9 +40,9 @@ from screener.redis_batch import (
     publish_batch,
     read_refusals,
 )
-from screener.redis_client import make_client
-from screener.redis_socket import SocketLink
-from screener.writer_thread import WriterThread, to_thread_hop
+from screener.redis.client import make_client
+from screener.redis.socket import SocketLink
+from screener.redis.writer_thread import WriterThread, to_thread_hop
 
 WRITES = 3000
 BATCH = 20

@@ -13,7 +13,7 @@ from devtools.bench.measure import MeasureWindow, hist_max, percentile, quantile
 from devtools.bench.plan import LOOKBACK_MIN, connections
 from devtools.bench.provenance import provenance
 from devtools.bench.run import Results, Trial
-from screener.config import VARIABLES
+from screener.core.config import VARIABLES
 
 
 def _fmt(value: float | None, unit: str = "", digits: int = 1) -> str:

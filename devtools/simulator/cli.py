@@ -11,7 +11,7 @@ from loguru import logger
 from devtools.simulator.exchange import SimConfig
 from devtools.simulator.server import FakeExchange
 from screener.app import set_on_signal
-from screener.logs import setup_logging
+from screener.core.logs import setup_logging
 
 
 def main(args: argparse.Namespace) -> int:

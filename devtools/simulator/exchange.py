@@ -20,7 +20,7 @@ from bisect import bisect_left
 from dataclasses import dataclass
 from typing import Any, Final
 
-from screener.mexc.names import INTERVAL_MINUTES
+from screener.core.names import INTERVAL_MINUTES
 
 __all__ = [
     "Candle",

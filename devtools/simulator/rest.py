@@ -20,7 +20,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from devtools.simulator.exchange import Market
-from screener.mexc.names import INTERVAL_MINUTES
+from screener.core.names import INTERVAL_MINUTES
 
 __all__ = ["FAULTS", "RestSide"]
 

@@ -31,7 +31,7 @@ from trio_websocket import (
 from wsproto.events import BytesMessage, TextMessage
 
 from devtools.simulator.exchange import Market
-from screener.mexc.names import INTERVAL_MINUTES
+from screener.core.names import INTERVAL_MINUTES
 
 __all__ = ["WsHub"]
 

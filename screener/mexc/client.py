@@ -29,8 +29,10 @@ import httpx
 import trio
 from loguru import logger
 
-from screener.logs import RateLimited
-from screener.metrics import Metrics
+from screener.core.logs import RateLimited
+from screener.core.metrics import Metrics
+from screener.core.models import Kline
+from screener.core.supervise import Backoff
 from screener.mexc.rest import (
     CONTRACT_DETAIL_PATH,
     KLINE_PATH,
@@ -44,8 +46,6 @@ from screener.mexc.rest import (
     ticker_prices,
 )
 from screener.mexc.values import DecodeError
-from screener.models import Kline
-from screener.supervise import Backoff
 
 T = TypeVar("T")
 

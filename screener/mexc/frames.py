@@ -18,7 +18,8 @@ from typing import Any, Final, NamedTuple
 import msgspec
 import orjson
 
-from screener.mexc.names import LIVE_INTERVAL, SYMBOL_RE, printable
+from screener.core.models import LIVE_SOURCE, Kline
+from screener.core.names import LIVE_INTERVAL, SYMBOL_RE, printable
 from screener.mexc.values import (
     MAX_PRICE,
     MAX_PUSH_DELAY_MS,
@@ -29,7 +30,6 @@ from screener.mexc.values import (
     candle,
     timestamp,
 )
-from screener.models import LIVE_SOURCE, Kline
 
 PING: Final = orjson.dumps({"method": "ping"}).decode()
 

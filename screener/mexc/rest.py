@@ -13,9 +13,9 @@ from typing import Any, Final, NamedTuple
 
 import orjson
 
-from screener.mexc.names import SYMBOL_RE, printable
+from screener.core.models import HISTORY_SOURCE, Kline
+from screener.core.names import SYMBOL_RE, printable
 from screener.mexc.values import DecodeError, candle, loose_float, price, timestamp
-from screener.models import HISTORY_SOURCE, Kline
 
 CONTRACT_DETAIL_PATH: Final = "/api/v1/contract/detail"
 KLINE_PATH: Final = "/api/v1/contract/kline/{symbol}"

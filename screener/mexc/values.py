@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Final
 
-from screener.models import LIVE_SOURCE, Kline
+from screener.core.models import LIVE_SOURCE, Kline
 
 # No listed contract trades anywhere near a trillion USDT or below 1e-15; outside that a price
 # is corrupt, and 1e308 or 5e-324 would turn the window's change into infinity.

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import trio
 from trio_websocket import WebSocketConnection, wrap_client_stream
 
-from screener.config import ExchangeSettings
+from screener.core.config import ExchangeSettings
 
 CONNECT_TIMEOUT_S: Final = 10.0
 # trio-websocket's queue between its reader task and ours. The default of 1 forces a task

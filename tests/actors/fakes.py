@@ -37,10 +37,9 @@ from quart import typing as quart_typing
 from actors.connection import run_connection
 from actors.publisher import run_publisher
 from actors.window import run_window
-from screener.config import ExchangeSettings, RedisSettings
-from screener.http import create_app
-from screener.metrics import Metrics
-from screener.models import (
+from screener.core.config import ExchangeSettings, RedisSettings
+from screener.core.metrics import Metrics
+from screener.core.models import (
     ConnStatus,
     FeedStatus,
     Kline,
@@ -51,9 +50,10 @@ from screener.models import (
     UniverseStatus,
     WindowInbox,
 )
-from screener.redis_batch import BatchResult
-from screener.snapshot import Latest, Views
-from screener.supervise import Reachability
+from screener.core.snapshot import Latest, Views
+from screener.core.supervise import Reachability
+from screener.http.routes import create_app
+from screener.redis.batch import BatchResult
 from tests.actors.memory_exchange import MemoryExchange
 
 M = 1_770_330_480  # a minute boundary, unix seconds

@@ -28,7 +28,7 @@ from trio_websocket import (
     wrap_server_stream,
 )
 
-from screener.config import ExchangeSettings
+from screener.core.config import ExchangeSettings
 
 
 class MemoryExchange:

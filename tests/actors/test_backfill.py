@@ -10,10 +10,9 @@ import trio.testing
 
 from actors.backfill import run_backfill
 from actors.connection import run_connection
-from screener.config import load_settings
-from screener.metrics import Metrics
-from screener.mexc.client import RestFailed
-from screener.models import (
+from screener.core.config import load_settings
+from screener.core.metrics import Metrics
+from screener.core.models import (
     HISTORY_SOURCE,
     REST_SOURCE,
     BackfillProgress,
@@ -23,7 +22,8 @@ from screener.models import (
     MarketData,
     WindowInbox,
 )
-from screener.snapshot import Latest
+from screener.core.snapshot import Latest
+from screener.mexc.client import RestFailed
 from tests.actors.fakes import start_window
 from tests.actors.memory_exchange import MemoryExchange
 from tests.kline_builders import M, history, k

@@ -13,10 +13,10 @@ import trio.testing
 from loguru import logger
 
 from actors.backfill import BackfillQueue, run_backfill
-from screener.metrics import Metrics
+from screener.core.metrics import Metrics
+from screener.core.models import HISTORY_SOURCE, BackfillProgress, Kline, SymbolSet, WindowInbox
+from screener.core.snapshot import Latest
 from screener.mexc.client import RestFailed
-from screener.models import HISTORY_SOURCE, BackfillProgress, Kline, SymbolSet, WindowInbox
-from screener.snapshot import Latest
 
 M = 1_770_330_480  # a minute boundary (seconds); M % 300 == 180
 

@@ -6,9 +6,9 @@ import pytest
 import trio
 import trio.testing
 
-from screener.config import load_settings
-from screener.metrics import Metrics
-from screener.models import ConnStatus, WindowInbox
+from screener.core.config import load_settings
+from screener.core.metrics import Metrics
+from screener.core.models import ConnStatus, WindowInbox
 from tests.actors.fakes import start_connection
 from tests.actors.memory_exchange import MemoryExchange
 

@@ -14,9 +14,9 @@ import trio
 import trio.testing
 from loguru import logger
 
-from screener.config import ExchangeSettings, load_settings
-from screener.metrics import REJECT_REASONS, Metrics
-from screener.models import ConnStatus, Kline, WindowInbox
+from screener.core.config import ExchangeSettings, load_settings
+from screener.core.metrics import REJECT_REASONS, Metrics
+from screener.core.models import ConnStatus, Kline, WindowInbox
 from tests.actors.fakes import start_connection
 from tests.actors.memory_exchange import MemoryExchange
 

@@ -15,10 +15,10 @@ import trio.testing
 from loguru import logger
 from trio_websocket import WebSocketConnection
 
-from screener.config import ExchangeSettings, load_settings
-from screener.metrics import Metrics
-from screener.models import ConnStatus, Kline, WindowInbox
-from screener.supervise import Reachability
+from screener.core.config import ExchangeSettings, load_settings
+from screener.core.metrics import Metrics
+from screener.core.models import ConnStatus, Kline, WindowInbox
+from screener.core.supervise import Reachability
 from tests.actors.fakes import start_connection
 from tests.actors.memory_exchange import MemoryExchange
 

@@ -9,11 +9,8 @@ import trio
 import trio.testing
 
 from actors.failover import run_failover
-from screener.health import health_report
-from screener.metrics import Metrics
-from screener.mexc.client import RestFailed
-from screener.mexc.rest import Tick
-from screener.models import (
+from screener.core.metrics import Metrics
+from screener.core.models import (
     REST_SOURCE,
     FeedStatus,
     Kline,
@@ -23,7 +20,10 @@ from screener.models import (
     UniverseStatus,
     WindowInbox,
 )
-from screener.snapshot import Views
+from screener.core.snapshot import Views
+from screener.http.health import health_report
+from screener.mexc.client import RestFailed
+from screener.mexc.rest import Tick
 
 M = 1_770_330_480
 

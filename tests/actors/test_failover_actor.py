@@ -13,10 +13,8 @@ import trio.testing
 from loguru import logger
 
 from actors.failover import price_update, run_failover
-from screener.metrics import Metrics
-from screener.mexc.client import RestFailed
-from screener.mexc.rest import Tick
-from screener.models import (
+from screener.core.metrics import Metrics
+from screener.core.models import (
     REST_SOURCE,
     Kline,
     MarketData,
@@ -26,7 +24,9 @@ from screener.models import (
     UniverseStatus,
     WindowInbox,
 )
-from screener.snapshot import Views
+from screener.core.snapshot import Views
+from screener.mexc.client import RestFailed
+from screener.mexc.rest import Tick
 from tests.actors.fakes import start_window
 
 M = 1_770_330_480  # a minute boundary (seconds); virtual time 0 is this exchange time

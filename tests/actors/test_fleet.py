@@ -19,10 +19,9 @@ import trio.testing
 from actors.fleet import Fleet, run_fleet
 from actors.publisher import Attempt, FencedOut, run_publisher
 from actors.ranking import rank
-from screener.config import FleetSettings, RedisSettings, load_settings
-from screener.fleet_redis import ACQUIRE_OR_RENEW, RELEASE
-from screener.metrics import Metrics
-from screener.models import (
+from screener.core.config import FleetSettings, RedisSettings, load_settings
+from screener.core.metrics import Metrics
+from screener.core.models import (
     FleetStatus,
     Leadership,
     MarketData,
@@ -31,8 +30,9 @@ from screener.models import (
     RedisStatus,
     SymbolStat,
 )
-from screener.redis_batch import BatchResult
-from screener.snapshot import Latest
+from screener.core.snapshot import Latest
+from screener.fleet.lease import ACQUIRE_OR_RENEW, RELEASE
+from screener.redis.batch import BatchResult
 from tests.actors.fakes import M, market_data, threads_hold_clock
 
 LEASE_S = 6.0  # renewals every 2 s, fenced end 4.8 s after a request
@@ -40,7 +40,7 @@ LEASE_S = 6.0  # renewals every 2 s, fenced end 4.8 s after a request
 
 class LeaseRedis:
     """One Redis shared by every replica of a test: keys with expiry on the MockClock, the
-    two lease scripts answered by the rules of screener/fleet_redis.py, SET PX and MGET.
+    two lease scripts answered by the rules of screener/fleet/lease.py, SET PX and MGET.
     `cut` holds the replicas that cannot reach it (a partition, or a killed process)."""
 
     def __init__(self, clock: trio.testing.MockClock) -> None:

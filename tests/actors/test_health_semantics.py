@@ -15,9 +15,8 @@ import trio.testing
 from loguru import logger
 
 from actors.ranking import run_ranking
-from screener.health import CONN_DOWN_GRACE_S, health_report
-from screener.metrics import Metrics
-from screener.models import (
+from screener.core.metrics import Metrics
+from screener.core.models import (
     ConnStatus,
     FeedStatus,
     Kline,
@@ -31,7 +30,8 @@ from screener.models import (
     UniverseStatus,
     WindowInbox,
 )
-from screener.snapshot import Latest, Views
+from screener.core.snapshot import Latest, Views
+from screener.http.health import CONN_DOWN_GRACE_S, health_report
 from tests.actors.fakes import client_for, get, start_window, tracking
 
 M = 1_770_330_480  # a minute boundary (seconds)

@@ -5,15 +5,15 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from screener.http import create_app
-from screener.metrics import Metrics
-from screener.models import (
+from screener.core.metrics import Metrics
+from screener.core.models import (
     Kline,
     MarketData,
     UniverseStatus,
     WindowInbox,
 )
-from screener.snapshot import Views
+from screener.core.snapshot import Views
+from screener.http.routes import create_app
 from tests.actors.fakes import start_window
 
 

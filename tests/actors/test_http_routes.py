@@ -11,8 +11,8 @@ import trio.testing
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
-from screener.metrics import Metrics
-from screener.models import (
+from screener.core.metrics import Metrics
+from screener.core.models import (
     BackfillProgress,
     FeedStatus,
     Ranking,
@@ -21,7 +21,7 @@ from screener.models import (
     SymbolStat,
     UniverseStatus,
 )
-from screener.snapshot import Views
+from screener.core.snapshot import Views
 from tests.actors.fakes import client_for, get, tracking
 
 M = 1_770_330_480  # 2026-02-05 22:28:00 UTC

@@ -11,9 +11,9 @@ import trio
 from loguru import logger
 from quart_trio import QuartTrio
 
-from screener.http import create_app
-from screener.metrics import Metrics
-from screener.snapshot import Views
+from screener.core.metrics import Metrics
+from screener.core.snapshot import Views
+from screener.http.routes import create_app
 
 
 def assert_json_error(response: Any, status: int, body: bytes) -> None:

@@ -11,10 +11,10 @@ import trio
 import trio.testing
 
 from actors.ranking import run_ranking
-from screener.charts import symbol_report
-from screener.metrics import Metrics
-from screener.models import Charts, Kline, MarketData, PublisherInbox, Ranking, WindowInbox
-from screener.snapshot import Views
+from screener.core.metrics import Metrics
+from screener.core.models import Charts, Kline, MarketData, PublisherInbox, Ranking, WindowInbox
+from screener.core.snapshot import Views
+from screener.http.charts import symbol_report
 from tests.actors.fakes import client_for, get, start_window
 from tests.contracts import check_document
 
@@ -38,7 +38,7 @@ async def test_the_page_is_the_packaged_file_with_a_policy_that_keeps_it_local(
         body = await response.get_data()
     assert response.status_code == 200
     assert response.mimetype == "text/html"
-    assert body == resources.files("screener").joinpath("page/index.html").read_bytes()
+    assert body == resources.files("screener.http").joinpath("page/index.html").read_bytes()
     policy = response.headers["content-security-policy"]
     assert "default-src 'none'" in policy
     assert "connect-src 'self'" in policy

@@ -10,9 +10,9 @@ import orjson
 import trio
 import trio.testing
 
-from screener.http import create_app
-from screener.metrics import Metrics
-from screener.snapshot import Views
+from screener.core.metrics import Metrics
+from screener.core.snapshot import Views
+from screener.http.routes import create_app
 
 
 def packaged() -> bytes:

@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from screener.periodic import Pulse, Ticker
+from screener.core.periodic import Pulse, Ticker
 
 
 async def test_ticks_stay_on_the_grid_whatever_the_work_takes(

@@ -11,7 +11,7 @@ import pytest
 import trio
 import trio.testing
 
-from screener.supervise import supervise_pool
+from screener.core.supervise import supervise_pool
 
 END = "<end>"  # recorded when a child's control channel ends
 

@@ -15,11 +15,11 @@ import trio
 import trio.testing
 
 from actors.publisher import FINAL_FLUSH_S, PIPELINE_EVENTS, Publisher
-from screener.config import RedisSettings, load_settings
-from screener.metrics import Metrics
-from screener.models import MarketData, PublisherInbox, Ranking, RedisStatus, SymbolStat
-from screener.redis_batch import BatchResult, Held
-from screener.snapshot import Latest
+from screener.core.config import RedisSettings, load_settings
+from screener.core.metrics import Metrics
+from screener.core.models import MarketData, PublisherInbox, Ranking, RedisStatus, SymbolStat
+from screener.core.snapshot import Latest
+from screener.redis.batch import BatchResult, Held
 from tests.actors.fakes import (
     M,
     PublisherActor,

@@ -8,15 +8,15 @@ import trio
 import trio.testing
 
 from actors.ranking import run_ranking
-from screener.metrics import Metrics
-from screener.models import (
+from screener.core.metrics import Metrics
+from screener.core.models import (
     PublisherInbox,
     Ranking,
     StatsRequest,
     SymbolStat,
     WindowInbox,
 )
-from screener.snapshot import Views
+from screener.core.snapshot import Views
 
 
 async def test_ranking_runs_on_absolute_deadlines(autojump_clock: trio.testing.MockClock) -> None:

@@ -14,9 +14,9 @@ import trio.testing
 from loguru import logger
 
 from actors.ranking import run_ranking
-from screener.metrics import Metrics
-from screener.models import PublisherInbox, Ranking, StatsRequest, SymbolStat, WindowInbox
-from screener.snapshot import Latest
+from screener.core.metrics import Metrics
+from screener.core.models import PublisherInbox, Ranking, StatsRequest, SymbolStat, WindowInbox
+from screener.core.snapshot import Latest
 
 W0 = 1_770_000_000.0  # the wall clock (unix seconds) at virtual time 0
 

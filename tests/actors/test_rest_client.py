@@ -15,7 +15,8 @@ import trio
 import trio.testing
 from loguru import logger
 
-from screener.metrics import Metrics
+from screener.core.metrics import Metrics
+from screener.core.models import HISTORY_SOURCE, Kline
 from screener.mexc.client import (
     ATTEMPTS,
     MAX_IN_FLIGHT,
@@ -27,7 +28,6 @@ from screener.mexc.client import (
     fetch_tickers,
 )
 from screener.mexc.rest import Contract, Tick
-from screener.models import HISTORY_SOURCE, Kline
 
 FRAMES = Path(__file__).parent.parent / "frames"
 BASE = "https://mexc.test"

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import trio
 
-from screener.models import (
+from screener.core.models import (
     BackfillProgress,
     FeedStatus,
     Ranking,
@@ -20,7 +20,7 @@ from screener.models import (
     SymbolStat,
     UniverseStatus,
 )
-from screener.snapshot import Views
+from screener.core.snapshot import Views
 from tests.actors.fakes import client_for, get
 from tests.contracts import TOP5_RANKING, schema_errors
 

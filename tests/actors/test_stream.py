@@ -16,10 +16,8 @@ import trio.testing
 from quart import typing as quart_typing
 
 from actors.ranking import run_ranking
-from screener.health import health_report
-from screener.http import create_app
-from screener.metrics import Metrics
-from screener.models import (
+from screener.core.metrics import Metrics
+from screener.core.models import (
     Charts,
     Kline,
     MarketData,
@@ -28,8 +26,10 @@ from screener.models import (
     SymbolStat,
     WindowInbox,
 )
-from screener.snapshot import Views
-from screener.stream import Streams
+from screener.core.snapshot import Views
+from screener.http.health import health_report
+from screener.http.routes import create_app
+from screener.http.stream import Streams
 from tests.actors.fakes import start_window, tracking
 from tests.contracts import check_document
 

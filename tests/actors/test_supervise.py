@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from screener.supervise import Backoff, Spell, run_supervised
+from screener.core.supervise import Backoff, Spell, run_supervised
 
 
 def test_full_jitter_doubles_from_two_and_caps_at_sixty() -> None:

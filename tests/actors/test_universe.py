@@ -14,12 +14,12 @@ import trio.testing
 from loguru import logger
 
 from actors.universe import run_universe
-from screener.config import load_settings
-from screener.metrics import Metrics
+from screener.core.config import load_settings
+from screener.core.metrics import Metrics
+from screener.core.models import ChunkPlan, SymbolSet, UniverseStatus
+from screener.core.snapshot import Latest
 from screener.mexc.client import RestFailed
 from screener.mexc.rest import Contract
-from screener.models import ChunkPlan, SymbolSet, UniverseStatus
-from screener.snapshot import Latest
 
 W0 = 1_770_000_000.0  # the wall clock (unix seconds) at virtual time 0
 ERROR = "contract list unavailable: RestFailed: contract_detail: server: HTTP 500"

@@ -13,8 +13,8 @@ import trio
 import trio.testing
 from loguru import logger
 
-from screener.metrics import Metrics
-from screener.models import (
+from screener.core.metrics import Metrics
+from screener.core.models import (
     HISTORY_SOURCE,
     LIVE_SOURCE,
     REST_SOURCE,
@@ -27,7 +27,7 @@ from screener.models import (
     WindowInbox,
     ask_stats,
 )
-from screener.snapshot import Latest
+from screener.core.snapshot import Latest
 from tests.actors.fakes import start_window
 
 M = 1_770_330_480  # a minute boundary (seconds)

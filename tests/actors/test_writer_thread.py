@@ -9,8 +9,8 @@ import threading
 import pytest
 import trio
 
-from screener.redis_batch import BatchResult
-from screener.writer_thread import WriterThread
+from screener.redis.batch import BatchResult
+from screener.redis.writer_thread import WriterThread
 
 DONE = BatchResult(unencodable=0, refused=0, refusal=None)
 

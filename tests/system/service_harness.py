@@ -23,7 +23,7 @@ import trio
 
 from devtools.simulator import FakeExchange, SimAddress, SimConfig
 from screener.app import Service, run_service
-from screener.config import Settings, load_settings
+from screener.core.config import Settings, load_settings
 from tests.contracts import SCHEMA_NAMES, TOP5_RANKING, check_document, schema_errors
 
 

@@ -19,7 +19,7 @@ from quart import Response, request
 
 from devtools.devredis import RedisServer
 from devtools.simulator import FakeExchange, SimAddress, SimConfig
-from screener.http import serve_http
+from screener.http.routes import serve_http
 from screener.mexc.rest import CONTRACT_DETAIL_PATH
 from tests.system.service_harness import Subscriber, counter, eventually, running, simulator
 

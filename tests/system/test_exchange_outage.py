@@ -15,7 +15,7 @@ from loguru import logger
 
 from devtools.devredis import RedisServer
 from devtools.simulator import SimConfig
-from screener.supervise import PROBE_CAP_S, RECOVERY_SPREAD_S
+from screener.core.supervise import PROBE_CAP_S, RECOVERY_SPREAD_S
 from tests.system.service_harness import Subscriber, counter, eventually, running, simulator
 
 CHUNKS = 8  # of 2 symbols: the more chunks, the later the last one under independent jitter

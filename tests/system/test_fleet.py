@@ -25,8 +25,8 @@ import trio
 from actors.ranking import rank
 from devtools.devredis import RedisServer, free_port
 from devtools.simulator import FakeExchange, SimConfig
-from screener.fleet import shard_of
-from screener.models import SymbolStat
+from screener.core.models import SymbolStat
+from screener.fleet.shards import shard_of
 from tests.system.service_harness import Subscriber, eventually, simulator
 
 ROOT = Path(__file__).resolve().parents[2]

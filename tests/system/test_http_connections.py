@@ -27,10 +27,10 @@ from quart_trio import QuartTrio
 
 from devtools.devredis import RedisServer, free_port
 from devtools.simulator import FakeExchange, SimConfig
-from screener.http import create_app, serve_http
-from screener.http_server import ACCEPT_RETRY_S, QUIET_S
-from screener.metrics import Metrics
-from screener.snapshot import Views
+from screener.core.metrics import Metrics
+from screener.core.snapshot import Views
+from screener.http.routes import create_app, serve_http
+from screener.http.server import ACCEPT_RETRY_S, QUIET_S
 from tests.system.service_harness import Subscriber, eventually, simulator
 from tests.system.test_process import ROOT, env_for
 

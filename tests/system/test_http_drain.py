@@ -15,9 +15,9 @@ import trio
 from quart import Response
 
 from screener.app import set_on_signal
-from screener.http import create_app, serve_http
-from screener.metrics import Metrics
-from screener.snapshot import Views
+from screener.core.metrics import Metrics
+from screener.core.snapshot import Views
+from screener.http.routes import create_app, serve_http
 
 
 async def test_sigterm_lets_the_request_in_flight_finish() -> None:

@@ -7,9 +7,9 @@ import pytest
 import trio
 from quart_trio import QuartTrio
 
-from screener.http import create_app, serve_http
-from screener.metrics import Metrics
-from screener.snapshot import Views
+from screener.core.metrics import Metrics
+from screener.core.snapshot import Views
+from screener.http.routes import create_app, serve_http
 
 
 async def exchange(port: int, raw: bytes) -> bytes:

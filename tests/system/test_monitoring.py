@@ -23,7 +23,7 @@ import trio
 
 from devtools.devredis import RedisServer
 from devtools.simulator import SimConfig
-from screener.metrics import Metrics
+from screener.core.metrics import Metrics
 from tests.system.service_harness import running, simulator
 from tests.system.test_packaging import compose, compose_project, memory_bytes, run_compose
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from screener.config import VARIABLES
+from screener.core.config import VARIABLES
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "compose.yaml"
@@ -100,8 +100,8 @@ def test_operations_doc_mentions_every_variable_with_its_default() -> None:
 
 
 def test_api_doc_names_every_metric_and_event_field() -> None:
-    from screener.metrics import Metrics
-    from screener.models import Kline, MarketData, Ranking
+    from screener.core.metrics import Metrics
+    from screener.core.models import Kline, MarketData, Ranking
 
     text = (ROOT / "docs" / "api.md").read_text()
     for metric in Metrics().registry.collect():
@@ -513,9 +513,12 @@ def test_runtime_wheel_carries_no_development_tools(tmp_path: Path) -> None:
     assert not any(top.startswith("devtools") for top in tops), sorted(tops)
     assert not [m for m in modules if "simulator" in m or "bench" in m]
     assert "screener/mexc/frames.py" in modules
+    # Every sub-package of the service is in the wheel.
+    rooms = ("core", "mexc", "redis", "http", "fleet")
+    assert {f"screener/{room}/__init__.py" for room in rooms} <= set(modules)
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
     schemas = {"market_data", "top_movers", "top5", "health", "error", "live_ranking", "symbol"}
     assert {f"screener/schemas/{name}.schema.json" for name in schemas} <= names
     assert {"screener/schemas/openapi.json", "screener/py.typed"} <= names
-    assert "screener/page/index.html" in names  # the live page
+    assert "screener/http/page/index.html" in names  # the live page

@@ -54,7 +54,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 
 def test_help_lists_every_variable() -> None:
-    from screener.config import VARIABLES
+    from screener.core.config import VARIABLES
 
     out = run_cli("--help")
     assert out.returncode == 0
@@ -215,7 +215,7 @@ def test_check_config_prints_the_resolved_settings_with_secrets_masked() -> None
     assert lines["REDIS_URL"] == "redis://***@cache:6380/0  # env"
     assert "hunter2" not in out.stdout + out.stderr
     assert "s3cret" not in out.stdout + out.stderr
-    from screener.config import VARIABLES
+    from screener.core.config import VARIABLES
 
     assert list(lines) == [var.name for var in VARIABLES]
 

@@ -24,11 +24,11 @@ import trio
 
 from devtools.devredis import RedisServer, free_port
 from devtools.simulator import SimAddress, SimConfig
-from screener.config import RedisSettings, load_settings
-from screener.models import MarketData, Ranking, RedisStatus
-from screener.redis_batch import BatchResult, Held, prepare_batch, publish_batch
-from screener.redis_client import make_client
-from screener.redis_socket import SocketLink
+from screener.core.config import RedisSettings, load_settings
+from screener.core.models import MarketData, Ranking, RedisStatus
+from screener.redis.batch import BatchResult, Held, prepare_batch, publish_batch
+from screener.redis.client import make_client
+from screener.redis.socket import SocketLink
 from tests.actors.fakes import market_data, publisher_lines
 from tests.system.service_harness import Subscriber, counter, eventually, running, simulator
 

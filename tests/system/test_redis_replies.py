@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from devtools.devredis import RedisServer
-from screener.redis_batch import _read_one_by_one, read_refusals
+from screener.redis.batch import _read_one_by_one, read_refusals
 
 
 def _pipeline(n: int) -> bytes:

@@ -16,12 +16,12 @@ import trio
 
 from actors.publisher import run_publisher
 from devtools.devredis import RedisServer, free_port
-from screener.config import load_settings
-from screener.metrics import Metrics
-from screener.models import PublisherInbox, RedisStatus
-from screener.redis_client import REDIS_TIMEOUT_S, make_client
-from screener.redis_socket import SocketLink, takes_over
-from screener.snapshot import Latest
+from screener.core.config import load_settings
+from screener.core.metrics import Metrics
+from screener.core.models import PublisherInbox, RedisStatus
+from screener.core.snapshot import Latest
+from screener.redis.client import REDIS_TIMEOUT_S, make_client
+from screener.redis.socket import SocketLink, takes_over
 from tests.actors.fakes import publisher_lines
 
 PING = b"*1\r\n$4\r\nPING\r\n"

@@ -14,7 +14,7 @@ import trio
 import trio.testing
 
 from devtools.simulator import FakeExchange, SimConfig
-from screener.metrics import Metrics
+from screener.core.metrics import Metrics
 from screener.mexc.client import (
     RestClient,
     RestFailed,

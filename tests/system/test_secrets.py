@@ -20,10 +20,10 @@ from quart_trio import QuartTrio
 
 from devtools.devredis import RedisServer
 from devtools.simulator import SimConfig
-from screener.http import create_app
-from screener.logs import _ToLoguru
-from screener.metrics import Metrics
-from screener.snapshot import Views
+from screener.core.logs import _ToLoguru
+from screener.core.metrics import Metrics
+from screener.core.snapshot import Views
+from screener.http.routes import create_app
 from tests.system.service_harness import Subscriber, counter, eventually, running, simulator
 
 REJECTED = "screener_messages_rejected_total"

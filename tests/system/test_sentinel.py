@@ -27,10 +27,10 @@ from redis.sentinel import MasterNotFoundError
 
 from devtools.devredis import RedisServer, SentinelGroup, wait_for
 from devtools.simulator import SimConfig
-from screener.config import load_settings
-from screener.redis_batch import publish_batch
-from screener.redis_client import MASTER_CHECK_FAILED_S, MASTER_CHECK_S, make_client
-from screener.supervise import failure_text
+from screener.core.config import load_settings
+from screener.core.supervise import failure_text
+from screener.redis.batch import publish_batch
+from screener.redis.client import MASTER_CHECK_FAILED_S, MASTER_CHECK_S, make_client
 from tests.actors.fakes import market_data
 from tests.system.service_harness import Subscriber, counter, eventually, running, simulator
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from screener.charts import closes_per_minute, sparklines, symbol_report
-from screener.models import Charts, Kline
+from screener.core.models import Charts, Kline
+from screener.http.charts import closes_per_minute, sparklines, symbol_report
 
 T0 = 1_770_330_000  # a minute boundary (seconds)
 

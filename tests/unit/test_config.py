@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from screener.config import VARIABLES, ConfigError, load_settings, redact_url
+from screener.core.config import VARIABLES, ConfigError, load_settings, redact_url
 
 
 def test_defaults_match_the_issue() -> None:

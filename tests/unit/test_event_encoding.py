@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from screener.models import HISTORY_SOURCE, LIVE_SOURCE, REST_SOURCE, Kline, MarketData
-from screener.redis_batch import Unencodable, encode_event
+from screener.core.models import HISTORY_SOURCE, LIVE_SOURCE, REST_SOURCE, Kline, MarketData
+from screener.redis.batch import Unencodable, encode_event
 
 _FLOATS = st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([1.4988e-06, 1e22])
 _INTS = st.integers(min_value=-(2**63), max_value=2**63 - 1)

@@ -8,7 +8,8 @@ import string
 import pytest
 
 from actors.ranking import rank
-from screener.fleet import (
+from screener.core.models import SymbolStat
+from screener.fleet.shards import (
     FENCE_MARGIN,
     Grant,
     Lease,
@@ -17,7 +18,6 @@ from screener.fleet import (
     merge_rankings,
     shard_of,
 )
-from screener.models import SymbolStat
 
 SYMBOLS = [f"{a}{b}{c}_USDT" for a in "ABCDEFGH" for b in "XYZW" for c in string.ascii_uppercase]
 

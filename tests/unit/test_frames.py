@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from screener.core.models import Kline
 from screener.mexc.frames import ErrorReply, Pong, SubAck, _fast_kline, _kline, decode, sub_kline
 from screener.mexc.rest import VenueError, contracts, envelope_data, live_usdt_perpetuals
 from screener.mexc.values import DecodeError
-from screener.models import Kline
 
 FRAMES = Path(__file__).parent.parent / "frames"
 

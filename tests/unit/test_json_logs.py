@@ -10,7 +10,7 @@ import orjson
 import pytest
 from loguru import logger
 
-from screener.logs import json_line
+from screener.core.logs import json_line
 
 
 @pytest.fixture

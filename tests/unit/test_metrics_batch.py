@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import generate_latest
 
-from screener.metrics import LATENCY_BUCKETS, Metrics, observe_many
+from screener.core.metrics import LATENCY_BUCKETS, Metrics, observe_many
 
 
 @given(st.lists(st.floats(min_value=0, max_value=100, allow_nan=False), max_size=50))

@@ -19,11 +19,11 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from actors.window import Windows
-from screener.metrics import REJECT_REASONS
+from screener.core.metrics import REJECT_REASONS
+from screener.core.models import Kline
+from screener.core.names import SYMBOL_RE
 from screener.mexc.frames import ErrorReply, OtherReply, Pong, SubAck, UnsubAck, decode
-from screener.mexc.names import SYMBOL_RE
 from screener.mexc.values import DecodeError
-from screener.models import Kline
 
 T0 = 1_770_330_000  # a minute boundary (seconds), 2026-02
 FAST = settings(deadline=None, max_examples=300, suppress_health_check=[HealthCheck.too_slow])

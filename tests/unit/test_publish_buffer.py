@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from actors.publisher import PublishBuffer
-from screener.models import Kline, MarketData
+from screener.core.models import Kline, MarketData
 
 
 def ev(symbol: str, n: int) -> MarketData:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from actors.ranking import rank
-from screener.models import SymbolStat
+from screener.core.models import SymbolStat
 
 
 def test_gainers_descending_losers_ascending_ties_by_symbol() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from redis.sentinel import SentinelManagedConnection, SentinelManagedSSLConnection
 
-from screener.config import load_settings
-from screener.redis_client import make_client
+from screener.core.config import load_settings
+from screener.redis.client import make_client
 
 
 def test_the_master_takes_redis_url_credentials_db_and_tls_but_not_its_host() -> None:

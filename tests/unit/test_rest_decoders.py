@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from screener.core.models import HISTORY_SOURCE
 from screener.mexc.rest import VenueError, envelope_data, kline_rows, ticker_prices
 from screener.mexc.values import DecodeError
-from screener.models import HISTORY_SOURCE
 
 
 def test_envelope_and_columns_decode() -> None:

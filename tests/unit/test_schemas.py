@@ -13,10 +13,7 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from screener.charts import symbol_report
-from screener.health import health_report
-from screener.http import openapi_document
-from screener.models import (
+from screener.core.models import (
     Charts,
     FeedStatus,
     Kline,
@@ -26,8 +23,11 @@ from screener.models import (
     SymbolStat,
     UniverseStatus,
 )
-from screener.redis_batch import encode_event
-from screener.snapshot import Views
+from screener.core.snapshot import Views
+from screener.http.charts import symbol_report
+from screener.http.health import health_report
+from screener.http.routes import openapi_document
+from screener.redis.batch import encode_event
 from tests.contracts import (
     SCHEMA_NAMES,
     TOP5_RANKING,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from actors.window import Windows
-from screener.models import Kline
+from screener.core.models import Kline
 
 T0 = 1_770_330_000  # a minute boundary (seconds)
 

@@ -7,7 +7,7 @@ import pytest
 
 from actors.backfill import history_range
 from actors.window import Windows
-from screener.models import (
+from screener.core.models import (
     HISTORY_SOURCE,
     REST_SOURCE,
     Kline,

@@ -19,9 +19,9 @@ from typing import Final, cast
 import orjson
 import redis
 
-from screener.config import FleetSettings
-from screener.fleet import Grant, decode_shard_ranking, encode_shard_ranking
-from screener.models import Ranking
+from screener.core.config import FleetSettings
+from screener.core.models import Ranking
+from screener.fleet.shards import Grant, decode_shard_ranking, encode_shard_ranking
 
 ACQUIRE_OR_RENEW: Final = """
 local holder = redis.call('GET', KEYS[1])

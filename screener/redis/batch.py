@@ -1,7 +1,7 @@
 """One batch of events (and the ranking) written to Redis in one round trip.
 
 A resource of the publisher actor, not an actor. `prepare_batch` encodes a batch once; it is
-written either over the publisher's socket link (screener/redis_socket.py) or by
+written either over the publisher's socket link (screener/redis/socket.py) or by
 `publish_batch` through redis-py in a writer thread; either way the replies are read in bulk
 and sorted by `Prepared.result`: published, refused for now (held), or refused for good.
 """
@@ -21,9 +21,9 @@ try:  # redis-py's hiredis parser and its "need more bytes" marker (read_refusal
 except ImportError:  # pragma: no cover - another redis-py layout: one reply at a time
     _HiredisParser = None  # type: ignore[assignment,misc]
     _NOT_ENOUGH_DATA = object()
-from screener.config import RedisSettings
-from screener.models import MarketData, Ranking
-from screener.redis_client import demoted
+from screener.core.config import RedisSettings
+from screener.core.models import MarketData, Ranking
+from screener.redis.client import demoted
 
 
 class _MarketDataDoc(msgspec.Struct, tag_field="type", tag="market_data", gc=False):

@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, NamedTuple
 
-from screener.models import Leadership, Ranking, Role, SymbolStat
+from screener.core.models import Leadership, Ranking, Role, SymbolStat
 
 FENCE_MARGIN: Final = 0.2
 """Share of the lease a leader gives up as a safety margin: it stops publishing at 80 % of

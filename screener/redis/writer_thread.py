@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Iterator
 import outcome
 import trio
 
-from screener.redis_batch import BatchResult
+from screener.redis.batch import BatchResult
 
 Hop = Callable[[Callable[[], BatchResult]], Awaitable[BatchResult]]
 """How a write reaches a thread and its result comes back: `WriterThread.run` (the service)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from screener.models import FeedStatus, FleetStatus, RedisStatus
-from screener.snapshot import Views
+from screener.core.models import FeedStatus, FleetStatus, RedisStatus
+from screener.core.snapshot import Views
 
 CONN_DOWN_GRACE_S: Final = 5.0
 """A connection down this long (or longer) makes /health "degraded". A healthy reconnect

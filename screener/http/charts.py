@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from screener.models import Charts, Kline
+from screener.core.models import Charts, Kline
 
 
 def closes_per_minute(candles: Sequence[Kline]) -> list[float]:

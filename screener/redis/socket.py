@@ -23,7 +23,7 @@ import redis
 import trio
 from redis.connection import SSLConnection
 
-from screener.redis_client import REDIS_TIMEOUT_S, MasterPool, demoted
+from screener.redis.client import REDIS_TIMEOUT_S, MasterPool, demoted
 
 RECEIVE_BYTES: Final = 65536
 

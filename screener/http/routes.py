@@ -3,7 +3,7 @@ stream `/stream`, `/symbol/<SYMBOL>`) on quart-trio, served by hypercorn.
 
 Handlers only read the latest immutable snapshots the actors publish (`Views`); they never
 reach into an actor. Unknown routes and methods answer JSON, never a stack trace; only GET is
-served (HEAD too answers 405). The server (screener/http_server.py) closes connections when
+served (HEAD too answers 405). The server (screener/http/server.py) closes connections when
 HTTP says so and holds at most `max_connections` at once.
 """
 
@@ -25,14 +25,14 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from screener.charts import symbol_report
-from screener.health import health_report, top5_report
-from screener.http_server import serve_hypercorn
-from screener.metrics import ROUTES, Metrics
-from screener.mexc.names import SYMBOL_RE
-from screener.snapshot import Views
-from screener.stream import Streams
-from screener.supervise import split_retryable
+from screener.core.metrics import ROUTES, Metrics
+from screener.core.names import SYMBOL_RE
+from screener.core.snapshot import Views
+from screener.core.supervise import split_retryable
+from screener.http.charts import symbol_report
+from screener.http.health import health_report, top5_report
+from screener.http.server import serve_hypercorn
+from screener.http.stream import Streams
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -47,9 +47,9 @@ def openapi_document() -> bytes:
 
 
 def page_document() -> bytes:
-    """The live page: one file of HTML, CSS and JavaScript, package data (screener/page/),
+    """The live page: one file of HTML, CSS and JavaScript, package data (screener/http/page/),
     nothing fetched from elsewhere."""
-    return resources.files("screener").joinpath("page/index.html").read_bytes()
+    return resources.files("screener.http").joinpath("page/index.html").read_bytes()
 
 
 PAGE_POLICY: Final = (

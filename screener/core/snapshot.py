@@ -11,7 +11,7 @@ from typing import Generic, NamedTuple, TypeVar
 
 import trio
 
-from screener.models import (
+from screener.core.models import (
     BackfillProgress,
     Charts,
     FeedStatus,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from screener.mexc.names import INTERVAL_MINUTES, INTERVALS, SYMBOL_RE
+from screener.core.names import INTERVAL_MINUTES, INTERVALS, SYMBOL_RE
 
 
 class ConfigError(ValueError):

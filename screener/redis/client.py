@@ -2,7 +2,7 @@
 
 A resource, not an actor. With REDIS_SENTINELS the client writes to the master the
 Sentinels name and follows it when it moves (`MasterPool`). What is written with it, a
-batch of events in one round trip, is screener/redis_batch.py.
+batch of events in one round trip, is screener/redis/batch.py.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from redis.sentinel import (
     SentinelConnectionPool,
 )
 
-from screener.config import RedisSettings
+from screener.core.config import RedisSettings
 
 REDIS_TIMEOUT_S: Final = 2.0
 SENTINEL_TIMEOUT_S: Final = 1.0

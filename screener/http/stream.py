@@ -22,11 +22,11 @@ import orjson
 import trio
 from loguru import logger
 
-from screener.charts import sparklines
-from screener.health import health_report, top5_report
-from screener.metrics import Metrics
-from screener.periodic import Ticker
-from screener.snapshot import Views
+from screener.core.metrics import Metrics
+from screener.core.periodic import Ticker
+from screener.core.snapshot import Views
+from screener.http.charts import sparklines
+from screener.http.health import health_report, top5_report
 
 STATUS_S: Final = 5.0
 """Between status events: the page's status line (feed, connections, Redis, push age)."""
