@@ -25,6 +25,7 @@ SHELL = {
 BASE = {
     "screener",
     "screener.config",
+    "screener.config_fields",
     "screener.models",
     "screener.metrics",
     "screener.logs",
