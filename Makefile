@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml devtools/pyproject.toml uv.lock | $(UV)
 	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync -q --locked --extra dev --python $(PYTHON)
 	touch $(STAMP)
 
-.PHONY: install upgrade test test-fast test-latest test-floors image-check lint run demo simulate bench
+.PHONY: install upgrade test test-fast test-latest test-floors image-check lint config-docs run demo simulate bench
 install: $(STAMP)
 
 ## refresh uv.lock to the newest releases pyproject.toml allows, install them, run the suite;
@@ -33,6 +33,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy screener actors devtools
+
+## rewrite .env.example's variable list and docs/operations.md's variable table from the
+## settings declaration (screener/core/config.py); the packaging tests fail until they agree
+config-docs: $(STAMP)
+	$(BIN)/python -m devtools.config_docs
 
 ## the test command: lint, then every test (starts its own redis-server and simulator)
 test: lint

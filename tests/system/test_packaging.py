@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from devtools import config_docs
 from screener.core.config import VARIABLES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,10 +78,11 @@ def test_env_example_names_every_variable_with_its_default() -> None:
     assert dict(entries) == defaults
 
 
-def test_env_example_gives_each_variable_its_help_line() -> None:
-    text = ENV_EXAMPLE.read_text()
-    for var in VARIABLES:
-        assert f"# {var.help}\n" in text, var.name
+def test_env_example_lists_the_declaration_in_order_with_its_help_lines() -> None:
+    lines = ENV_EXAMPLE.read_text().splitlines()
+    written = lines[config_docs.env_example_span(lines)]
+    declared = config_docs.env_example_lines(config_docs.env_example_notes(lines))
+    assert written == declared, "run `make config-docs`"
 
 
 def test_env_example_fills_in_no_secret() -> None:
@@ -90,13 +92,12 @@ def test_env_example_fills_in_no_secret() -> None:
             assert values[var.name] == "", f"{var.name} must stay empty in .env.example"
 
 
-def test_operations_doc_mentions_every_variable_with_its_default() -> None:
-    text = (ROOT / "docs" / "operations.md").read_text()
-    for var in VARIABLES:
-        row = re.search(rf"^\| `{var.name}` \| (.*?) \|", text, re.MULTILINE)
-        assert row, f"docs/operations.md has no table row for {var.name}"
-        shown = f"`{var.default}`" if var.default else "(empty)"
-        assert row.group(1) == shown, var.name
+def test_operations_doc_tables_every_variable_as_declared() -> None:
+    lines = (ROOT / "docs" / "operations.md").read_text().splitlines()
+    table = lines[config_docs.operations_table_span(lines)]
+    assert table == config_docs.operations_table_lines(), "run `make config-docs`"
+    rows = {row.split(" | ")[0].strip("|` ") for row in table[2:]}
+    assert rows == set(NAMES)
 
 
 def test_api_doc_names_every_metric_and_event_field() -> None:

@@ -1,8 +1,18 @@
 from __future__ import annotations
 
+import os
+import socket
+
 import pytest
 
-from screener.core.config import VARIABLES, ConfigError, load_settings, redact_url
+from screener.core.config import (
+    VARIABLES,
+    ConfigError,
+    FleetSettings,
+    Settings,
+    load_settings,
+    redact_url,
+)
 
 
 def test_defaults_match_the_issue() -> None:
@@ -127,6 +137,22 @@ def test_every_variable_has_help_and_a_valid_default() -> None:
     for var in VARIABLES:
         assert var.help
         var.parse(var.default)
+
+
+def test_the_records_default_to_what_an_empty_environment_gives() -> None:
+    # One declaration: a record built in code and the service started with no variables set
+    # cannot disagree (FleetSettings.replica_id once defaulted to "replica" here).
+    assert Settings() == load_settings({})
+    assert FleetSettings().replica_id == f"{socket.gethostname()[:48]}-{os.getpid()}"
+
+
+def test_a_combination_problem_is_reported_with_the_single_ones() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"TOP_N": "0", "FLEET_SHARDS": "2", "FLEET_SHARD": "3"})
+    assert info.value.problems == [
+        "TOP_N='0': must be between 1 and 100",
+        "FLEET_SHARD='3': must be below FLEET_SHARDS=2",
+    ]
 
 
 def test_fleet_defaults_are_one_replica_of_one_shard() -> None:
