@@ -416,16 +416,6 @@ VARIABLES: tuple[Variable, ...] = (
         into="redis.stream_maxlen",
     ),
     Variable(
-        "REDIS_WRITER",
-        "socket",
-        "how the publisher writes: socket (on the event loop over the connection redis-py "
-        "opened; over TLS it falls back to thread), thread (redis-py in one long-lived writer "
-        "thread) or to_thread (redis-py in trio.to_thread per write); docs/performance.md "
-        "compares them",
-        _choice("socket", "thread", "to_thread"),
-        into="redis.writer",
-    ),
-    Variable(
         "PUBLISH_BUFFER",
         "20000",
         "events held while Redis is slow or down; beyond it only the newest per symbol is kept",
@@ -564,7 +554,6 @@ class RedisSettings:
     sentinels: tuple[tuple[str, int], ...] = ()  # empty: REDIS_URL or REDIS_HOST/PORT
     sentinel_master: str = "mymaster"
     sentinel_password: str = ""
-    writer: str = "socket"  # REDIS_WRITER
 
     @property
     def to_pubsub(self) -> bool:
@@ -685,6 +674,18 @@ def parse_env(env: Mapping[str, str]) -> dict[str, Any]:
     if problems:
         raise ConfigError(problems)
     return values
+
+
+RETIRED: Final = {
+    "REDIS_WRITER": "all writes use the socket link",
+}
+"""Variables the service read once and reads no more: set, each is one warning at start,
+never a refusal to start (a deployment that still sets it keeps working)."""
+
+
+def retired_variables(env: Mapping[str, str]) -> list[str]:
+    """One warning line per retired variable set in `env`."""
+    return [f"{name} is no longer read ({why})" for name, why in RETIRED.items() if name in env]
 
 
 GROUPS: Final = {
