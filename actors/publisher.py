@@ -43,7 +43,7 @@ from screener.redis_status import RedisHealth
 from screener.snapshot import Latest
 from screener.supervise import failure_text
 
-__all__ = ["FINAL_FLUSH_S", "PIPELINE_EVENTS", "PublishBuffer", "Publisher", "run_publisher"]
+__all__ = ("FINAL_FLUSH_S", "PIPELINE_EVENTS", "PublishBuffer", "Publisher", "run_publisher")
 
 FINAL_FLUSH_S: Final = 2.0
 

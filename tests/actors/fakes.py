@@ -180,7 +180,7 @@ def doc(ranking: Ranking) -> dict[str, Any]:
     return loaded
 
 
-def _event(raw: bytes) -> MarketData:
+def event_of(raw: bytes) -> MarketData:
     d = orjson.loads(raw)
     kline = Kline(
         symbol=d["symbol"],
@@ -269,7 +269,7 @@ class MemoryRedis:
             if key == b"top_movers":
                 ranking = orjson.loads(body)
             else:
-                events.append(_event(body))
+                events.append(event_of(body))
         write = Write(at, mode, events, ranking)
         self.writes.append(write)
         replies = []
@@ -279,7 +279,8 @@ class MemoryRedis:
             refused = refused or why is not None
             ok = b":0\r\n" if command[0] == b"PUBLISH" else b"$3\r\n1-0\r\n"
             replies.append(ok if why is None else b"-%s\r\n" % why.encode())
-        self.answers.append((write, not refused))
+        if self.state != "paused":  # a paused Redis never answers
+            self.answers.append((write, not refused))
         return b"".join(replies)
 
     def replied(self) -> None:

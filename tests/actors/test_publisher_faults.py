@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
 import trio
 import trio.testing
 
@@ -17,7 +16,7 @@ from actors.publisher import FINAL_FLUSH_S, PIPELINE_EVENTS, Publisher
 from screener.config import RedisSettings, load_settings
 from screener.metrics import Metrics
 from screener.models import MarketData, PublisherInbox, Ranking, RedisStatus
-from screener.redis_batch import BatchResult, Held
+from screener.redis_batch import BatchResult
 from screener.snapshot import Latest
 from tests.actors.fakes import (
     M,
@@ -25,6 +24,7 @@ from tests.actors.fakes import (
     PublisherActor,
     Write,
     doc,
+    event_of,
     market_data,
     publisher_lines,
     threads_hold_clock,
@@ -109,23 +109,25 @@ async def test_writes_timing_out_keep_redis_down_although_pings_answer(
             inbox = start(nursery, pub, fake)
             fake.state = "paused"
             await inbox.send([a1])
-            for at in (0.1, 0.5, 1.0, 2.0, 2.9):
+            await trio.sleep_until(1.9)  # the write waits for its answer (REDIS_TIMEOUT_S)
+            assert pub.status.value == RedisStatus(up=True, error=None)
+            for at in (2.1, 3.0, 4.0, 5.0):
                 await trio.sleep_until(at)
                 samples[at] = pub.status.value
                 assert sample(pub.metrics, "screener_redis_up") == 0
-            await inbox.send([b1])
-            await trio.sleep_until(3.0)
-            fake.state = "up"  # the pause ends; the next retry (3.75) gets through
-            await trio.sleep_until(3.5)
+                if at == 3.0:
+                    await inbox.send([b1])
+            fake.state = "up"  # the pause ends; the write in flight (4.75) still times out
+            await trio.sleep_until(7.5)
             assert pub.status.value.up is False
-            await trio.sleep_until(4.0)
+            await trio.sleep_until(8.0)
             assert pub.status.value == RedisStatus(up=True, error=None)
             assert sample(pub.metrics, "screener_redis_up") == 1
             await inbox.aclose()
     assert set(samples.values()) == {RedisStatus(up=False, error=TIMEOUT)}
-    assert [w.at for w in fake.writes] == [0.0, 0.25, 0.75, 1.75, 3.75]
-    assert fake.pings == [0.25, 0.75, 1.75, 3.75]
-    assert fake.delivered == [Write(3.75, "pubsub", [a1, b1], None)]
+    assert [w.at for w in fake.writes] == [0.0, 2.25, 4.75, 7.75]
+    assert fake.pings == [2.25, 4.75, 7.75]
+    assert fake.delivered == [Write(7.75, "pubsub", [a1, b1], None)]
     assert logs == [
         (
             "WARNING",
@@ -167,7 +169,7 @@ async def test_held_writes_stay_buffered_and_are_retried_with_backoff(
             assert sample(pub.metrics, "screener_redis_up") == 1
             await inbox.aclose()
     assert [w.at for w in fake.writes] == [0.0, 0.25, 0.75, 1.75]
-    assert fake.delivered == [Write(1.75, "stream", [a1, b1, a2, c1], ranking(1))]
+    assert fake.delivered == [Write(1.75, "stream", [a1, b1, a2, c1], doc(ranking(1)))]
     assert logs == [HELD, ACCEPTED]
     assert published(pub.metrics) == 4
     assert sample(pub.metrics, "screener_events_published_total", channel="top_movers") == 1
@@ -186,24 +188,19 @@ async def test_both_mode_owes_a_held_stream_entry_to_the_stream_only(
     a1, b1, c1 = event("A"), event("B"), event("C")
     delivered_to: dict[str, list[MarketData]] = {"pubsub": [], "stream": []}
 
-    def write(
-        client: redis.Redis, settings: RedisSettings, events: list[MarketData], r: Ranking | None
-    ) -> BatchResult:
-        at = fake.clock.current_time()
-        fake.writes.append(Write(at, settings.mode, list(events), r))
-        if settings.to_pubsub:
-            delivered_to["pubsub"] += events
-        if fake.oom:
-            return OK._replace(held=(Held("stream", list(events), r, OOM),))
-        if settings.to_stream:
-            delivered_to["stream"] += events
-        return OK
+    oom = [True]
 
-    pub.write = write
+    def refuse(command: list[bytes]) -> str | None:
+        target = "pubsub" if command[0] == b"PUBLISH" else "stream"
+        if target == "stream" and oom[0]:
+            return OOM
+        delivered_to[target].append(event_of(command[-1]))
+        return None
+
     with trio.fail_after(60):
         async with threads_hold_clock(autojump_clock), trio.open_nursery() as nursery:
             inbox = start(nursery, pub, fake)
-            fake.refuse = out_of_memory_for_streams
+            fake.refuse = refuse
             await inbox.send([a1])
             await trio.sleep_until(0.1)
             await inbox.send([b1])  # pub/sub does not wait for the stream's backoff
@@ -211,7 +208,7 @@ async def test_both_mode_owes_a_held_stream_entry_to_the_stream_only(
             assert delivered_to == {"pubsub": [a1, b1], "stream": []}
             assert published(pub.metrics) == 0
             await trio.sleep_until(1.0)
-            fake.refuse = lambda command: None
+            oom[0] = False
             await inbox.send([c1])
             await trio.sleep_until(1.5)
             await inbox.aclose()
@@ -311,7 +308,7 @@ async def test_shutdown_waits_for_the_write_in_flight_then_accounts_for_everythi
             Write(1.0, "pubsub", [a1, b1], None),
             Write(1.0, "pubsub", [c1], None),
         ]
-        assert logs == [("INFO", "flushed 3 pending events")]
+        assert logs == [("INFO", "flushed 1 pending events")]  # [a1, b1] were answered first
         assert sample(actor.metrics, "screener_events_published_total", channel="market_data") == 3
     else:
         assert actor.ended_at == 1.0 + FINAL_FLUSH_S

@@ -37,8 +37,10 @@ BASE = {
     "screener.redis_batch",
     "screener.fleet",
     "screener.fleet_redis",
-    "screener.writer_thread",
-    "screener.redis_socket",
+    "screener.redis_link",
+    "screener.redis_connect",
+    "screener.redis_status",
+    "screener.publish_core",
     "screener.mexc.values",
 }
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from actors.publisher import PublishBuffer
+from screener.publish_core import PublishBuffer
 from screener.models import Kline, MarketData
 
 
