@@ -33,7 +33,7 @@ _GROUPS: tuple[tuple[str, str], ...] = (
     ("screener/mexc/values", "screener/mexc/values.py (decoder)"),
     ("screener/redis_client", "screener/redis_client.py"),
     ("screener/redis_batch", "screener/redis_batch.py"),
-    ("screener/redis_socket", "screener/redis_socket.py"),
+    ("screener/redis_link", "screener/redis_link.py"),
     ("actors/window", "actors/window.py"),
     ("actors/publisher", "actors/publisher.py"),
     ("actors/ranking", "actors/ranking.py"),
