@@ -14,7 +14,13 @@ import trio
 from loguru import logger
 
 from screener import __version__
-from screener.core.config import ConfigError, describe_variables, load_settings, resolved_variables
+from screener.core.config import (
+    ConfigError,
+    describe_variables,
+    load_settings,
+    resolved_variables,
+    retired_variables,
+)
 from screener.core.logs import setup_logging
 from screener.core.supervise import split_retryable
 from screener.http.routes import ListenError
@@ -76,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}={shown}  # {source}")
         return 0
     setup_logging(settings.log_format, settings.log_level)
+    for line in retired_variables(os.environ):
+        logger.warning("{line}", line=line)
     from screener.app import run_until_signal
 
     rest = args.command == "rest"

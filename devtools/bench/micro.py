@@ -6,12 +6,9 @@ without the machine's other load mattering much (each figure is the best of thre
   per field (`_kline(orjson.loads(...))`, still the path of every frame the fast one refuses);
 - encode: one event, `encode_event` against `orjson.dumps(event.as_dict())`;
 - histogram: 20 latencies, `observe_many` against `observe` each;
-- replies: a pipeline of 20 PUBLISHes to a private redis-server, replies read in bulk
-  (`read_refusals`) against redis-py's `read_response` each (send included);
-- writes: a write of 20 events (and an empty one), `trio.to_thread.run_sync` per write,
-  the long-lived writer thread, and the socket link on the event loop (REDIS_WRITER=socket,
-  no hand-off: an empty write is nothing to it), one write at a time as the publisher does;
-  CPU (user + system, all threads) and wall time per write.
+- writes: a write of 20 events over the publisher's link on the event loop (encoding, one
+  round trip to a private redis-server, replies parsed by hiredis), one write at a time as
+  the publisher does; CPU (user + system, all threads) and wall time per write.
 """
 
 from __future__ import annotations
@@ -31,18 +28,9 @@ from screener.core.config import RedisSettings, load_settings
 from screener.core.metrics import Metrics, observe_many
 from screener.core.models import Kline, MarketData
 from screener.mexc.frames import _kline, decode
-from screener.redis.batch import (
-    BatchResult,
-    _read_one_by_one,
-    encode_event,
-    packed_commands,
-    prepare_batch,
-    publish_batch,
-    read_refusals,
-)
+from screener.redis.batch import BatchResult, encode_event, prepare_batch
 from screener.redis.client import make_client
-from screener.redis.socket import SocketLink
-from screener.redis.writer_thread import WriterThread, to_thread_hop
+from screener.redis.link import RedisLink
 
 WRITES = 3000
 BATCH = 20
@@ -123,42 +111,9 @@ def _redis_rows(port: int, event: MarketData) -> None:
     settings = load_settings({"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(port)}).redis
     client = make_client(settings)
     events = [event] * BATCH
-    payload = b"".join(
-        packed_commands(settings, [(settings.market_data_channel, encode_event(event))] * BATCH)
-    )
-    conn = client.connection_pool.get_connection()
-
-    def replies(read: Callable[..., object]) -> Callable[[], object]:
-        def run() -> object:
-            conn.send_packed_command([payload])  # type: ignore[no-untyped-call]
-            return read(conn, BATCH)
-
-        return run
-
-    print(
-        _row(
-            f"pipeline of {BATCH}: send + replies",
-            "read_response each",
-            _us(replies(_read_one_by_one), 2_000),
-            "hiredis in bulk",
-            _us(replies(read_refusals), 2_000),
-        )
-    )
-    client.connection_pool.release(conn)
-
-    def publish() -> BatchResult:
-        return publish_batch(client, settings, events, None)
-
-    def empty() -> BatchResult:
-        return BatchResult(0, 0, None)
-
     print()
     print("| write | way | CPU per write | wall per write |")
     print("| --- | --- | ---: | ---: |")
-    for name, write in ((f"publish {BATCH} events", publish), ("empty", empty)):
-        for option in ("to_thread per write", "writer thread"):
-            cpu_us, wall_us = trio.run(_measure_hop, option, write)
-            print(f"| {name} | {option} | {cpu_us:.1f} us | {wall_us:.1f} us |")
     cpu_us, wall_us = trio.run(_measure_link, client, settings, events)
     print(f"| publish {BATCH} events | socket link | {cpu_us:.1f} us | {wall_us:.1f} us |")
     client.close()
@@ -178,17 +133,10 @@ async def _timed(write: Callable[[], Awaitable[object]]) -> tuple[float, float]:
     )
 
 
-async def _measure_hop(option: str, write: Callable[[], BatchResult]) -> tuple[float, float]:
-    if option == "writer thread":
-        with WriterThread.open() as writer:
-            return await _timed(lambda: writer.run(write))
-    return await _timed(lambda: to_thread_hop(write))
-
-
 async def _measure_link(
     client: redis.Redis, settings: RedisSettings, events: list[MarketData]
 ) -> tuple[float, float]:
-    link = SocketLink(client)
+    link = RedisLink.of(client)
 
     async def write() -> BatchResult:
         batch = prepare_batch(settings, events, None)

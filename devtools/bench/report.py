@@ -13,7 +13,6 @@ from devtools.bench.measure import MeasureWindow, hist_max, percentile, quantile
 from devtools.bench.plan import LOOKBACK_MIN, connections
 from devtools.bench.provenance import provenance
 from devtools.bench.run import Results, Trial
-from screener.core.config import VARIABLES
 
 
 def _fmt(value: float | None, unit: str = "", digits: int = 1) -> str:
@@ -153,17 +152,12 @@ def clients_table(res: Results) -> list[str]:
 
 
 def writers_table(res: Results) -> list[str]:
-    """The publishing options (REDIS_WRITER), each a service run at the fixed rate."""
+    """The one way of publishing (the socket link), a service run at the fixed rate."""
     if not res.writers:
         return []
-    names = {
-        "to_thread": "(a) redis-py in `trio.to_thread.run_sync` per write (before)",
-        "thread": "(b) redis-py in one long-lived writer thread",
-        "socket": "(c) socket link on the event loop, hiredis.Reader",
-    }
-    chosen = next(v.default for v in VARIABLES if v.name == "REDIS_WRITER")
+    names = {"socket": "socket link on the event loop, hiredis.Reader"}
     lines = [
-        f"| option (REDIS_WRITER) | service CPU at {res.plan.fixed_rate:,.0f} msg/s | "
+        f"| way | service CPU at {res.plan.fixed_rate:,.0f} msg/s | "
         "events/s into Redis | push-to-Redis p50 | p99 | rest of the machine |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
@@ -171,7 +165,7 @@ def writers_table(res: Results) -> list[str]:
         hist = w.hist("sub")
         ours = sum(w.cpu_pct(name) for name in w.a.cpu if name not in ("machine",))
         lines.append(
-            f"| {names.get(writer, writer)}{' (chosen)' if writer == chosen else ''} | "
+            f"| {names.get(writer, writer)} | "
             f"{w.cpu_pct('service'):.1f} % | "
             f"{w.rate('sub', 'events'):,.0f} | {_fmt(percentile(hist, 0.5), ' ms')} | "
             f"{_fmt(percentile(hist, 0.99), ' ms')} | "

@@ -271,18 +271,18 @@ def service_phases(
     lab.stop(svc.child)
 
 
-WRITERS = ("to_thread", "thread", "socket")
-"""The REDIS_WRITER options compared: redis-py in trio.to_thread per write (the first way),
-in one writer thread, and the socket link on the event loop."""
+WRITERS = ("socket",)
+"""The way the publisher writes: its socket link on the event loop (the one way left; the
+name keys the table)."""
 
 
 def writer_phases(lab: Lab, sim: Sim, sub: Child, plan: Plan, res: Results) -> None:
-    """The service at the fixed rate once per REDIS_WRITER option, back to back under the
-    same conditions (no backfill: it would only add its transient to both)."""
+    """The service at the fixed rate, writing its one way (no backfill: it would only add
+    its transient)."""
     redis_pid = lab.redis.proc.pid if lab.redis.proc else 0
     for writer in WRITERS:
-        say(f"service: REDIS_WRITER={writer} at {plan.fixed_rate:g} msg/s for {plan.cpu_s:g} s")
-        extra = {**plan.service_env, "REDIS_WRITER": writer, "BACKFILL": "off"}
+        say(f"service: {writer} link at {plan.fixed_rate:g} msg/s for {plan.cpu_s:g} s")
+        extra = {**plan.service_env, "BACKFILL": "off"}
         svc = start_service(lab, sim, symbols=plan.symbols, per_conn=plan.per_conn, extra=extra)
         watch = {"service": svc.child.pid, "sim": sim.child.pid, "sub": sub.pid, "redis": redis_pid}
         sim.set_rate(plan.fixed_rate)

@@ -234,15 +234,6 @@ class RedisSettings:
         "approximate length cap of each stream (MAXLEN ~)",
         whole(1000, 100_000_000),
     )
-    writer: str = env(
-        "REDIS_WRITER",
-        "socket",
-        "how the publisher writes: socket (on the event loop over the connection redis-py "
-        "opened; over TLS it falls back to thread), thread (redis-py in one long-lived writer "
-        "thread) or to_thread (redis-py in trio.to_thread per write); docs/performance.md "
-        "compares them",
-        choice("socket", "thread", "to_thread"),
-    )
     buffer: int = env(
         "PUBLISH_BUFFER",
         "20000",
@@ -365,6 +356,19 @@ class Settings:
 
 
 VARIABLES: Final = variables_of(Settings)
+
+RETIRED: Final = {
+    "REDIS_WRITER": "all writes use the socket link",
+}
+"""Variables the service read once and reads no more: set, each is one warning at start,
+never a refusal to start (a deployment that still sets it keeps working)."""
+
+
+def retired_variables(env: Mapping[str, str]) -> list[str]:
+    """One warning line per retired variable set in `env`."""
+    return [f"{name} is no longer read ({why})" for name, why in RETIRED.items() if name in env]
+
+
 """Every environment variable the service reads, in declaration order."""
 
 

@@ -1,8 +1,7 @@
 """One batch of events (and the ranking) written to Redis in one round trip.
 
 A resource of the publisher actor, not an actor. `prepare_batch` encodes a batch once; it is
-written either over the publisher's socket link (screener/redis/socket.py) or by
-`publish_batch` through redis-py in a writer thread; either way the replies are read in bulk
+written over the publisher's link (screener/redis/link.py), whose replies are read in bulk
 and sorted by `Prepared.result`: published, refused for now (held), or refused for good.
 """
 
@@ -12,18 +11,9 @@ from typing import Final, NamedTuple
 
 import msgspec
 import orjson
-import redis
-from redis.sentinel import SentinelManagedConnection
 
-try:  # redis-py's hiredis parser and its "need more bytes" marker (read_refusals)
-    from redis._parsers.hiredis import NOT_ENOUGH_DATA as _NOT_ENOUGH_DATA
-    from redis._parsers.hiredis import _HiredisParser
-except ImportError:  # pragma: no cover - another redis-py layout: one reply at a time
-    _HiredisParser = None  # type: ignore[assignment,misc]
-    _NOT_ENOUGH_DATA = object()
 from screener.core.config import RedisSettings
 from screener.core.models import MarketData, Ranking
-from screener.redis.client import demoted
 
 
 class _MarketDataDoc(msgspec.Struct, tag_field="type", tag="market_data", gc=False):
@@ -132,14 +122,6 @@ class BatchResult(NamedTuple):
         return self.held[0].reason if self.held else None
 
 
-def refusal_text(exc: redis.RedisError) -> str:
-    """Redis's own words: redis-py strips the code off the errors it knows (OOM, READONLY,
-    LOADING, ...) and keeps it apart; it is put back, as operators search for it."""
-    code = getattr(exc, "status_code", None)
-    text = str(exc)
-    return f"{code} {text}" if code else text
-
-
 def is_held(refusal: str) -> bool:
     return refusal.split(" ", 1)[0] in HELD_CODES
 
@@ -211,86 +193,6 @@ def prepare_batch(
         messages.append((settings.top_movers_channel, orjson.dumps(ranking.as_dict())))
     commands = packed_commands(settings, messages)
     return Prepared(settings, b"".join(commands), len(commands), events, ranking, skipped)
-
-
-def publish_batch(
-    client: redis.Redis,
-    settings: RedisSettings,
-    events: list[MarketData],
-    ranking: Ranking | None,
-) -> BatchResult:
-    """Runs in a writer thread (REDIS_WRITER=thread or to_thread): the batch in one round
-    trip through redis-py's connection pool.
-
-    Commands Redis refuses for their content are counted and skipped; commands it refuses
-    for now (`HELD_CODES`) come back in `held`, to be sent again."""
-    batch = prepare_batch(settings, events, ranking)
-    if not batch.commands:
-        return batch.result([])
-    pool = client.connection_pool
-    conn = pool.get_connection()
-    try:
-        conn.send_packed_command([batch.payload])  # type: ignore[no-untyped-call]
-        refusals = read_refusals(conn, batch.commands)
-    except BaseException:
-        conn.disconnect()  # type: ignore[no-untyped-call]  # a half-read reply stream is useless
-        raise
-    finally:
-        pool.release(conn)
-    return batch.result(refusals)
-
-
-# A refusal is one error reply: the reply stream stays in step, the link is fine. LOADING is
-# one too, although redis-py files it under ConnectionError.
-_REFUSALS: Final = (redis.ResponseError, redis.BusyLoadingError)
-
-
-def read_refusals(conn: redis.Connection, n: int) -> list[tuple[int, str]]:
-    """Read the replies to `n` pipelined commands; returns the refusals among them as
-    (command index, Redis's words), raises as redis-py does when the link fails.
-
-    In bulk: the socket's bytes go to the hiredis reader of redis-py's own parser and each
-    reply costs one C call (`gets`), not a pass through redis-py's `read_response` (a few
-    Python frames per reply). This reads two private attributes of redis-py's parser
-    (`_parser`, `_reader`; redis 5 to 8); without them, or without hiredis >= 3.2 (redis-py
-    then parses in Python), it falls back to `read_response` per reply."""
-    parser = getattr(conn, "_parser", None)
-    reader = getattr(parser, "_reader", None)
-    if _HiredisParser is None or not isinstance(parser, _HiredisParser) or reader is None:
-        return _read_one_by_one(conn, n)
-    gets = reader.gets
-    refusals: list[tuple[int, str]] = []
-    index = 0
-    try:
-        while index < n:
-            reply = gets()
-            if reply is _NOT_ENOUGH_DATA:
-                parser.read_from_socket()  # type: ignore[no-untyped-call]  # raises Redis errors
-                continue
-            if isinstance(reply, Exception):
-                if not isinstance(reply, _REFUSALS):
-                    raise reply
-                if isinstance(reply, redis.ReadOnlyError) and isinstance(
-                    conn, SentinelManagedConnection
-                ):
-                    demoted(conn.connection_pool)
-                refusals.append((index, refusal_text(reply)))
-            index += 1
-    except OSError as exc:  # as redis-py's read_response words it
-        raise redis.ConnectionError(
-            f"Error while reading from {conn._host_error()} : {exc.args}"  # type: ignore[no-untyped-call]
-        ) from None
-    return refusals
-
-
-def _read_one_by_one(conn: redis.Connection, n: int) -> list[tuple[int, str]]:
-    refusals: list[tuple[int, str]] = []
-    for index in range(n):
-        try:
-            conn.read_response()
-        except _REFUSALS as exc:
-            refusals.append((index, refusal_text(exc)))
-    return refusals
 
 
 def sort_refusals(

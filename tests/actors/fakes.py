@@ -13,21 +13,22 @@ test_connection_recovery.py): `start_connection`, one connection actor started o
 `MemoryExchange`.
 
 The publisher tests (tests/actors/test_publisher.py,
-tests/actors/test_publisher_faults.py, tests/system/test_redis_faults.py): the MockClock jumper
-that waits for worker threads (`threads_hold_clock`), the publisher's log lines
-(`publisher_lines`), the base of their fake Redis clients (`StallingRedis`), a
-`MarketData` builder and `run_publisher` in its own cancel scope
-(`PublisherActor`). No processes, no sockets."""
+tests/actors/test_publisher_faults.py, test_fleet.py, tests/system/test_redis_faults.py): an
+in-memory Redis behind the real link (`MemoryRedis`), the MockClock jumper that waits for
+worker threads (`threads_hold_clock`), the publisher's log lines (`publisher_lines`), a
+`MarketData` builder and `run_publisher` in its own cancel scope (`PublisherActor`). No
+processes, no sockets."""
 
 from __future__ import annotations
 
 import math
-import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, NamedTuple
 
+import hiredis
+import orjson
 import redis
 import trio
 import trio.testing
@@ -53,7 +54,7 @@ from screener.core.models import (
 from screener.core.snapshot import Latest, Views
 from screener.core.supervise import Reachability
 from screener.http.routes import create_app
-from screener.redis.batch import BatchResult
+from screener.redis.link import Opened, RedisLink
 from tests.actors.memory_exchange import MemoryExchange
 
 M = 1_770_330_480  # a minute boundary, unix seconds
@@ -141,18 +142,6 @@ async def start_connection(
     return control_send, out_recv
 
 
-class Writes(Protocol):
-    """A fake Redis: its `write` stands in for `publish_batch`."""
-
-    def write(
-        self,
-        client: Any,
-        settings: RedisSettings,
-        events: list[MarketData],
-        ranking: Ranking | None,
-    ) -> BatchResult: ...
-
-
 def market_data(
     symbol: str, close: float, ts_ms: int, *, t: int = M, volume: float = 10.0, window_min: int = 15
 ) -> MarketData:
@@ -175,34 +164,171 @@ def market_data(
     )
 
 
-class StallingRedis:
-    """What the publisher tests' fake Redis clients share: `ping` (refused while `down()`),
-    the virtual time of every PING, and `hold`: the next write waits for it (Redis stalls),
-    `stalled` set once it does. Both run in worker threads (see `threads_hold_clock`)."""
+class Write(NamedTuple):
+    """One write as Redis received it: when, to which targets (`mode`), the events (decoded
+    back from their JSON) and the ranking's document."""
+
+    at: float
+    mode: str
+    events: list[MarketData]
+    ranking: dict[str, Any] | None
+
+
+def doc(ranking: Ranking) -> dict[str, Any]:
+    """A ranking's `top_movers` document, as a `Write` holds it."""
+    loaded: dict[str, Any] = orjson.loads(orjson.dumps(ranking.as_dict()))
+    return loaded
+
+
+def event_of(raw: bytes) -> MarketData:
+    d = orjson.loads(raw)
+    kline = Kline(
+        symbol=d["symbol"],
+        t=d["candle_ts"],
+        open=d["open"],
+        high=d["high"],
+        low=d["low"],
+        close=d["close"],
+        volume=d["volume"],
+        amount=d["amount"],
+        ts_ms=d["ts"],
+        source=d["source"],
+    )
+    return MarketData(kline=kline, change_pct=d["change_pct"], window_min=d["window_min"])
+
+
+class MemoryRedis:
+    """Redis as the publisher's link sees it, in memory (the real `RedisLink`, encoding and
+    reply parsing; no socket, no thread, so MockClock's autojump is exact). `state`: "up";
+    "down" (connections refused, an open link fails); "paused" (`CLIENT PAUSE WRITE`: PING
+    answers, writes never do). `refuse(command)`: Redis's error words for a command, or None.
+    `hold`: the next write waits for it before it is answered (`stalled` set then)."""
 
     def __init__(self, clock: trio.testing.MockClock) -> None:
         self.clock = clock
-        self.hold: threading.Event | None = None  # the next write waits for it (a stall)
-        self.stalled = threading.Event()  # set once a write waits for `hold`
+        self.state = "up"
+        self.refuse: Callable[[list[bytes]], str | None] = lambda command: None
+        self.hold: trio.Event | None = None
+        self.stalled = trio.Event()
         self.pings: list[float] = []
+        self.attempts: list[float] = []  # every write tried, failed ones included
+        self.writes: list[Write] = []  # every write Redis received
+        self.delivered: list[Write] = []  # ... and took whole
+        self._sent, self.sent = trio.open_memory_channel[Write](math.inf)
+        self.answers: list[tuple[Write, bool]] = []  # received, not yet answered
 
-    def down(self) -> bool:
-        """Whether connections are refused."""
-        raise NotImplementedError
+    @property
+    def up(self) -> bool:
+        return self.state != "down"
 
-    def wait_if_held(self) -> None:
-        """In a write: wait for `hold` if one is set (it serves one write)."""
-        hold, self.hold = self.hold, None
-        if hold is not None:
-            self.stalled.set()
-            if not hold.wait(timeout=30):
-                raise AssertionError("the stalled write was never released")
+    @up.setter
+    def up(self, value: bool) -> None:
+        self.state = "up" if value else "down"
 
-    def ping(self) -> bool:
+    def link(self) -> RedisLink:
+        return RedisLink(self.open)
+
+    async def open(self) -> Opened:
+        await trio.lowlevel.checkpoint()
+        if self.state == "down":
+            self.attempts.append(self.clock.current_time())
+            raise redis.ConnectionError("Connection refused")
+        return Opened(_MemoryConnection(self), "memory:6379", None)
+
+    async def ping(self) -> bool:
+        await trio.lowlevel.checkpoint()
         self.pings.append(self.clock.current_time())
-        if self.down():
+        if self.state == "down":
             raise redis.ConnectionError("Connection refused")
         return True
+
+    async def answered(self) -> Write:
+        """The next write Redis answered, once the publisher has accounted for its answer."""
+        write = await self.sent.receive()
+        await trio.testing.wait_all_tasks_blocked()
+        return write
+
+    def received(self, payload: bytes) -> bytes:
+        """Redis's replies to a pipeline."""
+        at = self.clock.current_time()
+        self.attempts.append(at)
+        reader = hiredis.Reader()
+        reader.feed(payload)
+        commands: list[list[bytes]] = []
+        while (command := reader.gets()) is not False:
+            commands.append(command)
+        names = {command[0] for command in commands}
+        mode = "both" if len(names) == 2 else "pubsub" if b"PUBLISH" in names else "stream"
+        first = b"PUBLISH" if b"PUBLISH" in names else b"XADD"
+        events: list[MarketData] = []
+        ranking: dict[str, Any] | None = None
+        for command in commands:
+            if command[0] != first:
+                continue
+            key, body = command[1], command[-1]
+            if key == b"top_movers":
+                ranking = orjson.loads(body)
+            else:
+                events.append(event_of(body))
+        write = Write(at, mode, events, ranking)
+        self.writes.append(write)
+        replies = []
+        refused = False
+        for command in commands:
+            why = self.refuse(command)
+            refused = refused or why is not None
+            ok = b":0\r\n" if command[0] == b"PUBLISH" else b"$3\r\n1-0\r\n"
+            replies.append(ok if why is None else b"-%s\r\n" % why.encode())
+        if self.state != "paused":  # a paused Redis never answers
+            self.answers.append((write, not refused))
+        return b"".join(replies)
+
+    def replied(self) -> None:
+        """The replies of the writes received so far reached the publisher."""
+        for write, whole in self.answers:
+            if whole:
+                self.delivered.append(write)
+            self._sent.send_nowait(write)
+        self.answers.clear()
+
+
+class _MemoryConnection(trio.abc.Stream):
+    def __init__(self, redis_: MemoryRedis) -> None:
+        self.redis = redis_
+        self.replies = b""
+        self.hold: trio.Event | None = None
+        self.paused = False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.lowlevel.checkpoint()
+        if self.redis.state == "down":
+            self.redis.attempts.append(self.redis.clock.current_time())
+            raise redis.ConnectionError("Connection refused")
+        self.hold, self.redis.hold = self.redis.hold, None
+        if self.hold is not None:
+            self.redis.stalled.set()
+        self.paused = self.redis.state == "paused"
+        self.replies += self.redis.received(bytes(data))
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self.paused:
+            await trio.sleep_forever()
+        if self.hold is not None:
+            await self.hold.wait()
+            self.hold = None
+            if self.redis.state == "down":  # it went down with the write in flight
+                self.redis.answers.clear()
+                raise redis.ConnectionError("Connection refused")
+        await trio.lowlevel.checkpoint()
+        data, self.replies = self.replies, b""
+        self.redis.replied()
+        return data
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
 
 
 @asynccontextmanager
@@ -254,8 +380,8 @@ def publisher_lines() -> Iterator[list[tuple[str, str]]]:
 
 
 class PublisherActor:
-    """`run_publisher` in its own cancel scope, with the time it returned. Redis starts up,
-    so the real client `run_publisher` makes is never used (no PING, no socket)."""
+    """`run_publisher` over a `MemoryRedis` in its own cancel scope, with the time it
+    returned."""
 
     def __init__(self, settings: RedisSettings) -> None:
         self.settings = settings
@@ -265,7 +391,9 @@ class PublisherActor:
         self.status: Latest[RedisStatus] = Latest(RedisStatus(up=True, error=None))
         self.metrics = Metrics()
 
-    async def run(self, inbox: trio.MemoryReceiveChannel[PublisherInbox], fake: Writes) -> None:
+    async def run(
+        self, inbox: trio.MemoryReceiveChannel[PublisherInbox], fake: MemoryRedis
+    ) -> None:
         with self.scope:
             await run_publisher(
                 inbox,
@@ -273,8 +401,8 @@ class PublisherActor:
                 status=self.status,
                 metrics=self.metrics,
                 rand=lambda: 0.5,
-                write=fake.write,
-                writer_thread=False,  # trio.testing must see the thread (threads_hold_clock)
+                link=fake.link(),
+                ping=fake.ping,
             )
         self.ended_at = trio.current_time()
         self.ended.set()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -17,9 +16,9 @@ import trio
 import trio.testing
 
 from actors.fleet import Fleet, run_fleet
-from actors.publisher import Attempt, FencedOut, run_publisher
+from actors.publisher import FencedOut, Publisher, run_publisher
 from actors.ranking import rank
-from screener.core.config import FleetSettings, RedisSettings, load_settings
+from screener.core.config import FleetSettings, load_settings
 from screener.core.metrics import Metrics
 from screener.core.models import (
     FleetStatus,
@@ -32,8 +31,7 @@ from screener.core.models import (
 )
 from screener.core.snapshot import Latest
 from screener.fleet.lease import ACQUIRE_OR_RENEW, RELEASE
-from screener.redis.batch import BatchResult
-from tests.actors.fakes import M, market_data, threads_hold_clock
+from tests.actors.fakes import M, MemoryRedis, market_data, threads_hold_clock
 
 LEASE_S = 6.0  # renewals every 2 s, fenced end 4.8 s after a request
 
@@ -261,21 +259,12 @@ async def test_the_global_ranking_merges_every_shard_and_names_the_missing(
 # --- the publisher obeys its fence ------------------------------------------------------
 
 
-class Writes:
+class Writes(MemoryRedis):
     """Every write the publisher makes, at its virtual time."""
 
-    def __init__(self, clock: trio.testing.MockClock) -> None:
-        self.clock = clock
-        self.batches: list[tuple[float, list[str]]] = []
-
-    def write(
-        self, client: Any, settings: RedisSettings, events: list[MarketData], ranking: Any
-    ) -> BatchResult:
-        self.batches.append((self.clock.current_time(), [e.kline.symbol for e in events]))
-        return BatchResult(unencodable=0, refused=0, refusal=None)
-
-    def ping(self) -> bool:
-        return True
+    @property
+    def batches(self) -> list[tuple[float, list[str]]]:
+        return [(w.at, [e.kline.symbol for e in w.events]) for w in self.writes]
 
 
 async def fenced_publisher(
@@ -287,8 +276,8 @@ async def fenced_publisher(
         settings=load_settings({}).redis,
         status=Latest(RedisStatus(up=True, error=None)),
         metrics=metrics,
-        write=writes.write,
-        writer_thread=False,  # trio.testing must see the thread
+        link=writes.link(),
+        ping=writes.ping,
         fenced=True,
     )
 
@@ -351,23 +340,27 @@ async def test_a_leader_that_took_over_drops_what_it_held_from_before(
         nursery.cancel_scope.cancel()
 
 
-def test_a_slice_whose_lease_ran_out_in_the_thread_is_not_written() -> None:
-    """The last check, in the writer thread itself: a process frozen between handing a slice
-    over and writing it wakes past its lease and writes nothing."""
-    written = threading.Event()
-
-    def write(*args: Any) -> BatchResult:
-        written.set()
-        return BatchResult(unencodable=0, refused=0, refusal=None)
-
-    attempt = Attempt("pubsub", ev("A"), None, threaded=True)
-    attempt.until = time.monotonic() - 0.001
+async def test_a_slice_whose_lease_ran_out_while_it_was_encoded_is_not_written(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The last check, right before the send: a slice taken while the lease was valid
+    but sent after it ran out (encoding, or a frozen process) writes nothing and goes back."""
+    writes = Writes(autojump_clock)
+    publisher = Publisher(
+        load_settings({}).redis,
+        writes.link(),
+        status=Latest(RedisStatus(up=True, error=None)),
+        metrics=Metrics(),
+        fenced=True,
+    )
+    publisher.lanes.refence(Leadership("leader", 1.0, 1, drop_held=False))
+    publisher.lanes.buffer.add(ev("A"))
+    sent = publisher.lanes.next_slice(0.5)
+    assert sent is not None
+    await trio.sleep_until(1.0)
     with pytest.raises(FencedOut):
-        attempt.run(write, cast(redis.Redis, None), load_settings({}).redis)
-    assert not written.is_set()
-    assert attempt.done is not None
-    assert attempt.done.is_set()
-    assert attempt.result is None
+        await publisher._send(sent)
+    assert writes.writes == []
 
 
 async def test_a_request_in_flight_at_shutdown_ends_before_the_release() -> None:

@@ -1,16 +1,12 @@
-"""The publisher actor on MockClock: a fake Redis (the injected `write`, and a client whose
-`ping` it answers) that fails, refuses or stalls on cue; exact batches, retry times, metrics
+"""The publisher actor on MockClock over an in-memory Redis behind the real link
+(`MemoryRedis`) that fails, refuses or stalls on cue; exact batches, retry times, metrics
 and log lines."""
 
 from __future__ import annotations
 
-import math
-import threading
-from collections.abc import Callable, Iterator
-from typing import NamedTuple, cast
+from collections.abc import Iterator
 
 import pytest
-import redis
 import trio
 import trio.testing
 
@@ -19,11 +15,12 @@ from screener.core.config import RedisSettings, load_settings
 from screener.core.metrics import Metrics
 from screener.core.models import MarketData, PublisherInbox, Ranking, RedisStatus, SymbolStat
 from screener.core.snapshot import Latest
-from screener.redis.batch import BatchResult, Held
 from tests.actors.fakes import (
     M,
+    MemoryRedis,
     PublisherActor,
-    StallingRedis,
+    Write,
+    doc,
     market_data,
     publisher_lines,
     threads_hold_clock,
@@ -40,12 +37,6 @@ CAME_UP = ("INFO", f"redis up at {TARGET}")
 OOM = "OOM command not allowed when used memory > 'maxmemory'."
 WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"
 
-Respond = Callable[[list[MarketData], Ranking | None], BatchResult]
-
-
-def accept(events: list[MarketData], ranking: Ranking | None) -> BatchResult:
-    return BatchResult(unencodable=0, refused=0, refusal=None)
-
 
 def event(symbol: str, close: float = 1.0) -> MarketData:
     return market_data(symbol, close, M * 1000 + 500)
@@ -61,51 +52,14 @@ def ranking(n: int) -> Ranking:
     )
 
 
-class Batch(NamedTuple):
-    at: float
-    events: list[MarketData]
-    ranking: Ranking | None
-
-
-class FakeRedis(StallingRedis):
-    """Redis as the publisher sees it: `write` stands in for `publish_batch`, `ping` for the
-    client's. Both run in worker threads; the virtual time of each call is recorded."""
-
-    def __init__(self, clock: trio.testing.MockClock) -> None:
-        super().__init__(clock)
-        self.up = True
-        self.respond: Respond = accept  # what Redis answers to a write while up
-        self.attempts: list[float] = []  # every write, failed ones included
-        self._sent, self.sent = trio.open_memory_channel[Batch](math.inf)
-
-    def write(
-        self,
-        client: redis.Redis,
-        settings: RedisSettings,
-        events: list[MarketData],
-        ranking: Ranking | None,
-    ) -> BatchResult:
-        at = self.clock.current_time()  # frozen while a thread runs (see threads_hold_clock)
-        self.attempts.append(at)
-        self.wait_if_held()
-        if not self.up:
-            raise redis.ConnectionError("Connection refused")
-        trio.from_thread.run_sync(self._sent.send_nowait, Batch(at, list(events), ranking))
-        return self.respond(events, ranking)
-
-    def down(self) -> bool:
-        return not self.up
-
-    async def answered(self) -> Batch:
-        """The next batch Redis took, once the publisher has accounted for its answer."""
-        batch = await self.sent.receive()
-        await trio.testing.wait_all_threads_completed()
-        return batch
+def Batch(at: float, events: list[MarketData], ranking: Ranking | None) -> Write:
+    """A write to the pub/sub target as Redis received it."""
+    return Write(at, "pubsub", events, None if ranking is None else doc(ranking))
 
 
 @pytest.fixture
-def fake(autojump_clock: trio.testing.MockClock) -> FakeRedis:
-    return FakeRedis(autojump_clock)
+def fake(autojump_clock: trio.testing.MockClock) -> MemoryRedis:
+    return MemoryRedis(autojump_clock)
 
 
 @pytest.fixture
@@ -125,7 +79,7 @@ def published(metrics: Metrics, channel: str) -> float | None:
 
 async def run_direct(
     nursery: trio.Nursery,
-    fake: FakeRedis,
+    fake: MemoryRedis,
     inbox: trio.MemoryReceiveChannel[PublisherInbox],
     status: Latest[RedisStatus] | None = None,
     settings: RedisSettings = SETTINGS,
@@ -134,18 +88,18 @@ async def run_direct(
     it ends once the inbox is closed and everything is sent."""
     publisher = Publisher(
         settings,
+        fake.link(),
         status=status or Latest(RedisStatus(up=True, error=None)),
         metrics=Metrics(),
         rand=lambda: 0.5,  # delays 0.25, 0.5, 1, 2, 4, ... (half of 0.5 * 2**n)
-        write=fake.write,
     )
     nursery.start_soon(publisher.collect, inbox)
-    nursery.start_soon(publisher.flush, cast(redis.Redis, fake))
+    nursery.start_soon(publisher.flush, fake.ping)
     return publisher
 
 
 async def test_each_wakeup_sends_everything_pending_as_one_batch_in_order(
-    autojump_clock: trio.testing.MockClock, fake: FakeRedis, logs: list[tuple[str, str]]
+    autojump_clock: trio.testing.MockClock, fake: MemoryRedis, logs: list[tuple[str, str]]
 ) -> None:
     inbox_send, inbox_recv = trio.open_memory_channel[PublisherInbox](16)
     actor = PublisherActor(SETTINGS)
@@ -162,7 +116,7 @@ async def test_each_wakeup_sends_everything_pending_as_one_batch_in_order(
             # While one write is in flight, arrivals pile up and leave as one batch, with
             # only the newest ranking.
             await trio.sleep_until(2.0)
-            fake.hold = gate = threading.Event()
+            fake.hold = gate = trio.Event()
             await inbox_send.send([a2])
             await trio.testing.wait_all_tasks_blocked()
             for item in ([b2, c1], ranking(2), [a3], ranking(3)):
@@ -183,7 +137,7 @@ async def test_each_wakeup_sends_everything_pending_as_one_batch_in_order(
 
 
 async def test_a_backlog_leaves_in_slices_of_pipeline_events(
-    autojump_clock: trio.testing.MockClock, fake: FakeRedis
+    autojump_clock: trio.testing.MockClock, fake: MemoryRedis
 ) -> None:
     settings = load_settings({"PUBLISH_BUFFER": "5000"}).redis
     backlog = [event(f"S{i:04}") for i in range(2 * PIPELINE_EVENTS + 500)]
@@ -202,7 +156,7 @@ async def test_a_backlog_leaves_in_slices_of_pipeline_events(
 
 
 async def test_outage_buffers_retries_on_the_backoff_schedule_and_sends_the_backlog(
-    autojump_clock: trio.testing.MockClock, fake: FakeRedis, logs: list[tuple[str, str]]
+    autojump_clock: trio.testing.MockClock, fake: MemoryRedis, logs: list[tuple[str, str]]
 ) -> None:
     inbox_send, inbox_recv = trio.open_memory_channel[PublisherInbox](16)
     a1, b1, a2, c1 = event("A", 1.0), event("B", 1.0), event("A", 2.0), event("C", 1.0)
@@ -210,10 +164,10 @@ async def test_outage_buffers_retries_on_the_backoff_schedule_and_sends_the_back
         async with threads_hold_clock(autojump_clock), trio.open_nursery() as nursery:
             publisher = await run_direct(nursery, fake, inbox_recv)
             metrics, status = publisher.metrics, publisher.status
-            fake.up = False
-            fake.hold = gate = threading.Event()
+            fake.hold = gate = trio.Event()
             await inbox_send.send([a1])
-            await trio.to_thread.run_sync(fake.stalled.wait)  # the write of [a1] is in flight
+            await fake.stalled.wait()  # the write of [a1] is in flight
+            fake.up = False
             await inbox_send.send([b1, a2])
             await trio.testing.wait_all_tasks_blocked()
             gate.set()  # the write fails
@@ -249,7 +203,7 @@ async def test_outage_buffers_retries_on_the_backoff_schedule_and_sends_the_back
 @pytest.mark.parametrize("reachable", [True, False])
 async def test_starting_down_pings_and_only_a_write_proves_redis_up(
     autojump_clock: trio.testing.MockClock,
-    fake: FakeRedis,
+    fake: MemoryRedis,
     logs: list[tuple[str, str]],
     reachable: bool,
 ) -> None:
@@ -281,7 +235,7 @@ async def test_starting_down_pings_and_only_a_write_proves_redis_up(
 
 
 async def test_beyond_the_buffer_only_the_newest_event_per_symbol_is_kept(
-    autojump_clock: trio.testing.MockClock, fake: FakeRedis
+    autojump_clock: trio.testing.MockClock, fake: MemoryRedis
 ) -> None:
     inbox_send, inbox_recv = trio.open_memory_channel[PublisherInbox](16)
     old = [event(f"S{i:03}", 1.0) for i in range(100)]
@@ -312,12 +266,10 @@ async def test_beyond_the_buffer_only_the_newest_event_per_symbol_is_kept(
 
 
 async def test_refused_commands_are_dropped_and_logged_at_most_once_per_10s(
-    autojump_clock: trio.testing.MockClock, fake: FakeRedis, logs: list[tuple[str, str]]
+    autojump_clock: trio.testing.MockClock, fake: MemoryRedis, logs: list[tuple[str, str]]
 ) -> None:
     """WRONGTYPE refuses the command for its content: retrying would never help."""
-    fake.respond = lambda events, ranking: BatchResult(
-        unencodable=0, refused=len(events), refusal=WRONGTYPE
-    )
+    fake.refuse = lambda command: WRONGTYPE
     inbox_send, inbox_recv = trio.open_memory_channel[PublisherInbox](16)
     degraded: list[RedisStatus] = []
     with trio.fail_after(60):
@@ -329,7 +281,7 @@ async def test_refused_commands_are_dropped_and_logged_at_most_once_per_10s(
                 assert (await fake.answered()).at == at
                 degraded.append(publisher.status.value)
             assert sample(publisher.metrics, "screener_redis_up") == 0
-            fake.respond = accept
+            fake.refuse = lambda command: None
             await trio.sleep_until(11.0)
             await inbox_send.send([event("C")])
             assert (await fake.answered()).at == 11.0
@@ -349,15 +301,11 @@ async def test_refused_commands_are_dropped_and_logged_at_most_once_per_10s(
 
 
 async def test_writes_refused_for_now_are_kept_and_retried_with_backoff(
-    autojump_clock: trio.testing.MockClock, fake: FakeRedis, logs: list[tuple[str, str]]
+    autojump_clock: trio.testing.MockClock, fake: MemoryRedis, logs: list[tuple[str, str]]
 ) -> None:
     """OOM (like READONLY, LOADING, ...) refuses for now: nothing is dropped."""
 
-    def out_of_memory(events: list[MarketData], ranking: Ranking | None) -> BatchResult:
-        held = Held(mode="pubsub", events=events, ranking=ranking, reason=OOM)
-        return BatchResult(unencodable=0, refused=0, refusal=None, held=(held,))
-
-    fake.respond = out_of_memory
+    fake.refuse = lambda command: OOM
     inbox_send, inbox_recv = trio.open_memory_channel[PublisherInbox](16)
     a1, b1, c1 = event("A"), event("B"), event("C")
     with trio.fail_after(60):
@@ -368,7 +316,7 @@ async def test_writes_refused_for_now_are_kept_and_retried_with_backoff(
             assert publisher.status.value == RedisStatus(up=True, error=None, refused=OOM)
             assert sample(publisher.metrics, "screener_redis_up") == 0
             assert sample(publisher.metrics, "screener_publish_backlog") == 2
-            fake.respond = accept
+            fake.refuse = lambda command: None
             await inbox_send.send([c1])  # waits with the held ones for their retry
             await inbox_send.aclose()
     assert fake.attempts == [0.0, 0.25, 0.75, 1.75]
@@ -385,14 +333,14 @@ async def test_writes_refused_for_now_are_kept_and_retried_with_backoff(
 
 
 async def test_unencodable_events_are_counted_as_rejected_not_published(
-    autojump_clock: trio.testing.MockClock, fake: FakeRedis, logs: list[tuple[str, str]]
+    autojump_clock: trio.testing.MockClock, fake: MemoryRedis, logs: list[tuple[str, str]]
 ) -> None:
-    fake.respond = lambda events, ranking: BatchResult(unencodable=1, refused=0, refusal=None)
     inbox_send, inbox_recv = trio.open_memory_channel[PublisherInbox](16)
     with trio.fail_after(60):
         async with threads_hold_clock(autojump_clock), trio.open_nursery() as nursery:
             publisher = await run_direct(nursery, fake, inbox_recv)
-            await inbox_send.send([event("A"), event("B"), event("C")])
+            too_late = market_data("B", 1.0, 2**70)  # beyond 64 bits: cannot be encoded
+            await inbox_send.send([event("A"), too_late, event("C")])
             await inbox_send.aclose()
     metrics = publisher.metrics
     assert sample(metrics, "screener_messages_rejected_total", reason="unencodable") == 1
@@ -410,7 +358,7 @@ async def test_unencodable_events_are_counted_as_rejected_not_published(
 )
 async def test_cancel_flushes_what_is_pending_and_logs_the_outcome(
     autojump_clock: trio.testing.MockClock,
-    fake: FakeRedis,
+    fake: MemoryRedis,
     logs: list[tuple[str, str]],
     redis_back: bool,
     outcome: tuple[str, str],
@@ -436,7 +384,7 @@ async def test_cancel_flushes_what_is_pending_and_logs_the_outcome(
 
 
 async def test_cancel_during_a_write_waits_for_it_then_sends_the_rest_once(
-    autojump_clock: trio.testing.MockClock, fake: FakeRedis, logs: list[tuple[str, str]]
+    autojump_clock: trio.testing.MockClock, fake: MemoryRedis, logs: list[tuple[str, str]]
 ) -> None:
     inbox_send, inbox_recv = trio.open_memory_channel[PublisherInbox](16)
     actor = PublisherActor(SETTINGS)
@@ -445,9 +393,9 @@ async def test_cancel_during_a_write_waits_for_it_then_sends_the_rest_once(
         async with threads_hold_clock(autojump_clock), trio.open_nursery() as nursery:
             nursery.start_soon(actor.run, inbox_recv, fake)
             await trio.sleep_until(1.0)
-            fake.hold = gate = threading.Event()
+            fake.hold = gate = trio.Event()
             await inbox_send.send([a1])
-            await trio.to_thread.run_sync(fake.stalled.wait)  # the write of [a1] is in flight
+            await fake.stalled.wait()  # the write of [a1] is in flight
             await inbox_send.send([b1])
             await trio.testing.wait_all_tasks_blocked()
             actor.scope.cancel()
@@ -461,15 +409,15 @@ async def test_cancel_during_a_write_waits_for_it_then_sends_the_rest_once(
     ]
     with pytest.raises(trio.WouldBlock):  # nothing sent twice
         fake.sent.receive_nowait()
-    assert logs == [("INFO", "flushed 2 pending events")]
+    assert logs == [("INFO", "flushed 1 pending events")]  # [a1] went before the flush
 
 
 async def test_a_final_flush_cut_by_its_deadline_is_logged(
-    autojump_clock: trio.testing.MockClock, fake: FakeRedis, logs: list[tuple[str, str]]
+    autojump_clock: trio.testing.MockClock, fake: MemoryRedis, logs: list[tuple[str, str]]
 ) -> None:
     inbox_send, inbox_recv = trio.open_memory_channel[PublisherInbox](16)
     actor = PublisherActor(SETTINGS)
-    gate = threading.Event()
+    gate = trio.Event()
     try:
         with trio.fail_after(60):
             async with threads_hold_clock(autojump_clock), trio.open_nursery() as nursery:
@@ -477,9 +425,10 @@ async def test_a_final_flush_cut_by_its_deadline_is_logged(
                 fake.up = False
                 await inbox_send.send([event("A"), event("B")])
                 await trio.sleep_until(0.1)
+                fake.up = True
                 fake.hold = gate  # Redis accepts the connection, then never answers
                 actor.scope.cancel()
-                await trio.to_thread.run_sync(fake.stalled.wait)  # the final write hangs
+                await fake.stalled.wait()  # the final write hangs
                 autojump_clock.jump(FINAL_FLUSH_S)
                 await actor.ended.wait()
     finally:
@@ -493,7 +442,7 @@ async def test_a_final_flush_cut_by_its_deadline_is_logged(
 
 
 async def test_a_closed_inbox_ends_the_actor_once_everything_is_sent(
-    autojump_clock: trio.testing.MockClock, fake: FakeRedis, logs: list[tuple[str, str]]
+    autojump_clock: trio.testing.MockClock, fake: MemoryRedis, logs: list[tuple[str, str]]
 ) -> None:
     inbox_send, inbox_recv = trio.open_memory_channel[PublisherInbox](16)
     actor = PublisherActor(SETTINGS)
@@ -502,7 +451,7 @@ async def test_a_closed_inbox_ends_the_actor_once_everything_is_sent(
         async with threads_hold_clock(autojump_clock), trio.open_nursery() as nursery:
             nursery.start_soon(actor.run, inbox_recv, fake)
             await trio.sleep_until(1.0)
-            fake.hold = gate = threading.Event()
+            fake.hold = gate = trio.Event()
             await inbox_send.send([a1])
             await trio.testing.wait_all_tasks_blocked()  # the write of [a1] is in flight
             await inbox_send.send([b1])

@@ -5,12 +5,10 @@ virtual times, statuses, metrics and log lines."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from typing import Any, NamedTuple, cast
+from typing import Any
 
 import pytest
-import redis
 import trio
 import trio.testing
 
@@ -19,11 +17,14 @@ from screener.core.config import RedisSettings, load_settings
 from screener.core.metrics import Metrics
 from screener.core.models import MarketData, PublisherInbox, Ranking, RedisStatus
 from screener.core.snapshot import Latest
-from screener.redis.batch import BatchResult, Held
+from screener.redis.batch import BatchResult
 from tests.actors.fakes import (
     M,
+    MemoryRedis,
     PublisherActor,
-    StallingRedis,
+    Write,
+    doc,
+    event_of,
     market_data,
     publisher_lines,
     threads_hold_clock,
@@ -32,7 +33,7 @@ from tests.actors.fakes import (
 PUBSUB: RedisSettings = load_settings({"PUBLISH_BUFFER": "20000"}).redis
 STREAM: RedisSettings = load_settings({"PUBLISH_BUFFER": "20000", "PUBLISH_MODE": "stream"}).redis
 TARGET = "redis://localhost:6379"
-TIMEOUT = "TimeoutError: Timeout reading from socket"
+TIMEOUT = "TimeoutError: no answer from memory:6379 within 2s"
 OOM = "OOM command not allowed when used memory > 'maxmemory'."
 CAME_UP = ("INFO", f"redis up at {TARGET}")
 HELD = ("WARNING", f"redis refuses writes at {TARGET} ({OOM}); events kept and retried")
@@ -48,51 +49,14 @@ def ranking(n: int) -> Ranking:
     return Ranking(wall_ts=M + 15.0 * n, lookback_min=15, gainers=(), losers=(), ranked=0)
 
 
-class Write(NamedTuple):
-    at: float
-    mode: str
-    events: list[MarketData]
-    ranking: Ranking | None
-
-
-class FakeRedis(StallingRedis):
-    """Redis as the publisher sees it. `link`: "up"; "down" (connections refused); "paused"
-    (`CLIENT PAUSE WRITE`: PING answers, every write times out). `oom`: writes answered, every
-    XADD refused with OOM (held). `hold`: the next write waits for it (Redis hangs)."""
-
-    def __init__(self, clock: trio.testing.MockClock) -> None:
-        super().__init__(clock)
-        self.link = "up"
-        self.oom = False
-        self.writes: list[Write] = []  # every attempt, failed ones included
-        self.delivered: list[Write] = []
-
-    def write(
-        self,
-        client: redis.Redis,
-        settings: RedisSettings,
-        events: list[MarketData],
-        ranking: Ranking | None,
-    ) -> BatchResult:
-        attempt = Write(self.clock.current_time(), settings.mode, list(events), ranking)
-        self.writes.append(attempt)
-        self.wait_if_held()
-        if self.link == "down":
-            raise redis.ConnectionError("Connection refused")
-        if self.link == "paused":
-            raise redis.TimeoutError("Timeout reading from socket")
-        if self.oom and settings.to_stream:
-            return OK._replace(held=(Held(settings.mode, list(events), ranking, OOM),))
-        self.delivered.append(attempt)
-        return OK
-
-    def down(self) -> bool:
-        return self.link == "down"
-
-
 @pytest.fixture
-def fake(autojump_clock: trio.testing.MockClock) -> FakeRedis:
-    return FakeRedis(autojump_clock)
+def fake(autojump_clock: trio.testing.MockClock) -> MemoryRedis:
+    return MemoryRedis(autojump_clock)
+
+
+def out_of_memory_for_streams(command: list[bytes]) -> str | None:
+    """OOM for every XADD (PUBLISH takes no memory, so it still goes through)."""
+    return OOM if command[0] == b"XADD" else None
 
 
 @pytest.fixture
@@ -111,21 +75,21 @@ def published(metrics: Metrics) -> float:
     return sample(metrics, "screener_events_published_total", channel="market_data")
 
 
-def publisher(fake: FakeRedis, settings: RedisSettings = PUBSUB) -> Publisher:
+def publisher(fake: MemoryRedis, settings: RedisSettings = PUBSUB) -> Publisher:
     return Publisher(
         settings,
+        fake.link(),
         status=Latest(RedisStatus(up=True, error=None)),
         metrics=Metrics(),
         rand=lambda: 0.5,  # delays 0.25, 0.5, 1, 2, 4, ... (half of 0.5 * 2**n)
-        write=fake.write,
     )
 
 
-def start(nursery: trio.Nursery, pub: Publisher, fake: FakeRedis) -> trio.MemorySendChannel[Any]:
+def start(nursery: trio.Nursery, pub: Publisher, fake: MemoryRedis) -> trio.MemorySendChannel[Any]:
     """The publisher's two tasks, the fake standing in for the client (for `ping`)."""
     inbox_send, inbox_recv = trio.open_memory_channel[PublisherInbox](64)
     nursery.start_soon(pub.collect, inbox_recv)
-    nursery.start_soon(pub.flush, cast(redis.Redis, fake))
+    nursery.start_soon(pub.flush, fake.ping)
     return inbox_send
 
 
@@ -133,7 +97,7 @@ def start(nursery: trio.Nursery, pub: Publisher, fake: FakeRedis) -> trio.Memory
 
 
 async def test_writes_timing_out_keep_redis_down_although_pings_answer(
-    autojump_clock: trio.testing.MockClock, fake: FakeRedis, logs: list[tuple[str, str]]
+    autojump_clock: trio.testing.MockClock, fake: MemoryRedis, logs: list[tuple[str, str]]
 ) -> None:
     """PING answers while writes are paused: no `redis up` per PING, no backoff reset by a
     PING; down from the first timed-out write until a write succeeds."""
@@ -143,25 +107,27 @@ async def test_writes_timing_out_keep_redis_down_although_pings_answer(
     with trio.fail_after(60):
         async with threads_hold_clock(autojump_clock), trio.open_nursery() as nursery:
             inbox = start(nursery, pub, fake)
-            fake.link = "paused"
+            fake.state = "paused"
             await inbox.send([a1])
-            for at in (0.1, 0.5, 1.0, 2.0, 2.9):
+            await trio.sleep_until(1.9)  # the write waits for its answer (REDIS_TIMEOUT_S)
+            assert pub.status.value == RedisStatus(up=True, error=None)
+            for at in (2.1, 3.0, 4.0, 5.0):
                 await trio.sleep_until(at)
                 samples[at] = pub.status.value
                 assert sample(pub.metrics, "screener_redis_up") == 0
-            await inbox.send([b1])
-            await trio.sleep_until(3.0)
-            fake.link = "up"  # the pause ends; the next retry (3.75) gets through
-            await trio.sleep_until(3.5)
+                if at == 3.0:
+                    await inbox.send([b1])
+            fake.state = "up"  # the pause ends; the write in flight (4.75) still times out
+            await trio.sleep_until(7.5)
             assert pub.status.value.up is False
-            await trio.sleep_until(4.0)
+            await trio.sleep_until(8.0)
             assert pub.status.value == RedisStatus(up=True, error=None)
             assert sample(pub.metrics, "screener_redis_up") == 1
             await inbox.aclose()
     assert set(samples.values()) == {RedisStatus(up=False, error=TIMEOUT)}
-    assert [w.at for w in fake.writes] == [0.0, 0.25, 0.75, 1.75, 3.75]
-    assert fake.pings == [0.25, 0.75, 1.75, 3.75]
-    assert fake.delivered == [Write(3.75, "pubsub", [a1, b1], None)]
+    assert [w.at for w in fake.writes] == [0.0, 2.25, 4.75, 7.75]
+    assert fake.pings == [2.25, 4.75, 7.75]
+    assert fake.delivered == [Write(7.75, "pubsub", [a1, b1], None)]
     assert logs == [
         (
             "WARNING",
@@ -176,7 +142,7 @@ async def test_writes_timing_out_keep_redis_down_although_pings_answer(
 
 
 async def test_held_writes_stay_buffered_and_are_retried_with_backoff(
-    autojump_clock: trio.testing.MockClock, fake: FakeRedis, logs: list[tuple[str, str]]
+    autojump_clock: trio.testing.MockClock, fake: MemoryRedis, logs: list[tuple[str, str]]
 ) -> None:
     """OOM: Redis answers but holds every XADD. Degraded (not down, not up), nothing counted
     as published or dropped, the held events retried in order ahead of newer ones."""
@@ -185,7 +151,7 @@ async def test_held_writes_stay_buffered_and_are_retried_with_backoff(
     with trio.fail_after(60):
         async with threads_hold_clock(autojump_clock), trio.open_nursery() as nursery:
             inbox = start(nursery, pub, fake)
-            fake.oom = True
+            fake.refuse = out_of_memory_for_streams
             await inbox.send([a1, b1])
             await trio.sleep_until(0.1)
             await inbox.send([a2])  # arrives during the backoff: waits for the retry at 0.25
@@ -196,14 +162,14 @@ async def test_held_writes_stay_buffered_and_are_retried_with_backoff(
             assert sample(pub.metrics, "screener_publish_backlog") == 3
             assert published(pub.metrics) == 0
             assert logs == [HELD]  # one warning, however many refusals
-            fake.oom = False
+            fake.refuse = lambda command: None
             await inbox.send([c1])  # no retry before the backoff ends (1.75)
             await trio.sleep_until(2.0)
             assert pub.status.value == RedisStatus(up=True, error=None)
             assert sample(pub.metrics, "screener_redis_up") == 1
             await inbox.aclose()
     assert [w.at for w in fake.writes] == [0.0, 0.25, 0.75, 1.75]
-    assert fake.delivered == [Write(1.75, "stream", [a1, b1, a2, c1], ranking(1))]
+    assert fake.delivered == [Write(1.75, "stream", [a1, b1, a2, c1], doc(ranking(1)))]
     assert logs == [HELD, ACCEPTED]
     assert published(pub.metrics) == 4
     assert sample(pub.metrics, "screener_events_published_total", channel="top_movers") == 1
@@ -212,7 +178,7 @@ async def test_held_writes_stay_buffered_and_are_retried_with_backoff(
 
 
 async def test_both_mode_owes_a_held_stream_entry_to_the_stream_only(
-    autojump_clock: trio.testing.MockClock, fake: FakeRedis, logs: list[tuple[str, str]]
+    autojump_clock: trio.testing.MockClock, fake: MemoryRedis, logs: list[tuple[str, str]]
 ) -> None:
     """PUBLISH_MODE=both under OOM: PUBLISH is accepted, XADD held. Pub/sub keeps flowing,
     each event once; the stream gets the held events later, each once, without a second
@@ -222,24 +188,19 @@ async def test_both_mode_owes_a_held_stream_entry_to_the_stream_only(
     a1, b1, c1 = event("A"), event("B"), event("C")
     delivered_to: dict[str, list[MarketData]] = {"pubsub": [], "stream": []}
 
-    def write(
-        client: redis.Redis, settings: RedisSettings, events: list[MarketData], r: Ranking | None
-    ) -> BatchResult:
-        at = fake.clock.current_time()
-        fake.writes.append(Write(at, settings.mode, list(events), r))
-        if settings.to_pubsub:
-            delivered_to["pubsub"] += events
-        if fake.oom:
-            return OK._replace(held=(Held("stream", list(events), r, OOM),))
-        if settings.to_stream:
-            delivered_to["stream"] += events
-        return OK
+    oom = [True]
 
-    pub.write = write
+    def refuse(command: list[bytes]) -> str | None:
+        target = "pubsub" if command[0] == b"PUBLISH" else "stream"
+        if target == "stream" and oom[0]:
+            return OOM
+        delivered_to[target].append(event_of(command[-1]))
+        return None
+
     with trio.fail_after(60):
         async with threads_hold_clock(autojump_clock), trio.open_nursery() as nursery:
             inbox = start(nursery, pub, fake)
-            fake.oom = True
+            fake.refuse = refuse
             await inbox.send([a1])
             await trio.sleep_until(0.1)
             await inbox.send([b1])  # pub/sub does not wait for the stream's backoff
@@ -247,7 +208,7 @@ async def test_both_mode_owes_a_held_stream_entry_to_the_stream_only(
             assert delivered_to == {"pubsub": [a1, b1], "stream": []}
             assert published(pub.metrics) == 0
             await trio.sleep_until(1.0)
-            fake.oom = False
+            oom[0] = False
             await inbox.send([c1])
             await trio.sleep_until(1.5)
             await inbox.aclose()
@@ -268,7 +229,7 @@ async def test_both_mode_owes_a_held_stream_entry_to_the_stream_only(
 
 
 async def test_a_backlog_leaves_in_slices_of_at_most_pipeline_events(
-    autojump_clock: trio.testing.MockClock, fake: FakeRedis, logs: list[tuple[str, str]]
+    autojump_clock: trio.testing.MockClock, fake: MemoryRedis, logs: list[tuple[str, str]]
 ) -> None:
     """After an outage, and at shutdown, no pipeline carries more than PIPELINE_EVENTS events:
     a backlog is never encoded at once."""
@@ -279,21 +240,21 @@ async def test_a_backlog_leaves_in_slices_of_at_most_pipeline_events(
         async with threads_hold_clock(autojump_clock):
             async with trio.open_nursery() as nursery:
                 inbox = start(nursery, pub, fake)
-                fake.link = "down"
+                fake.state = "down"
                 for i in range(0, len(backlog), 100):
                     await inbox.send(backlog[i : i + 100])
                 await trio.sleep_until(1.0)
-                fake.link = "up"
+                fake.state = "up"
                 await trio.sleep_until(2.0)  # the retry at 1.75 sends the backlog
                 assert [(w.at, len(w.events)) for w in fake.delivered] == [
                     (1.75, PIPELINE_EVENTS),
                     (1.75, PIPELINE_EVENTS),
                     (1.75, 500),
                 ]
-                fake.link = "down"
+                fake.state = "down"
                 await inbox.send(later)
                 await trio.sleep_until(2.1)
-                fake.link = "up"
+                fake.state = "up"
                 nursery.cancel_scope.cancel()
             await pub.finish()  # the shutdown's final flush, in slices too
     assert [(w.at, len(w.events)) for w in fake.delivered[3:]] == [
@@ -312,7 +273,7 @@ async def test_a_backlog_leaves_in_slices_of_at_most_pipeline_events(
 @pytest.mark.parametrize("answers", [True, False])
 async def test_shutdown_waits_for_the_write_in_flight_then_accounts_for_everything(
     autojump_clock: trio.testing.MockClock,
-    fake: FakeRedis,
+    fake: MemoryRedis,
     logs: list[tuple[str, str]],
     answers: bool,
 ) -> None:
@@ -322,7 +283,7 @@ async def test_shutdown_waits_for_the_write_in_flight_then_accounts_for_everythi
     inbox_send, inbox_recv = trio.open_memory_channel[PublisherInbox](64)
     actor = PublisherActor(PUBSUB)
     a1, b1, c1 = event("A"), event("B"), event("C")
-    gate = threading.Event()
+    gate = trio.Event()
     try:
         with trio.fail_after(60):
             async with threads_hold_clock(autojump_clock), trio.open_nursery() as nursery:
@@ -330,7 +291,7 @@ async def test_shutdown_waits_for_the_write_in_flight_then_accounts_for_everythi
                 await trio.sleep_until(1.0)
                 fake.hold = gate
                 await inbox_send.send([a1, b1])
-                await trio.to_thread.run_sync(fake.stalled.wait)  # Redis stops answering
+                await fake.stalled.wait()  # Redis stops answering
                 await inbox_send.send([c1])
                 actor.scope.cancel()
                 if answers:
@@ -347,7 +308,7 @@ async def test_shutdown_waits_for_the_write_in_flight_then_accounts_for_everythi
             Write(1.0, "pubsub", [a1, b1], None),
             Write(1.0, "pubsub", [c1], None),
         ]
-        assert logs == [("INFO", "flushed 3 pending events")]
+        assert logs == [("INFO", "flushed 1 pending events")]  # [a1, b1] were answered first
         assert sample(actor.metrics, "screener_events_published_total", channel="market_data") == 3
     else:
         assert actor.ended_at == 1.0 + FINAL_FLUSH_S
@@ -358,14 +319,14 @@ async def test_shutdown_waits_for_the_write_in_flight_then_accounts_for_everythi
 
 
 async def test_shutdown_while_redis_holds_writes_says_why_events_are_lost(
-    autojump_clock: trio.testing.MockClock, fake: FakeRedis, logs: list[tuple[str, str]]
+    autojump_clock: trio.testing.MockClock, fake: MemoryRedis, logs: list[tuple[str, str]]
 ) -> None:
     inbox_send, inbox_recv = trio.open_memory_channel[PublisherInbox](64)
     actor = PublisherActor(STREAM)
     with trio.fail_after(60):
         async with threads_hold_clock(autojump_clock), trio.open_nursery() as nursery:
             nursery.start_soon(actor.run, inbox_recv, fake)
-            fake.oom = True
+            fake.refuse = out_of_memory_for_streams
             await inbox_send.send([event("A"), event("B")])
             await trio.sleep_until(0.1)
             actor.scope.cancel()
@@ -376,7 +337,7 @@ async def test_shutdown_while_redis_holds_writes_says_why_events_are_lost(
 
 
 async def test_shutdown_counts_what_was_still_in_the_inbox(
-    autojump_clock: trio.testing.MockClock, fake: FakeRedis, logs: list[tuple[str, str]]
+    autojump_clock: trio.testing.MockClock, fake: MemoryRedis, logs: list[tuple[str, str]]
 ) -> None:
     """Batches the window actor already handed over are pending too, even if the collector
     had not taken them when the cancel came."""
@@ -392,5 +353,5 @@ async def test_shutdown_counts_what_was_still_in_the_inbox(
             inbox_send.send_nowait(ranking(1))
             actor.scope.cancel()  # no checkpoint since the sends
             await actor.ended.wait()
-    assert [(w.events, w.ranking) for w in fake.delivered] == [([a1, b1], ranking(1))]
+    assert [(w.events, w.ranking) for w in fake.delivered] == [([a1, b1], doc(ranking(1)))]
     assert logs == [("INFO", "flushed 2 pending events")]

@@ -26,9 +26,9 @@ from devtools.devredis import RedisServer, free_port
 from devtools.simulator import SimAddress, SimConfig
 from screener.core.config import RedisSettings, load_settings
 from screener.core.models import MarketData, Ranking, RedisStatus
-from screener.redis.batch import BatchResult, Held, prepare_batch, publish_batch
+from screener.redis.batch import BatchResult, Held, prepare_batch
 from screener.redis.client import make_client
-from screener.redis.socket import SocketLink
+from screener.redis.link import RedisLink
 from tests.actors.fakes import market_data, publisher_lines
 from tests.system.service_harness import Subscriber, counter, eventually, running, simulator
 
@@ -86,28 +86,23 @@ def event(symbol: str, ts_ms: int = 60_000) -> MarketData:
 
 
 async def _write(
-    way: str,
     client: redis.Redis,
     settings: RedisSettings,
     events: list[MarketData],
     rank: Ranking,
 ) -> BatchResult:
-    """One batch the way REDIS_WRITER says: through redis-py (`publish_batch`, as in a
-    writer thread) or over the socket link."""
-    if way == "thread":
-        return publish_batch(client, settings, events, rank)
+    """One batch over the publisher's link."""
     batch = prepare_batch(settings, events, rank)
-    link = SocketLink(client)
+    link = RedisLink.of(client)
     try:
         return batch.result(await link.request(batch.payload, batch.commands))
     finally:
         await link.close()
 
 
-@pytest.mark.parametrize("way", ["socket", "thread"])
 @pytest.mark.parametrize("fault", ["oom", "wrongtype"])
 async def test_refusals_for_now_are_held_for_the_target_that_refused_content_ones_dropped_once(
-    redis_server: RedisServer, fault: str, way: str
+    redis_server: RedisServer, fault: str
 ) -> None:
     """PUBLISH_MODE=both: PUBLISH goes through under OOM, XADD does not, so the held events
     owe the stream only; a WRONGTYPE stream key drops each event once, not once per command.
@@ -128,7 +123,7 @@ async def test_refusals_for_now_are_held_for_the_target_that_refused_content_one
             admin = redis_server.client()
             admin.set("market_data", "not a stream")
             admin.close()
-        result = await _write(way, client, settings, events, rank)
+        result = await _write(client, settings, events, rank)
         with trio.fail_after(10):
             await eventually(lambda: len(sub.get("market_data")) == 2, what="both PUBLISHes")
     finally:
@@ -345,22 +340,21 @@ async def until(check: Callable[[], Awaitable[bool]], what: str, within_s: float
     raise AssertionError(f"not within {within_s}s: {what}")
 
 
-@pytest.mark.parametrize("writer", ["socket", "thread"])
 @pytest.mark.parametrize("load", [False, True], ids=["in-flight", "under-load"])
 async def test_sigterm_while_redis_hangs_says_how_many_events_are_not_published(
-    redis_server: RedisServer, load: bool, writer: str
+    redis_server: RedisServer, load: bool
 ) -> None:
     """redis-server SIGSTOPped (connections accepted, nothing answered) with events pending:
     the process exits 0 within 5 s of SIGTERM and says how many events it could not publish.
     In-flight: the only pending events are those of the write hanging when SIGTERM comes
     (they were once lost without a line: the buffer was empty); exactly those are counted,
-    whether the write hangs on the event loop's socket link (shielded until its own timeout)
-    or in the writer thread (abandoned, its outcome awaited). Under load: 500 pushes/s, a
+    the write hanging on the link (shielded until its own timeout, then counted, never sent
+    again). Under load: 500 pushes/s, a
     backlog in the buffer too."""
     assert redis_server.proc is not None
     async with (
         simulator(SimConfig(symbols=50, rate_per_s=500 if load else 0)) as (ex, sim),
-        service_process(sim, redis_server.port, REDIS_WRITER=writer) as svc,
+        service_process(sim, redis_server.port) as svc,
     ):
 
         async def subscribed() -> bool:

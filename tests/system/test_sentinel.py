@@ -27,10 +27,11 @@ from redis.sentinel import MasterNotFoundError
 
 from devtools.devredis import RedisServer, SentinelGroup, wait_for
 from devtools.simulator import SimConfig
-from screener.core.config import load_settings
+from screener.core.config import RedisSettings, load_settings
 from screener.core.supervise import failure_text
-from screener.redis.batch import publish_batch
+from screener.redis.batch import BatchResult, prepare_batch
 from screener.redis.client import MASTER_CHECK_FAILED_S, MASTER_CHECK_S, make_client
+from screener.redis.link import RedisLink
 from tests.actors.fakes import market_data
 from tests.system.service_harness import Subscriber, counter, eventually, running, simulator
 
@@ -159,7 +160,12 @@ async def test_a_killed_master_is_an_outage_until_sentinel_promotes_the_replica(
     assert starting(lines, "redis up at ") == [f"redis up at {target}"] * 2
 
 
-def test_readonly_from_a_demoted_master_is_a_broken_link_and_the_retry_finds_the_new_one(
+async def _publish(link: RedisLink, settings: RedisSettings, symbol: str) -> BatchResult:
+    batch = prepare_batch(settings, [market_data(symbol, 1.0, 60_000)], None)
+    return batch.result(await link.request(batch.payload, batch.commands))
+
+
+async def test_readonly_from_a_demoted_master_is_a_broken_link_and_the_retry_finds_the_new_one(
     tmp_path: Path,
 ) -> None:
     """The client's connection to the old master survives its demotion (Sentinel normally
@@ -172,8 +178,9 @@ def test_readonly_from_a_demoted_master_is_a_broken_link_and_the_retry_finds_the
         env = {"REDIS_SENTINELS": group.addresses, "PUBLISH_MODE": "stream"}
         settings = load_settings(env).redis
         client = make_client(settings)
+        link = RedisLink.of(client)
         try:
-            first = publish_batch(client, settings, [market_data("A_USDT", 1.0, 60_000)], None)
+            first = await _publish(link, settings, "A_USDT")
             assert first.held == ()
             replica = new.client()
             try:  # replication is asynchronous: promoted too early, the replica would lack it
@@ -186,9 +193,10 @@ def test_readonly_from_a_demoted_master_is_a_broken_link_and_the_retry_finds_the
             demote.replicaof("127.0.0.1", new.port)
             demote.close()
             with pytest.raises(redis.ConnectionError, match="The previous master is now a slave"):
-                publish_batch(client, settings, [market_data("B_USDT", 1.0, 60_000)], None)
-            result = publish_batch(client, settings, [market_data("B_USDT", 1.0, 60_000)], None)
+                await _publish(link, settings, "B_USDT")
+            result = await _publish(link, settings, "B_USDT")
         finally:
+            await link.close()
             client.close()
         reader = new.client()
         try:
@@ -200,7 +208,9 @@ def test_readonly_from_a_demoted_master_is_a_broken_link_and_the_retry_finds_the
     assert symbols == ["A_USDT", "B_USDT"]  # each once: the first via replication
 
 
-def test_hung_sentinels_do_not_stop_writes_to_a_master_that_takes_them(tmp_path: Path) -> None:
+async def test_hung_sentinels_do_not_stop_writes_to_a_master_that_takes_them(
+    tmp_path: Path,
+) -> None:
     """Every Sentinel SIGSTOPped (connections accepted, nothing answered) while the client
     holds a link to the master: the check due before the next write times out, and that
     write and the following ones go to the master; the Sentinels are asked again only
@@ -208,21 +218,20 @@ def test_hung_sentinels_do_not_stop_writes_to_a_master_that_takes_them(tmp_path:
     with sentinel_group(tmp_path, sentinels=1) as group:
         settings = load_settings({"REDIS_SENTINELS": group.addresses, "PUBLISH_MODE": "stream"})
         client = make_client(settings.redis)
+        link = RedisLink.of(client)
         [sentinel] = group.sentinel_procs
         try:
-            publish_batch(client, settings.redis, [market_data("A_USDT", 1.0, 60_000)], None)
+            await _publish(link, settings.redis, "A_USDT")
             os.kill(sentinel.pid, signal.SIGSTOP)
             try:
                 pool = client.connection_pool
                 pool.check_at = 0.0  # type: ignore[attr-defined]  # the next write checks
-                results = [
-                    publish_batch(client, settings.redis, [market_data(s, 1.0, 60_000)], None)
-                    for s in ("B_USDT", "C_USDT")
-                ]
+                results = [await _publish(link, settings.redis, s) for s in ("B_USDT", "C_USDT")]
                 next_check_in = pool.check_at - time.monotonic()  # type: ignore[attr-defined]
             finally:
                 os.kill(sentinel.pid, signal.SIGCONT)
         finally:
+            await link.close()
             client.close()
         reader = group.master().client()
         try:
@@ -235,12 +244,11 @@ def test_hung_sentinels_do_not_stop_writes_to_a_master_that_takes_them(tmp_path:
     assert MASTER_CHECK_S < next_check_in <= MASTER_CHECK_FAILED_S
 
 
-def test_sentinels_with_a_password_of_their_own(tmp_path: Path) -> None:
+async def test_sentinels_with_a_password_of_their_own(tmp_path: Path) -> None:
     """REDIS_SENTINEL_PASSWORD reaches the Sentinels (their `requirepass`). With a wrong one,
     or a master name they do not know, no master is found, and the error, which the
     publisher logs and /health shows, says why in a few words, without the password."""
     secret, wrong = "sentinel-only-hunter2", "wrong-hunter2"
-    event = market_data("A_USDT", 1.0, 60_000)
     refusals: list[str] = []
     with sentinel_group(tmp_path, sentinels=1, sentinel_password=secret) as group:
         env = {"REDIS_SENTINELS": group.addresses, "PUBLISH_MODE": "stream"}
@@ -249,11 +257,13 @@ def test_sentinels_with_a_password_of_their_own(tmp_path: Path) -> None:
                 env | {"REDIS_SENTINEL_PASSWORD": password, "REDIS_SENTINEL_MASTER": name}
             ).redis
             client = make_client(settings)
+            link = RedisLink.of(client)
             try:
-                publish_batch(client, settings, [event], None)
+                await _publish(link, settings, "A_USDT")
             except MasterNotFoundError as exc:
                 refusals.append(failure_text(exc))
             finally:
+                await link.close()
                 client.close()
         reader = group.master().client()
         try:

@@ -243,3 +243,14 @@ def test_an_empty_master_name_and_a_unix_socket_under_sentinel_are_refused() -> 
     assert problem.startswith("REDIS_URL=<hidden>: a unix socket cannot be combined with ")
     assert "pw" not in problem
     assert load_settings({"REDIS_URL": "unix:///run/redis.sock"}).redis.sentinels == ()
+
+
+def test_a_retired_variable_is_one_warning_line_not_a_refusal() -> None:
+    from screener.core.config import retired_variables
+
+    env = {"REDIS_WRITER": "thread"}
+    assert load_settings(env).redis == load_settings({}).redis
+    assert retired_variables(env) == [
+        "REDIS_WRITER is no longer read (all writes use the socket link)"
+    ]
+    assert retired_variables({}) == []

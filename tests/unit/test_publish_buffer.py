@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from actors.publisher import PublishBuffer
 from screener.core.models import Kline, MarketData
+from screener.redis.lanes import PublishBuffer
 
 
 def ev(symbol: str, n: int) -> MarketData:
