@@ -12,8 +12,8 @@ import trio
 import trio.lowlevel
 from quart import Response
 
+from screener.compat import WRITE_S
 from screener.http import DRAIN_S, create_app, serve_http
-from screener.http_server import WRITE_S
 from screener.metrics import Metrics
 from screener.snapshot import Views
 

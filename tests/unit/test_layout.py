@@ -32,6 +32,7 @@ BASE = {
     "screener.snapshot",
     "screener.supervise",
     "screener.health",
+    "screener.compat",
     "screener.charts",
     "screener.redis_client",
     "screener.redis_batch",
