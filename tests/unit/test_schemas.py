@@ -207,6 +207,7 @@ def test_openapi_describes_every_route() -> None:
     for path, item in doc["paths"].items():
         assert set(item) == {"get"}, path
         assert {"200", "404", "405", "500"} <= set(item["get"]["responses"]), path
+        assert item["get"]["responses"]["405"]["headers"]["Allow"]["required"], path
     for path in ("/health", "/top5", "/stream"):
         assert set(doc["paths"][path]["get"]["responses"]) >= {"503"}, path
 
