@@ -22,6 +22,8 @@ SCHEMA_NAMES = (
     "symbol",
 )
 TOP5_RANKING = "top5.schema.json#/$defs/ranking"
+OPENAPI_SCHEMAS = "#/components/schemas/"
+"""Where screener/schemas/openapi.json embeds the packaged schemas."""
 
 
 def packaged_schema(name: str) -> dict[str, Any]:
@@ -29,6 +31,39 @@ def packaged_schema(name: str) -> dict[str, Any]:
     path = resources.files("screener").joinpath(f"schemas/{name}.schema.json")
     document: dict[str, Any] = orjson.loads(path.read_bytes())
     return document
+
+
+def component_name(name: str) -> str:
+    """The OpenAPI component of a packaged schema: `top_movers` -> `TopMovers`."""
+    return "".join(part.capitalize() for part in name.split("_"))
+
+
+def embedded_schema(name: str) -> dict[str, Any]:
+    """The packaged schema `name` as openapi.json embeds it: without `$id` and `$schema` (the
+    document's `jsonSchemaDialect` says which), and with every `$ref` a JSON pointer from the
+    document's root (`#/components/schemas/...`). An embedded `$id` would make the schema's
+    own `#/$defs/...` and `other.schema.json#...` refs resolve against that `$id`, which
+    OpenAPI tools do not all honour: from the root, every tool resolves them."""
+    own = OPENAPI_SCHEMAS + component_name(name)
+
+    def pointer(ref: str) -> str:
+        file, _, fragment = ref.partition("#")
+        target = (
+            OPENAPI_SCHEMAS + component_name(file.removesuffix(".schema.json")) if file else own
+        )
+        return target + fragment
+
+    def rewrite(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: pointer(v) if k == "$ref" else rewrite(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [rewrite(v) for v in node]
+        return node
+
+    schema = packaged_schema(name)
+    del schema["$id"], schema["$schema"]
+    embedded: dict[str, Any] = rewrite(schema)
+    return embedded
 
 
 @cache

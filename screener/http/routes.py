@@ -85,7 +85,7 @@ def create_app(
     async def get_only() -> None:
         # Werkzeug adds HEAD to every GET rule; the service promises 405 for all but GET.
         if request.method == "HEAD" and request.routing_exception is None:
-            raise MethodNotAllowed()
+            raise MethodNotAllowed(valid_methods=["GET"])
 
     @app.after_request
     async def close_if_ambiguous(response: Response) -> Response:
@@ -152,7 +152,13 @@ def create_app(
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
-        return _json({"error": (exc.name or "error").lower()}, exc.code or 500)
+        response = _json({"error": (exc.name or "error").lower()}, exc.code or 500)
+        if isinstance(exc, MethodNotAllowed):
+            # RFC 9110 15.5.6: a 405 names the methods the resource serves. Werkzeug lists HEAD
+            # beside GET, but HEAD is refused (get_only above).
+            allowed = sorted(set(exc.valid_methods or ()) - {"HEAD"})
+            response.headers["Allow"] = ", ".join(allowed)
+        return response
 
     @app.errorhandler(Exception)
     async def server_error(exc: Exception) -> Response:

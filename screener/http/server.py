@@ -1,20 +1,18 @@
-"""Hypercorn's trio worker with two changes: connections close when they should, and at most
-`max_connections` are open at once.
+"""The HTTP server: hypercorn serves each connection, behind an accept loop of our own that
+holds at most `max_connections` at once, and with the app's `send` shielded so connections
+close when they should.
 
-Why not `hypercorn.trio.serve`: (1) hypercorn closes a finished connection (and restarts its
-keep-alive timer) from `TCPServer.protocol_send`, which runs in the ASGI app's task, and
-quart-trio cancels that task as soon as the response is complete, so the close and the timer
-restart are cancelled and the socket stays open until the client leaves (docs/http-connections.md
-has the trace); `_ClosingTCPServer` runs that method shielded, under a short deadline.
-(2) `trio.serve_listeners` accepts without limit and logs every failed accept with a
-traceback; here a slot is taken before `accept()`, so connections beyond the cap wait in the
-listen backlog, and running out of file descriptors is logged once per episode. (3) hypercorn
-shields each write without a deadline, so a client that stops reading holds its connection,
-and shutdown, forever; here a write it takes nothing of for `WRITE_S` ends the connection.
+(1) hypercorn closes a finished connection (and restarts its keep-alive timer) from inside
+the ASGI app's `send`, and quart-trio cancels the app's task as soon as the response is
+complete, so the close and the restart were cancelled and the socket stayed open until the
+client left (docs/http-connections.md has the trace). `shield_sends` fixes it at the ASGI
+boundary, with public interfaces only. (2) `hypercorn.trio.serve` accepts without limit (it
+uses `trio.serve_listeners`) and logs every failed accept with a traceback; here a slot is
+taken before `accept()`, so connections beyond the cap wait in the listen backlog, and running
+out of file descriptors is logged once per episode. For that, each accepted connection is
+handed to hypercorn's worker through screener/core/compat.py, the one place that uses hypercorn's
+internals (and bounds its writes by `WRITE_S`). Plain HTTP only (no TLS, no QUIC).
 
-This builds on hypercorn internals (`TCPServer`, `Lifespan`, `WorkerContext`): the versions it
-was tested on are pinned in pyproject.toml, and tests/system/test_http_connections.py fails if
-an upgrade changes the behaviour. Plain HTTP only (no TLS, no QUIC): the service needs no more.
 Once `shutdown_trigger` returns: stop accepting, close the listening sockets, close idle
 connections, let requests in flight finish within `config.graceful_timeout`, then return.
 Cancelled, everything stops at once (every accepted socket is closed on the way out).
@@ -25,29 +23,21 @@ from __future__ import annotations
 import errno
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Final, NoReturn, cast
+from typing import Final, NoReturn
 
 import trio
 from hypercorn.config import Config
-from hypercorn.events import Closed, Event, RawData
-from hypercorn.trio.lifespan import Lifespan
-from hypercorn.trio.tcp_server import TCPServer
-from hypercorn.trio.worker_context import WorkerContext
-from hypercorn.typing import AppWrapper, ASGIFramework, ConnectionState, LifespanState
-from hypercorn.utils import repr_socket_addr, wrap_app
+from hypercorn.typing import (
+    ASGIFramework,
+    ASGIReceiveCallable,
+    ASGISendCallable,
+    ASGISendEvent,
+    Scope,
+)
+from hypercorn.utils import repr_socket_addr
 from loguru import logger
 
-CLOSE_S: Final = 2.0
-"""Deadline for what hypercorn does on a connection once a response is complete (close the
-socket, or restart the keep-alive timer): both are immediate, so 2 s is only a backstop."""
-
-WRITE_S: Final = 2.0
-"""Deadline for one write to a client. hypercorn shields its writes (the ASGI app's task is
-cancelled once a response is complete, and a write must not be cut) without a deadline, so a
-client that stops reading, once the kernel's buffers are full, would hold its connection and
-shutdown forever: a live page stream does exactly that when a laptop sleeps. A client that
-takes not one byte more for 2 s while megabytes wait in the buffers is gone; a slow but live
-one frees room continuously, so a small write completes."""
+from screener.core.compat import CLOSE_S, WRITE_S, open_hypercorn_worker
 
 ACCEPT_RETRY_S: Final = 0.1
 """Pause before accepting again when the process is out of file descriptors (as trio does)."""
@@ -59,39 +49,38 @@ OUT_OF_FDS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.
 """accept() errors that mean "no resources right now", not "broken listener"."""
 
 
-class _ClosingTCPServer(TCPServer):
-    """One HTTP connection, whose connection management survives the app's cancellation."""
+SEND_S: Final = WRITE_S + CLOSE_S
+"""Deadline for one ASGI `send` of the app: a write (itself bounded by `WRITE_S`) and what
+hypercorn does on the connection after it (close it, or restart the keep-alive timer), which
+is immediate: the deadline is only a backstop, as no shield may be without one."""
 
-    async def protocol_send(self, event: Event) -> None:
-        # Called from the ASGI app's task, which quart-trio cancels once the response is
-        # complete: shielded, the close (`Closed`) and the keep-alive timer's restart
-        # (`Updated(idle=True)`) happen. Writes (`RawData`) are shielded too, within WRITE_S.
-        if isinstance(event, RawData):
-            await self._write(event.data)
+
+def shield_sends(app: ASGIFramework) -> ASGIFramework:
+    """The app, with each `send` of an HTTP response shielded from the app's own cancellation.
+
+    hypercorn manages the connection from inside `send`: once the last body chunk is written,
+    it closes the socket (`Connection: close`, HTTP/1.0) or restarts the keep-alive timer. It
+    also delivers `http.disconnect` from inside that same `send`, and quart-trio cancels the
+    request's nursery, the task that is inside `send` included, as soon as it receives it. So
+    the close and the timer restart were cancelled and the connection stayed open until the
+    client left (docs/http-connections.md has the trace). Shielded here, at the ASGI boundary,
+    `send` finishes what the server started; the app sees its cancellation at its next
+    checkpoint, after `send` returned."""
+
+    async def shielded_app(
+        scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
             return
-        with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_S):
-            await super().protocol_send(event)
 
-    async def _write(self, data: bytes) -> None:
-        """hypercorn's write, shielded as there, but a client that takes nothing for `WRITE_S`
-        loses its connection, as one that went away does."""
-        async with self.send_lock:
-            with trio.CancelScope(shield=True, deadline=trio.current_time() + WRITE_S):
-                try:
-                    await self.stream.send_all(data)
-                    return
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
-            with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_S):
-                await self.stream.aclose()  # a cut write leaves the stream unusable
-                await self.protocol.handle(Closed())
+        async def shielded_send(message: ASGISendEvent) -> None:
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + SEND_S):
+                await send(message)
 
-    async def _read_data(self) -> None:
-        # Reading ends when the client has gone (EOF, reset). The connection's task group
-        # then waits for its tasks, the keep-alive timer included: stopped here, the socket
-        # and its slot are released at once instead of at the end of the keep-alive timeout.
-        await super()._read_data()
-        await self.idle_task.stop()
+        await app(scope, receive, shielded_send)
+
+    return shielded_app
 
 
 class _Shortage:
@@ -165,32 +154,22 @@ async def serve_hypercorn(
     """Serve `app` on `config.bind` until `shutdown_trigger` returns, then drain; `started()`
     reports the bound addresses as hypercorn does (`http://host:port`). `OSError` if a bind
     fails."""
-    wrapped: AppWrapper = wrap_app(app, config.wsgi_max_body_size, "asgi")
-    lifespan_state: LifespanState = {}
-    lifespan = Lifespan(wrapped, config, lifespan_state)
-    context = WorkerContext(None)
-    state = ConnectionState(lifespan_state.copy())
     slots = trio.Semaphore(max_connections)
-
-    async def handle(stream: trio.SocketStream) -> None:
-        try:
-            # hypercorn annotates the stream as SSLStream but serves plain SocketStreams too.
-            await _ClosingTCPServer(
-                wrapped, config, context, state, cast(trio.SSLStream[trio.SocketStream], stream)
-            ).run()
-        finally:
-            stream.socket.close()  # hypercorn's own close dies if cancelled (drain deadline)
-            slots.release()
-
     sockets = config.create_sockets().insecure_sockets
     try:
         listeners = []
         for sock in sockets:
             sock.listen(config.backlog)
             listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
-        async with trio.open_nursery() as lifespan_nursery:
-            await lifespan_nursery.start(lifespan.handle_lifespan)
-            await lifespan.wait_for_startup()
+        async with open_hypercorn_worker(shield_sends(app), config) as worker:
+
+            async def handle(stream: trio.SocketStream) -> None:
+                try:
+                    await worker.serve_connection(stream)
+                finally:
+                    stream.socket.close()  # hypercorn's own close dies if cancelled (drain)
+                    slots.release()
+
             async with trio.open_nursery() as connections:
                 async with trio.open_nursery() as accepting:
                     for listener in listeners:
@@ -204,10 +183,8 @@ async def serve_hypercorn(
                     accepting.cancel_scope.cancel()
                 for listener in listeners:
                     listener.socket.close()  # new clients are refused while the drain runs
-                await context.terminated.set()  # idle keep-alive connections close now
+                await worker.close_idle_connections()
                 connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
-            await lifespan.wait_for_shutdown()
-            lifespan_nursery.cancel_scope.cancel()
     finally:
         for sock in sockets:
             sock.close()

@@ -46,6 +46,7 @@ async def test_only_get_on_known_routes(
     body = await response.get_data()
     assert_json_error(response, 405, body)
     assert orjson.loads(body) == {"error": "method not allowed"}
+    assert response.headers["Allow"] == "GET"  # RFC 9110 15.5.6: a 405 names what is allowed
 
 
 async def test_options_is_not_answered_either(
@@ -54,6 +55,7 @@ async def test_options_is_not_answered_either(
     """Quart answers OPTIONS on every route by itself (200, empty text/html)."""
     response = await app.test_client().open("/health", method="OPTIONS")
     assert_json_error(response, 405, await response.get_data())
+    assert response.headers["Allow"] == "GET"
 
 
 async def test_head_on_an_unknown_path_stays_404(

@@ -12,10 +12,10 @@ import trio
 import trio.lowlevel
 from quart import Response
 
+from screener.core.compat import WRITE_S
 from screener.core.metrics import Metrics
 from screener.core.snapshot import Views
 from screener.http.routes import DRAIN_S, create_app, serve_http
-from screener.http.server import WRITE_S
 
 CHUNK = b"x" * 65_536
 
