@@ -2,7 +2,7 @@
 by the simulator, doing what a ccxt user does for kline data: `watch_ohlcv` per symbol, which
 parses each push into ccxt's candle cache. It only receives and counts, like the bare loop.
 
-Run by the Python of its own virtual environment (`ccxt_env`), not the bench's, so it imports
+Run by the Python of its own virtual environment (`side_env`), not the bench's, so it imports
 only the standard library and ccxt: `python ccxt_client.py --rest ... --ws ... --stats ...`.
 The venue's URLs are overridden to the simulator's (REST swap API and swap WebSocket; the
 spot market list, which the simulator does not serve, is skipped), so nothing leaves the

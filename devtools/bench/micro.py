@@ -8,11 +8,14 @@ without the machine's other load mattering much (each figure is the best of thre
 - histogram: 20 latencies, `observe_many` against `observe` each;
 - writes: a write of 20 events over the publisher's link on the event loop (encoding, one
   round trip to a private redis-server, replies parsed by hiredis), one write at a time as
-  the publisher does; CPU (user + system, all threads) and wall time per write.
+  the publisher does; CPU (user + system, all threads) and wall time per write. Beside it
+  the same write with coredis (a pipeline of as many PUBLISH on trio, in its own environment,
+  `side_env`): the public client weighed against the link (docs/architecture.md).
 """
 
 from __future__ import annotations
 
+import subprocess
 import tempfile
 import time
 import timeit
@@ -23,6 +26,7 @@ import orjson
 import redis
 import trio
 
+from devtools.bench.side_env import COREDIS_VERSION, ensure_coredis
 from devtools.devredis import RedisServer
 from screener.core.config import RedisSettings, load_settings
 from screener.core.metrics import Metrics, observe_many
@@ -117,6 +121,30 @@ def _redis_rows(port: int, event: MarketData) -> None:
     cpu_us, wall_us = trio.run(_measure_link, client, settings, events)
     print(f"| publish {BATCH} events | socket link | {cpu_us:.1f} us | {wall_us:.1f} us |")
     client.close()
+    print(_coredis_row(port, event))
+
+
+def _coredis_row(port: int, event: MarketData) -> str:
+    """The same write with coredis, or why it was not measured."""
+    what = f"| publish {BATCH} events | coredis {COREDIS_VERSION} pipeline on trio |"
+    env = ensure_coredis()
+    if env.python is None:
+        return f"{what} not measured: {env.reason} | |"
+    with tempfile.NamedTemporaryFile(suffix=".json") as payload:
+        payload.write(encode_event(event))
+        payload.flush()
+        script = Path(__file__).with_name("coredis_write.py")
+        done = subprocess.run(
+            [str(env.python), str(script), str(port), payload.name, str(BATCH), str(WRITES)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    if done.returncode != 0:
+        tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
+        return f"{what} failed: {tail[0][:200]} | |"
+    cpu_us, wall_us = done.stdout.split()
+    return f"{what} {cpu_us} us | {wall_us} us |"
 
 
 async def _timed(write: Callable[[], Awaitable[object]]) -> tuple[float, float]:

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Final
 
 from devtools.bench.analysis import CHANGES, obstacles
-from devtools.bench.ccxt_env import CCXT_VERSION
 from devtools.bench.measure import MeasureWindow, hist_max, percentile, quantile
 from devtools.bench.plan import LOOKBACK_MIN, connections
 from devtools.bench.provenance import provenance
 from devtools.bench.run import Results, Trial
+from devtools.bench.side_env import CCXT_VERSION
 
 
 def _fmt(value: float | None, unit: str = "", digits: int = 1) -> str:

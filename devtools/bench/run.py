@@ -12,7 +12,6 @@ from pathlib import Path
 
 import httpx
 
-from devtools.bench.ccxt_env import CCXT_VERSION, ensure_ccxt, env_dir
 from devtools.bench.lab import (
     BACKLOG,
     DROPPED,
@@ -27,6 +26,7 @@ from devtools.bench.lab import (
 from devtools.bench.measure import MeasureWindow, accounting, counters, measure, snap
 from devtools.bench.plan import LOOKBACK_MIN, BenchError, Plan, connections, say
 from devtools.bench.profile import run_profile
+from devtools.bench.side_env import CCXT_VERSION, ensure_ccxt, env_dir
 
 
 @dataclass
