@@ -15,7 +15,7 @@ test_connection_recovery.py): `start_connection`, one connection actor started o
 The publisher tests (tests/actors/test_publisher.py,
 tests/actors/test_publisher_faults.py, tests/system/test_redis_faults.py): the MockClock jumper
 that waits for worker threads (`threads_hold_clock`), the publisher's log lines
-(`publisher_lines`), the base of their fake Redis clients (`StallingRedis`), a
+(`publisher_lines`), their fake Redis (`FakeRedis`, the writes it saw as `Write`), a
 `MarketData` builder and `run_publisher` in its own cancel scope
 (`PublisherActor`). No processes, no sockets."""
 
@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import redis
 import trio
@@ -175,20 +175,65 @@ def market_data(
     )
 
 
-class StallingRedis:
-    """What the publisher tests' fake Redis clients share: `ping` (refused while `down()`),
-    the virtual time of every PING, and `hold`: the next write waits for it (Redis stalls),
-    `stalled` set once it does. Both run in worker threads (see `threads_hold_clock`)."""
+class Write(NamedTuple):
+    """One write the fake Redis saw: its virtual time, the publish mode, what it carried."""
+
+    at: float
+    mode: str
+    events: list[MarketData]
+    ranking: Ranking | None
+
+
+Respond = Callable[[RedisSettings, list[MarketData], Ranking | None], BatchResult]
+
+
+def accept(
+    settings: RedisSettings, events: list[MarketData], ranking: Ranking | None
+) -> BatchResult:
+    return BatchResult(unencodable=0, refused=0, refusal=None)
+
+
+class FakeRedis:
+    """Redis as the publisher sees it: `write` stands in for `publish_batch`, `ping` for the
+    client's. Both run in worker threads (see `threads_hold_clock`); the virtual time of each
+    call is recorded.
+
+    `link`: "up"; "down" (connections refused); "paused" (`CLIENT PAUSE WRITE`: PING answers,
+    every write times out). `respond`: what Redis answers to a write while up. `hold`: the
+    next write waits for it (Redis stalls), `stalled` set once it does."""
 
     def __init__(self, clock: trio.testing.MockClock) -> None:
         self.clock = clock
-        self.hold: threading.Event | None = None  # the next write waits for it (a stall)
-        self.stalled = threading.Event()  # set once a write waits for `hold`
+        self.link = "up"
+        self.respond: Respond = accept
+        self.hold: threading.Event | None = None
+        self.stalled = threading.Event()
         self.pings: list[float] = []
+        self.writes: list[Write] = []  # every attempt, failed ones included
+        self.delivered: list[Write] = []  # the writes Redis took whole (nothing held)
+        # Every write Redis answered, whatever the answer, in order (see `answered`).
+        self._sent, self.sent = trio.open_memory_channel[Write](math.inf)
 
-    def down(self) -> bool:
-        """Whether connections are refused."""
-        raise NotImplementedError
+    def write(
+        self,
+        client: redis.Redis,
+        settings: RedisSettings,
+        events: list[MarketData],
+        ranking: Ranking | None,
+    ) -> BatchResult:
+        # The clock is frozen while a thread runs (see threads_hold_clock).
+        attempt = Write(self.clock.current_time(), settings.mode, list(events), ranking)
+        self.writes.append(attempt)
+        self.wait_if_held()
+        if self.link == "down":
+            raise redis.ConnectionError("Connection refused")
+        if self.link == "paused":
+            raise redis.TimeoutError("Timeout reading from socket")
+        trio.from_thread.run_sync(self._sent.send_nowait, attempt)
+        result = self.respond(settings, events, ranking)
+        if not result.held:
+            self.delivered.append(attempt)
+        return result
 
     def wait_if_held(self) -> None:
         """In a write: wait for `hold` if one is set (it serves one write)."""
@@ -200,9 +245,15 @@ class StallingRedis:
 
     def ping(self) -> bool:
         self.pings.append(self.clock.current_time())
-        if self.down():
+        if self.link == "down":
             raise redis.ConnectionError("Connection refused")
         return True
+
+    async def answered(self) -> Write:
+        """The next write Redis answered, once the publisher has accounted for its answer."""
+        write = await self.sent.receive()
+        await trio.testing.wait_all_threads_completed()
+        return write
 
 
 @asynccontextmanager

@@ -4,10 +4,8 @@ and log lines."""
 
 from __future__ import annotations
 
-import math
 import threading
-from collections.abc import Callable, Iterator
-from typing import NamedTuple, cast
+from typing import cast
 
 import pytest
 import redis
@@ -21,13 +19,15 @@ from screener.models import MarketData, PublisherInbox, Ranking, RedisStatus, Sy
 from screener.redis_batch import BatchResult, Held
 from screener.snapshot import Latest
 from tests.actors.fakes import (
+    FakeRedis,
     M,
     PublisherActor,
-    StallingRedis,
+    Write,
+    accept,
     market_data,
-    publisher_lines,
     threads_hold_clock,
 )
+from tests.helpers import sample
 
 SETTINGS: RedisSettings = load_settings({"PUBLISH_BUFFER": "100"}).redis
 TARGET = "redis://localhost:6379"
@@ -39,12 +39,6 @@ WENT_DOWN = (
 CAME_UP = ("INFO", f"redis up at {TARGET}")
 OOM = "OOM command not allowed when used memory > 'maxmemory'."
 WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"
-
-Respond = Callable[[list[MarketData], Ranking | None], BatchResult]
-
-
-def accept(events: list[MarketData], ranking: Ranking | None) -> BatchResult:
-    return BatchResult(unencodable=0, refused=0, refusal=None)
 
 
 def event(symbol: str, close: float = 1.0) -> MarketData:
@@ -61,62 +55,9 @@ def ranking(n: int) -> Ranking:
     )
 
 
-class Batch(NamedTuple):
-    at: float
-    events: list[MarketData]
-    ranking: Ranking | None
-
-
-class FakeRedis(StallingRedis):
-    """Redis as the publisher sees it: `write` stands in for `publish_batch`, `ping` for the
-    client's. Both run in worker threads; the virtual time of each call is recorded."""
-
-    def __init__(self, clock: trio.testing.MockClock) -> None:
-        super().__init__(clock)
-        self.up = True
-        self.respond: Respond = accept  # what Redis answers to a write while up
-        self.attempts: list[float] = []  # every write, failed ones included
-        self._sent, self.sent = trio.open_memory_channel[Batch](math.inf)
-
-    def write(
-        self,
-        client: redis.Redis,
-        settings: RedisSettings,
-        events: list[MarketData],
-        ranking: Ranking | None,
-    ) -> BatchResult:
-        at = self.clock.current_time()  # frozen while a thread runs (see threads_hold_clock)
-        self.attempts.append(at)
-        self.wait_if_held()
-        if not self.up:
-            raise redis.ConnectionError("Connection refused")
-        trio.from_thread.run_sync(self._sent.send_nowait, Batch(at, list(events), ranking))
-        return self.respond(events, ranking)
-
-    def down(self) -> bool:
-        return not self.up
-
-    async def answered(self) -> Batch:
-        """The next batch Redis took, once the publisher has accounted for its answer."""
-        batch = await self.sent.receive()
-        await trio.testing.wait_all_threads_completed()
-        return batch
-
-
-@pytest.fixture
-def fake(autojump_clock: trio.testing.MockClock) -> FakeRedis:
-    return FakeRedis(autojump_clock)
-
-
-@pytest.fixture
-def logs() -> Iterator[list[tuple[str, str]]]:
-    """The publisher's log lines as (level, message)."""
-    with publisher_lines() as lines:
-        yield lines
-
-
-def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
-    return metrics.registry.get_sample_value(name, labels)
+def batch(at: float, events: list[MarketData], ranking: Ranking | None) -> Write:
+    """A write Redis answered, in the default mode (pub/sub)."""
+    return Write(at, "pubsub", events, ranking)
 
 
 def published(metrics: Metrics, channel: str) -> float | None:
@@ -154,10 +95,10 @@ async def test_each_wakeup_sends_everything_pending_as_one_batch_in_order(
         async with threads_hold_clock(autojump_clock), trio.open_nursery() as nursery:
             nursery.start_soon(actor.run, inbox_recv, fake)
             await inbox_send.send([a1, b1])
-            assert await fake.answered() == Batch(0.0, [a1, b1], None)
+            assert await fake.answered() == batch(0.0, [a1, b1], None)
             await trio.sleep_until(1.0)
             await inbox_send.send(ranking(1))
-            assert await fake.answered() == Batch(1.0, [], ranking(1))
+            assert await fake.answered() == batch(1.0, [], ranking(1))
 
             # While one write is in flight, arrivals pile up and leave as one batch, with
             # only the newest ranking.
@@ -170,10 +111,10 @@ async def test_each_wakeup_sends_everything_pending_as_one_batch_in_order(
             await trio.testing.wait_all_tasks_blocked()
             assert sample(actor.metrics, "screener_publish_backlog") == 3
             gate.set()
-            assert await fake.answered() == Batch(2.0, [a2], None)
-            assert await fake.answered() == Batch(2.0, [b2, c1, a3], ranking(3))
+            assert await fake.answered() == batch(2.0, [a2], None)
+            assert await fake.answered() == batch(2.0, [b2, c1, a3], ranking(3))
             actor.scope.cancel()
-    assert fake.attempts == [0.0, 1.0, 2.0, 2.0]
+    assert [w.at for w in fake.writes] == [0.0, 1.0, 2.0, 2.0]
     assert published(actor.metrics, "market_data") == 6
     assert published(actor.metrics, "top_movers") == 2
     assert sample(actor.metrics, "screener_publish_backlog") == 0
@@ -210,7 +151,7 @@ async def test_outage_buffers_retries_on_the_backoff_schedule_and_sends_the_back
         async with threads_hold_clock(autojump_clock), trio.open_nursery() as nursery:
             publisher = await run_direct(nursery, fake, inbox_recv)
             metrics, status = publisher.metrics, publisher.status
-            fake.up = False
+            fake.link = "down"
             fake.hold = gate = threading.Event()
             await inbox_send.send([a1])
             await trio.to_thread.run_sync(fake.stalled.wait)  # the write of [a1] is in flight
@@ -222,23 +163,23 @@ async def test_outage_buffers_retries_on_the_backoff_schedule_and_sends_the_back
             assert sample(metrics, "screener_redis_up") == 0
             assert sample(metrics, "screener_publish_backlog") == 3
             assert logs == [WENT_DOWN]  # one warning, however many retries
-            fake.up = True
+            fake.link = "up"
             # The failed batch went back in front of what arrived during its write.
-            assert await fake.answered() == Batch(7.75, [a1, b1, a2], None)
+            assert await fake.answered() == batch(7.75, [a1, b1, a2], None)
             assert status.value == RedisStatus(up=True, error=None)
             assert sample(metrics, "screener_redis_up") == 1
             assert logs == [WENT_DOWN, CAME_UP]
 
             # A second outage warns again, and its backoff starts over.
             await trio.sleep_until(10.0)
-            fake.up = False
+            fake.link = "down"
             await inbox_send.send([c1])
             await trio.sleep_until(10.5)
-            fake.up = True
-            assert await fake.answered() == Batch(10.75, [c1], None)
+            fake.link = "up"
+            assert await fake.answered() == batch(10.75, [c1], None)
             await inbox_send.aclose()
     assert trio.current_time() == 10.75
-    assert fake.attempts == [0.0, 7.75, 10.0, 10.75]
+    assert [w.at for w in fake.writes] == [0.0, 7.75, 10.0, 10.75]
     assert fake.pings == [0.25, 0.75, 1.75, 3.75, 7.75, 10.25, 10.75]
     assert logs == [WENT_DOWN, CAME_UP, WENT_DOWN, CAME_UP]
     assert published(metrics, "market_data") == 4
@@ -256,18 +197,18 @@ async def test_starting_down_pings_and_only_a_write_proves_redis_up(
     """At start the status is down with no error yet (as in `Views.empty()`): the first PING
     answered marks it up. After a failure, a PING answer only clears the way for a write."""
     inbox_send, inbox_recv = trio.open_memory_channel[PublisherInbox](16)
-    fake.up = reachable
+    fake.link = "up" if reachable else "down"
     status = Latest(RedisStatus(up=False, error=None))
     with trio.fail_after(60):
         async with threads_hold_clock(autojump_clock), trio.open_nursery() as nursery:
             await run_direct(nursery, fake, inbox_recv, status)
             await trio.sleep_until(1.0)
-            fake.up = True
+            fake.link = "up"
             await trio.sleep_until(1.9)  # after the PING at 1.75
             before_the_write = status.value
             await trio.sleep_until(2.0)
             await inbox_send.send([event("A")])
-            assert await fake.answered() == Batch(2.0, [event("A")], None)
+            assert await fake.answered() == batch(2.0, [event("A")], None)
             await inbox_send.aclose()
     if reachable:
         assert fake.pings == [0.0]
@@ -291,7 +232,7 @@ async def test_beyond_the_buffer_only_the_newest_event_per_symbol_is_kept(
         async with threads_hold_clock(autojump_clock), trio.open_nursery() as nursery:
             publisher = await run_direct(nursery, fake, inbox_recv)
             metrics = publisher.metrics
-            fake.up = False
+            fake.link = "down"
             await inbox_send.send(old)  # exactly PUBLISH_BUFFER: nothing dropped
             await trio.sleep_until(1.0)
             assert sample(metrics, "screener_events_dropped_total") == 0
@@ -302,10 +243,10 @@ async def test_beyond_the_buffer_only_the_newest_event_per_symbol_is_kept(
             await trio.sleep_until(3.0)
             assert sample(metrics, "screener_events_dropped_total") == 32
             assert sample(metrics, "screener_publish_backlog") == 100
-            fake.up = True
-            assert await fake.answered() == Batch(3.75, old[32:] + new + extra, None)
+            fake.link = "up"
+            assert await fake.answered() == batch(3.75, old[32:] + new + extra, None)
             await inbox_send.aclose()
-    assert fake.attempts == [0.0, 3.75]
+    assert [w.at for w in fake.writes] == [0.0, 3.75]
     assert published(metrics, "market_data") == 100
     assert sample(metrics, "screener_publish_backlog") == 0
     assert sample(metrics, "screener_queue_peak", queue="publish_buffer") == 100
@@ -315,7 +256,7 @@ async def test_refused_commands_are_dropped_and_logged_at_most_once_per_10s(
     autojump_clock: trio.testing.MockClock, fake: FakeRedis, logs: list[tuple[str, str]]
 ) -> None:
     """WRONGTYPE refuses the command for its content: retrying would never help."""
-    fake.respond = lambda events, ranking: BatchResult(
+    fake.respond = lambda settings, events, ranking: BatchResult(
         unencodable=0, refused=len(events), refusal=WRONGTYPE
     )
     inbox_send, inbox_recv = trio.open_memory_channel[PublisherInbox](16)
@@ -335,7 +276,7 @@ async def test_refused_commands_are_dropped_and_logged_at_most_once_per_10s(
             assert (await fake.answered()).at == 11.0
             await inbox_send.aclose()
     # Not an outage: no retry, no PING; Redis is up but degraded until a write goes through.
-    assert fake.attempts == [0.0, 4.0, 9.0, 10.0, 11.0]
+    assert [w.at for w in fake.writes] == [0.0, 4.0, 9.0, 10.0, 11.0]
     assert fake.pings == []
     assert degraded == [RedisStatus(up=True, error=None, refused=WRONGTYPE)] * 4
     assert publisher.status.value == RedisStatus(up=True, error=None)
@@ -353,7 +294,9 @@ async def test_writes_refused_for_now_are_kept_and_retried_with_backoff(
 ) -> None:
     """OOM (like READONLY, LOADING, ...) refuses for now: nothing is dropped."""
 
-    def out_of_memory(events: list[MarketData], ranking: Ranking | None) -> BatchResult:
+    def out_of_memory(
+        settings: RedisSettings, events: list[MarketData], ranking: Ranking | None
+    ) -> BatchResult:
         held = Held(mode="pubsub", events=events, ranking=ranking, reason=OOM)
         return BatchResult(unencodable=0, refused=0, refusal=None, held=(held,))
 
@@ -371,8 +314,8 @@ async def test_writes_refused_for_now_are_kept_and_retried_with_backoff(
             fake.respond = accept
             await inbox_send.send([c1])  # waits with the held ones for their retry
             await inbox_send.aclose()
-    assert fake.attempts == [0.0, 0.25, 0.75, 1.75]
-    assert [fake.sent.receive_nowait() for _ in range(4)][-1] == Batch(1.75, [a1, b1, c1], None)
+    assert [w.at for w in fake.writes] == [0.0, 0.25, 0.75, 1.75]
+    assert [fake.sent.receive_nowait() for _ in range(4)][-1] == batch(1.75, [a1, b1, c1], None)
     assert fake.pings == []
     assert publisher.status.value == RedisStatus(up=True, error=None)
     assert sample(publisher.metrics, "screener_redis_up") == 1
@@ -387,7 +330,9 @@ async def test_writes_refused_for_now_are_kept_and_retried_with_backoff(
 async def test_unencodable_events_are_counted_as_rejected_not_published(
     autojump_clock: trio.testing.MockClock, fake: FakeRedis, logs: list[tuple[str, str]]
 ) -> None:
-    fake.respond = lambda events, ranking: BatchResult(unencodable=1, refused=0, refusal=None)
+    fake.respond = lambda settings, events, ranking: BatchResult(
+        unencodable=1, refused=0, refusal=None
+    )
     inbox_send, inbox_recv = trio.open_memory_channel[PublisherInbox](16)
     with trio.fail_after(60):
         async with threads_hold_clock(autojump_clock), trio.open_nursery() as nursery:
@@ -421,18 +366,18 @@ async def test_cancel_flushes_what_is_pending_and_logs_the_outcome(
     with trio.fail_after(60):
         async with threads_hold_clock(autojump_clock), trio.open_nursery() as nursery:
             nursery.start_soon(actor.run, inbox_recv, fake)
-            fake.up = False
+            fake.link = "down"
             await inbox_send.send([a1, b1])
             await trio.sleep_until(0.1)  # inside the first backoff (0.25 s): no ping yet
-            fake.up = redis_back
+            fake.link = "up" if redis_back else "down"
             actor.scope.cancel()
             await actor.ended.wait()
     assert actor.ended_at == 0.1
-    assert fake.attempts == [0.0, 0.1]
+    assert [w.at for w in fake.writes] == [0.0, 0.1]
     assert fake.pings == []
     assert logs == [WENT_DOWN, outcome]
     if redis_back:
-        assert fake.sent.receive_nowait() == Batch(0.1, [a1, b1], None)
+        assert fake.sent.receive_nowait() == batch(0.1, [a1, b1], None)
 
 
 async def test_cancel_during_a_write_waits_for_it_then_sends_the_rest_once(
@@ -456,8 +401,8 @@ async def test_cancel_during_a_write_waits_for_it_then_sends_the_rest_once(
             await actor.ended.wait()
     assert actor.ended_at == 1.0
     assert [fake.sent.receive_nowait() for _ in range(2)] == [
-        Batch(1.0, [a1], None),
-        Batch(1.0, [b1], None),
+        batch(1.0, [a1], None),
+        batch(1.0, [b1], None),
     ]
     with pytest.raises(trio.WouldBlock):  # nothing sent twice
         fake.sent.receive_nowait()
@@ -474,7 +419,7 @@ async def test_a_final_flush_cut_by_its_deadline_is_logged(
         with trio.fail_after(60):
             async with threads_hold_clock(autojump_clock), trio.open_nursery() as nursery:
                 nursery.start_soon(actor.run, inbox_recv, fake)
-                fake.up = False
+                fake.link = "down"
                 await inbox_send.send([event("A"), event("B")])
                 await trio.sleep_until(0.1)
                 fake.hold = gate  # Redis accepts the connection, then never answers
@@ -485,7 +430,7 @@ async def test_a_final_flush_cut_by_its_deadline_is_logged(
     finally:
         gate.set()
     assert actor.ended_at == 0.1 + FINAL_FLUSH_S
-    assert fake.attempts == [0.0, 0.1]
+    assert [w.at for w in fake.writes] == [0.0, 0.1]
     assert logs == [
         WENT_DOWN,
         ("WARNING", "final flush failed, 2 events not published (no answer within 2s)"),
@@ -514,7 +459,7 @@ async def test_a_closed_inbox_ends_the_actor_once_everything_is_sent(
             await actor.ended.wait()
     assert actor.ended_at == 1.0
     assert [fake.sent.receive_nowait() for _ in range(2)] == [
-        Batch(1.0, [a1], None),
-        Batch(1.0, [b1], ranking(1)),
+        batch(1.0, [a1], None),
+        batch(1.0, [b1], ranking(1)),
     ]
     assert logs == []  # the buffer was empty when it ended: no final flush

@@ -6,8 +6,7 @@ virtual times, statuses, metrics and log lines."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
 import pytest
 import redis
@@ -21,13 +20,15 @@ from screener.models import MarketData, PublisherInbox, Ranking, RedisStatus
 from screener.redis_batch import BatchResult, Held
 from screener.snapshot import Latest
 from tests.actors.fakes import (
+    FakeRedis,
     M,
     PublisherActor,
-    StallingRedis,
+    Write,
+    accept,
     market_data,
-    publisher_lines,
     threads_hold_clock,
 )
+from tests.helpers import sample
 
 PUBSUB: RedisSettings = load_settings({"PUBLISH_BUFFER": "20000"}).redis
 STREAM: RedisSettings = load_settings({"PUBLISH_BUFFER": "20000", "PUBLISH_MODE": "stream"}).redis
@@ -48,63 +49,13 @@ def ranking(n: int) -> Ranking:
     return Ranking(wall_ts=M + 15.0 * n, lookback_min=15, gainers=(), losers=(), ranked=0)
 
 
-class Write(NamedTuple):
-    at: float
-    mode: str
-    events: list[MarketData]
-    ranking: Ranking | None
-
-
-class FakeRedis(StallingRedis):
-    """Redis as the publisher sees it. `link`: "up"; "down" (connections refused); "paused"
-    (`CLIENT PAUSE WRITE`: PING answers, every write times out). `oom`: writes answered, every
-    XADD refused with OOM (held). `hold`: the next write waits for it (Redis hangs)."""
-
-    def __init__(self, clock: trio.testing.MockClock) -> None:
-        super().__init__(clock)
-        self.link = "up"
-        self.oom = False
-        self.writes: list[Write] = []  # every attempt, failed ones included
-        self.delivered: list[Write] = []
-
-    def write(
-        self,
-        client: redis.Redis,
-        settings: RedisSettings,
-        events: list[MarketData],
-        ranking: Ranking | None,
-    ) -> BatchResult:
-        attempt = Write(self.clock.current_time(), settings.mode, list(events), ranking)
-        self.writes.append(attempt)
-        self.wait_if_held()
-        if self.link == "down":
-            raise redis.ConnectionError("Connection refused")
-        if self.link == "paused":
-            raise redis.TimeoutError("Timeout reading from socket")
-        if self.oom and settings.to_stream:
-            return OK._replace(held=(Held(settings.mode, list(events), ranking, OOM),))
-        self.delivered.append(attempt)
-        return OK
-
-    def down(self) -> bool:
-        return self.link == "down"
-
-
-@pytest.fixture
-def fake(autojump_clock: trio.testing.MockClock) -> FakeRedis:
-    return FakeRedis(autojump_clock)
-
-
-@pytest.fixture
-def logs() -> Iterator[list[tuple[str, str]]]:
-    """The publisher's log lines as (level, message)."""
-    with publisher_lines() as lines:
-        yield lines
-
-
-def sample(metrics: Metrics, name: str, **labels: str) -> float:
-    value = metrics.registry.get_sample_value(name, labels)
-    return 0.0 if value is None else value
+def oom_on_streams(
+    settings: RedisSettings, events: list[MarketData], ranking: Ranking | None
+) -> BatchResult:
+    """Redis out of memory: every XADD refused with OOM (held), PUBLISH accepted."""
+    if settings.to_stream:
+        return OK._replace(held=(Held(settings.mode, list(events), ranking, OOM),))
+    return OK
 
 
 def published(metrics: Metrics) -> float:
@@ -185,7 +136,7 @@ async def test_held_writes_stay_buffered_and_are_retried_with_backoff(
     with trio.fail_after(60):
         async with threads_hold_clock(autojump_clock), trio.open_nursery() as nursery:
             inbox = start(nursery, pub, fake)
-            fake.oom = True
+            fake.respond = oom_on_streams
             await inbox.send([a1, b1])
             await trio.sleep_until(0.1)
             await inbox.send([a2])  # arrives during the backoff: waits for the retry at 0.25
@@ -196,7 +147,7 @@ async def test_held_writes_stay_buffered_and_are_retried_with_backoff(
             assert sample(pub.metrics, "screener_publish_backlog") == 3
             assert published(pub.metrics) == 0
             assert logs == [HELD]  # one warning, however many refusals
-            fake.oom = False
+            fake.respond = accept
             await inbox.send([c1])  # no retry before the backoff ends (1.75)
             await trio.sleep_until(2.0)
             assert pub.status.value == RedisStatus(up=True, error=None)
@@ -229,7 +180,7 @@ async def test_both_mode_owes_a_held_stream_entry_to_the_stream_only(
         fake.writes.append(Write(at, settings.mode, list(events), r))
         if settings.to_pubsub:
             delivered_to["pubsub"] += events
-        if fake.oom:
+        if fake.respond is oom_on_streams:
             return OK._replace(held=(Held("stream", list(events), r, OOM),))
         if settings.to_stream:
             delivered_to["stream"] += events
@@ -239,7 +190,7 @@ async def test_both_mode_owes_a_held_stream_entry_to_the_stream_only(
     with trio.fail_after(60):
         async with threads_hold_clock(autojump_clock), trio.open_nursery() as nursery:
             inbox = start(nursery, pub, fake)
-            fake.oom = True
+            fake.respond = oom_on_streams
             await inbox.send([a1])
             await trio.sleep_until(0.1)
             await inbox.send([b1])  # pub/sub does not wait for the stream's backoff
@@ -247,7 +198,7 @@ async def test_both_mode_owes_a_held_stream_entry_to_the_stream_only(
             assert delivered_to == {"pubsub": [a1, b1], "stream": []}
             assert published(pub.metrics) == 0
             await trio.sleep_until(1.0)
-            fake.oom = False
+            fake.respond = accept
             await inbox.send([c1])
             await trio.sleep_until(1.5)
             await inbox.aclose()
@@ -365,7 +316,7 @@ async def test_shutdown_while_redis_holds_writes_says_why_events_are_lost(
     with trio.fail_after(60):
         async with threads_hold_clock(autojump_clock), trio.open_nursery() as nursery:
             nursery.start_soon(actor.run, inbox_recv, fake)
-            fake.oom = True
+            fake.respond = oom_on_streams
             await inbox_send.send([event("A"), event("B")])
             await trio.sleep_until(0.1)
             actor.scope.cancel()

@@ -126,9 +126,7 @@ async def _sigterm_exits_cleanly(redis_port: int) -> tuple[FakeExchange, float, 
                         return False
                     return r.status_code == 200
 
-                with trio.fail_after(20):
-                    while not await healthy():  # noqa: ASYNC110 - another process
-                        await trio.sleep(0.05)
+                await eventually(healthy, within_s=20, what="healthy")
             await eventually(lambda: ex.connections == 3)
             await trio.sleep(0.5)  # let it run under full load for a moment
             started = trio.current_time()
