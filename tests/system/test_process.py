@@ -171,6 +171,25 @@ def assert_pipeline_json(log: str) -> None:
     assert any(r["message"].startswith("SIGTERM received") and r["actor"] == "app" for r in records)
 
 
+def test_text_logs_put_the_message_before_the_fields() -> None:
+    """LOG_FORMAT=text as a terminal shows it: the message first, then `key=value` fields; a
+    library's stdlib log line names its logger the same way."""
+    script = (
+        "import logging; from loguru import logger; from screener.logs import setup_logging; "
+        "setup_logging('text', 'INFO'); "
+        "logger.bind(actor='ranking').info('ranking: {n} symbols ranked', n=12); "
+        "logging.getLogger('hypercorn.error').warning('slow client')"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert [line[13:] for line in out.stderr.splitlines()] == [
+        "INFO    ranking: 12 symbols ranked actor=ranking n=12",
+        "WARNING slow client lib=hypercorn.error",
+    ]
+
+
 async def test_sigterm_while_redis_is_down_exits_0_within_5s(tmp_path: Path) -> None:
     _, elapsed, code, log = await _sigterm_exits_cleanly(free_port())
     assert code == 0, log[-2000:]
