@@ -160,9 +160,7 @@ async def test_without_a_fixed_wait_a_push_leaves_at_once_with_what_is_ready_in_
             await rig.assert_no_batch()
 
 
-async def test_connection_states_feed_the_counts_and_retired_chunks_leave_the_total(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
+async def test_connection_states_feed_the_counts_and_retired_chunks_leave_the_total() -> None:
     async def feed_after(*changes: ConnStatus) -> tuple[int, int, float | None]:
         for change in changes:
             await rig.inbox.send(change)
