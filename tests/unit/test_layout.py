@@ -24,6 +24,7 @@ SHELL = {
 }
 BASE = {
     "screener",
+    "screener.compat",
     "screener.config",
     "screener.models",
     "screener.metrics",
