@@ -11,7 +11,8 @@ and a backlog is never encoded at once.
 Only what Redis does with a write decides the status. A failed or timed-out write marks it
 down (one warning) until a write succeeds (one `redis up at` line); a PING answer is no
 proof (`CLIENT PAUSE WRITE` answers it), it only spares encoding a slice for a dead link.
-The failed slice goes back in front and is retried with backoff. Commands Redis refuses for
+The failed slice goes back in front and is retried with backoff (in a fleet, cut short by
+the next lease answer: Redis answers again). Commands Redis refuses for
 now (OOM, READONLY, ...: `HELD_CODES`) make it degraded (`refused`; one warning, then `redis
 writes accepted again`): their events stay buffered and are retried with backoff. A command
 refused for its own content (WRONGTYPE) is dropped and counted. Nothing refused is counted as
@@ -174,6 +175,7 @@ class Publisher:
         self.targets = {settings.mode: settings}  # the settings a lane is written with
         self.retry_at: dict[str, float] = {}  # lane -> not before (a held lane's backoff)
         self.backoff = Backoff(first_s=0.5, cap_s=30.0, rand=rand)
+        self.lease_answered = trio.Event()  # set by each lease answer; see `_back_off`
         self.arrived = Pulse()
         self.inbox_closed = False
         self.in_flight: Attempt | None = None
@@ -213,6 +215,7 @@ class Publisher:
         drops what it holds: those pushes are (or were) published by the other replica."""
         was = self.fence
         self.fence = fence
+        self.lease_answered.set()
         if not fence.drop_held:
             return
         held = sum(len(lane.events) for _, lane in self._lanes())
@@ -250,7 +253,7 @@ class Publisher:
                 continue
             except REDIS_ERRORS as exc:
                 self._put_back(attempt)
-                await trio.sleep(self._went_down(exc))
+                await self._back_off(self._went_down(exc))
                 continue
             self._settle(attempt, result)
 
@@ -435,13 +438,22 @@ class Publisher:
         try:
             await trio.to_thread.run_sync(client.ping, abandon_on_cancel=True)
         except REDIS_ERRORS as exc:
-            await trio.sleep(self._went_down(exc))
+            await self._back_off(self._went_down(exc))
             return False
         self.probe = False
         if self.status.value == RedisStatus(up=False, error=None):
             self.log.info("redis up at {target}", target=self.settings.safe_target())
             self._set_status(RedisStatus(up=True, error=None))
         return True
+
+    async def _back_off(self, delay_s: float) -> None:
+        """Wait out the delay before a retry after a Redis failure, or less: in a fleet, a
+        lease answer proves Redis answers again, so the retry (a PING first) goes at once.
+        Without it a fleet re-formed after a Redis restart waited up to a whole backoff
+        (up to 30 s) before publishing. The backoff itself grows on: only a write resets it."""
+        self.lease_answered = trio.Event()
+        with trio.move_on_after(delay_s):
+            await self.lease_answered.wait()
 
     def _went_down(self, exc: BaseException) -> float:
         """Record the outage (one warning per outage); returns the delay before a retry."""
