@@ -34,6 +34,7 @@ import trio_websocket
 from loguru import logger
 from trio_websocket import WebSocketConnection
 
+from screener.core.compat import pending_messages
 from screener.core.config import ExchangeSettings
 from screener.core.logs import RateLimited
 from screener.core.metrics import Metrics
@@ -192,16 +193,6 @@ async def _send_status(outbox: trio.MemorySendChannel[WindowInbox], status: Conn
         await outbox.send(status)
 
 
-def _message_queue(
-    ws: WebSocketConnection,
-) -> trio.MemoryReceiveChannel[str | bytes] | None:
-    """trio-websocket's queue of received messages, to take what is already there without
-    a trip through the scheduler per message (`get_message` checkpoints every time). It is
-    a private attribute (0.12 to 0.12.2 at least); without it every read is `get_message`."""
-    queue = getattr(ws, "_recv_channel", None)
-    return queue if isinstance(queue, trio.MemoryReceiveChannel) else None
-
-
 class _Link:
     """The tasks of one attempt, sharing the socket and its receive clock."""
 
@@ -236,7 +227,7 @@ class _Link:
         ws, outbox, metrics = self.ws, self.outbox, self.metrics
         received = metrics.received
         max_bytes = self.max_bytes
-        queued = _message_queue(ws)
+        queued = pending_messages(ws)  # None: get_message only
         uncounted = 0
         while True:
             try:

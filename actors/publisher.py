@@ -7,9 +7,10 @@ Redis; the flusher sends what is pending in slices of at most PIPELINE_EVENTS ev
 encoded once and written in one round trip over the `RedisLink` (screener/redis/link.py),
 the lease checked once more right before the send. One write is in flight: what arrives
 meanwhile goes in the next. What Redis did with a write sets the status
-(screener/redis/status.py): a failed slice goes back in front and is retried with backoff;
-what Redis refuses for now (OOM, READONLY, ...) is kept and retried; what it refuses for its
-own content (WRONGTYPE) is dropped and counted. It closes nothing but its inbox.
+(screener/redis/status.py): a failed slice goes back in front and is retried with backoff
+(in a fleet cut short by the next lease answer: Redis answers again); what Redis refuses for
+now (OOM, READONLY, ...) is kept and retried; what it refuses for its own content (WRONGTYPE)
+is dropped and counted. It closes nothing but its inbox.
 
 On cancel, under one shielded deadline (FINAL_FLUSH_S): the write in flight is finished first
 (the link shields it until answered), so it is neither lost nor sent twice (a write that got
@@ -75,6 +76,7 @@ class Publisher:
         self.status = status
         self.metrics = metrics
         self.arrived = Pulse()
+        self.lease_answered = trio.Event()  # set by each lease answer; see `_back_off`
         self.inbox_closed = False
         # A write that failed as the flusher was cancelled: its outcome is unknown.
         self.unsure: tuple[Slice, BaseException] | None = None
@@ -97,6 +99,7 @@ class Publisher:
         if isinstance(item, Leadership):
             was = self.lanes.fence
             held = self.lanes.refence(item)
+            self.lease_answered.set()
             if held:
                 self.metrics.fleet_standby_events.inc(held)
                 if was is not None and was.role == "leader":
@@ -140,7 +143,7 @@ class Publisher:
                 await trio.lowlevel.checkpoint_if_cancelled()  # shutdown: `finish` decides
                 self.unsure = None
                 self._put_back(sent)
-                await trio.sleep(self.health.went_down(exc))
+                await self._back_off(self.health.went_down(exc))
                 continue
             self._settle(sent, result)
 
@@ -149,10 +152,19 @@ class Publisher:
         try:
             await ping()
         except REDIS_ERRORS as exc:
-            await trio.sleep(self.health.went_down(exc))
+            await self._back_off(self.health.went_down(exc))
             return False
         self.health.pinged()
         return True
+
+    async def _back_off(self, delay_s: float) -> None:
+        """Wait out the delay before a retry after a Redis failure, or less: in a fleet, a
+        lease answer proves Redis answers again, so the retry (a PING first) goes at once.
+        Without it a fleet re-formed after a Redis restart waited up to a whole backoff
+        (up to 30 s) before publishing. The backoff itself grows on: only a write resets it."""
+        self.lease_answered = trio.Event()
+        with trio.move_on_after(delay_s):
+            await self.lease_answered.wait()
 
     async def _wait(self) -> None:
         """Until something arrives, or a held lane's backoff ends."""

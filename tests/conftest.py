@@ -1,7 +1,11 @@
 """Shared fixtures, and the test kinds by folder: unit/ (pure cores, no clock), actors/ (one
 actor or time-dependent piece on trio's MockClock, with fakes), system/ (real processes,
 redis-server, loopback sockets, hypercorn; marked `system`, so `make test-fast` skips them).
-The summary at the end counts the tests run of each kind."""
+The summary at the end counts the tests run of each kind.
+
+Shared helpers, one of each: `sample` (a metric's value) in tests/helpers.py; the actor tests'
+fake Redis and publisher log lines (`fake`, `logs`) in tests/actors/conftest.py; `eventually`
+(wait on another process or real sockets, with a ceiling) in tests/system/service_harness.py."""
 
 from __future__ import annotations
 

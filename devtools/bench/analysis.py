@@ -21,6 +21,9 @@ CHANGES = (
     "| push-to-publish histogram, 20 events | `observe` each: 14-20 us | `observe_many`: "
     "3.2-7 us |",
     "| received counter | one `inc()` per message | one `inc(n)` per run of queued messages |",
+    "| read one queued WebSocket message (2026-12-07, loaded machine) | `get_message`, a "
+    "checkpoint each: 6.4-11 us | taken from trio-websocket's queue (`screener/core/compat.py`): "
+    "0.2 us |",
     "| 20 PUBLISH replies (send included) | `read_response` each: 37-67 us | hiredis `gets` "
     "in bulk: 21-37 us |",
     "| a write of 20 events (encoding included), CPU / wall | redis-py in "

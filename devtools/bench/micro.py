@@ -6,6 +6,8 @@ without the machine's other load mattering much (each figure is the best of thre
   per field (`_kline(orjson.loads(...))`, still the path of every frame the fast one refuses);
 - encode: one event, `encode_event` against `orjson.dumps(event.as_dict())`;
 - histogram: 20 latencies, `observe_many` against `observe` each;
+- WebSocket read: one message trio-websocket's reader has already queued, taken by
+  `compat.pending_messages` against the public `get_message` (a checkpoint each);
 - writes: a write of 20 events over the publisher's link on the event loop (encoding, one
   round trip to a private redis-server, replies parsed by hiredis), one write at a time as
   the publisher does; CPU (user + system, all threads) and wall time per write. Beside it
@@ -21,13 +23,17 @@ import time
 import timeit
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import cast
 
 import orjson
 import redis
 import trio
+import trio.testing
+from trio_websocket import wrap_client_stream, wrap_server_stream
 
 from devtools.bench.side_env import COREDIS_VERSION, ensure_coredis
 from devtools.devredis import RedisServer
+from screener.core.compat import pending_messages
 from screener.core.config import RedisSettings, load_settings
 from screener.core.metrics import Metrics, observe_many
 from screener.core.models import Kline, MarketData
@@ -101,6 +107,7 @@ def main() -> int:
             _us(lambda: observe_many(hist, latencies), 5_000),
         )
     )
+    print(ws_read_row())
     with tempfile.TemporaryDirectory() as work:
         server = RedisServer(Path(work))
         server.start()
@@ -109,6 +116,47 @@ def main() -> int:
         finally:
             server.stop()
     return 0
+
+
+QUEUED = 20_000
+
+
+def ws_read_row() -> str:
+    """Best of three: CPU microseconds to read one message trio-websocket already queued."""
+    public = min(trio.run(_ws_read, False) for _ in range(3))
+    queued = min(trio.run(_ws_read, True) for _ in range(3))
+    return _row("read a queued WebSocket message", "get_message", public, "queued", queued)
+
+
+async def _ws_read(from_queue: bool) -> float:
+    """`QUEUED` pushes sent over an in-memory stream, all queued by the client's reader task
+    before the reads are timed."""
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+
+        async def serve() -> None:
+            ws = await (await wrap_server_stream(nursery, server_stream)).accept()
+            for _ in range(QUEUED):
+                await ws.send_message(PUSH)
+
+        nursery.start_soon(serve)
+        # Any trio stream works; the annotation names only sockets.
+        stream = cast(trio.SocketStream, client_stream)
+        ws = await wrap_client_stream(nursery, stream, "sim", "/", message_queue_size=QUEUED)
+        queue = pending_messages(ws)
+        assert queue is not None
+        await trio.testing.wait_all_tasks_blocked()  # sent, read and queued: all of them
+        assert queue.statistics().current_buffer_used == QUEUED
+        cpu = time.process_time()
+        if from_queue:
+            for _ in range(QUEUED):
+                queue.receive_nowait()
+        else:
+            for _ in range(QUEUED):
+                await ws.get_message()
+        spent = time.process_time() - cpu
+        nursery.cancel_scope.cancel()
+    return spent / QUEUED * 1e6
 
 
 def _redis_rows(port: int, event: MarketData) -> None:

@@ -6,6 +6,9 @@ configuration: one object per line with `timestamp` (RFC 3339, UTC, `Z`), `level
 message) at the top level, and `exception` as text when there is one; no file paths. The
 stdlib loggers of hypercorn, trio-websocket and httpx are routed into loguru so there is one
 stream with one format.
+
+Text lines are for a terminal (`make demo`): time, level, the message, then the same context
+fields as `key=value` pairs, so the eye finds the message at a fixed column.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ def json_line(record: Record) -> str:
         "logger": record["extra"].get("lib") or record["name"],
     }
     for key, value in record["extra"].items():
-        if key not in RESERVED and key not in ("lib", "_json"):
+        if key not in RESERVED and key not in ("lib", "_json", "_text"):
             line[key] = value
     exc = record["exception"]
     if exc is not None and exc.type is not None:
@@ -49,6 +52,35 @@ def _json_format(record: Record) -> str:
     # it can be taken for a field.
     record["extra"]["_json"] = json_line(record)
     return "{extra[_json]}\n"
+
+
+TEXT_FORMAT: Final = (
+    "<green>{time:HH:mm:ss.SSS}</green> <level>{level: <7}</level> {message}"
+    "<cyan>{extra[_text]}</cyan>\n{exception}"
+)
+
+
+def text_fields(record: Record) -> str:
+    """The context fields of a text line as `key=value` pairs; a value with a space, quote or
+    `=` in it (or none at all) is quoted, so the pairs stay apart."""
+    pairs = []
+    for key, value in record["extra"].items():
+        if key.startswith("_"):
+            continue
+        text = str(value)
+        if not text or any(c.isspace() or c in '"=' for c in text):
+            text = orjson.dumps(text).decode()
+        pairs.append(f"{key}={text}")
+    return " ".join(pairs)
+
+
+def text_format(record: Record) -> str:
+    """The loguru format of a text line: the message first, then its context fields."""
+    # As for JSON: the fields go through the record, so no brace or tag in a value is
+    # taken for a field or a colour.
+    fields = text_fields(record)
+    record["extra"]["_text"] = f" {fields}" if fields else ""
+    return TEXT_FORMAT
 
 
 class _ToLoguru(logging.Handler):
@@ -67,14 +99,7 @@ def setup_logging(fmt: str, level: str) -> None:
     if fmt == "json":
         logger.add(sys.stderr, level=level, format=_json_format, backtrace=False, diagnose=False)
     else:
-        logger.add(
-            sys.stderr,
-            level=level,
-            backtrace=False,
-            diagnose=False,
-            format="<green>{time:HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
-            "<cyan>{extra}</cyan> {message}",
-        )
+        logger.add(sys.stderr, level=level, format=text_format, backtrace=False, diagnose=False)
     logging.basicConfig(handlers=[_ToLoguru()], level=logging.WARNING, force=True)
     # Access logs and per-request noise stay out; warnings and errors come through.
     for name in ("httpx", "httpcore", "hypercorn.access", "trio-websocket"):

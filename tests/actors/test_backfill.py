@@ -26,12 +26,8 @@ from screener.core.snapshot import Latest
 from screener.mexc.client import RestFailed
 from tests.actors.fakes import start_window
 from tests.actors.memory_exchange import MemoryExchange
+from tests.helpers import sample
 from tests.kline_builders import M, history, k
-
-
-def counter_value(metrics: Metrics, name: str, **labels: str) -> float:
-    value = metrics.registry.get_sample_value(name, labels or None)
-    return 0.0 if value is None else value
 
 
 async def test_window_actor_sends_no_event_for_history_and_rest_prices_keep_it_stale(
@@ -58,7 +54,7 @@ async def test_window_actor_sends_no_event_for_history_and_rest_prices_keep_it_s
             [event] = await events_recv.receive()
             assert feed.value.last_push_at == 1.0
             nursery.cancel_scope.cancel()
-    assert counter_value(metrics, "screener_messages_rejected_total", reason="late") == 0
+    assert sample(metrics, "screener_messages_rejected_total", reason="late") == 0
 
 
 async def test_backfill_fetches_each_symbol_once_and_reports_progress(
@@ -117,7 +113,7 @@ async def test_backfill_fetches_each_symbol_once_and_reports_progress(
         except trio.EndOfChannel:
             break
     assert len(rows) == 3 * 4  # four candles each for A, B and C; nothing for BAD
-    assert counter_value(metrics, "screener_backfill_symbols_total", result="failed") == 1
+    assert sample(metrics, "screener_backfill_symbols_total", result="failed") == 1
 
 
 async def test_connection_asks_for_a_refill_only_after_a_long_enough_outage(

@@ -17,6 +17,7 @@ from screener.core.metrics import Metrics
 from screener.core.models import HISTORY_SOURCE, BackfillProgress, Kline, SymbolSet, WindowInbox
 from screener.core.snapshot import Latest
 from screener.mexc.client import RestFailed
+from tests.helpers import sample
 
 M = 1_770_330_480  # a minute boundary (seconds); M % 300 == 180
 
@@ -102,8 +103,7 @@ def symbols(*names: str) -> SymbolSet:
 
 
 def fill_counter(metrics: Metrics, result: str) -> float:
-    value = metrics.registry.get_sample_value("screener_backfill_symbols_total", {"result": result})
-    return 0.0 if value is None else value
+    return sample(metrics, "screener_backfill_symbols_total", result=result)
 
 
 @contextmanager

@@ -21,6 +21,7 @@ from screener.core.models import ConnStatus, Kline, WindowInbox
 from screener.core.supervise import Reachability
 from tests.actors.fakes import start_connection
 from tests.actors.memory_exchange import MemoryExchange
+from tests.helpers import sample
 
 # No silence check in the recovery tests (they push nothing): the longest allowed.
 SETTINGS = load_settings(
@@ -29,10 +30,6 @@ SETTINGS = load_settings(
 SILENT_60 = load_settings(
     {"PING_INTERVAL_S": "15", "SUBSCRIBE_BATCH": "2", "SILENT_RESUBSCRIBE_S": "60"}
 ).exchange
-
-
-def sample(metrics: Metrics, name: str) -> float:
-    return metrics.registry.get_sample_value(name) or 0.0
 
 
 @pytest.fixture

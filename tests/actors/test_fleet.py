@@ -31,7 +31,7 @@ from screener.core.models import (
 )
 from screener.core.snapshot import Latest
 from screener.fleet.lease import ACQUIRE_OR_RENEW, RELEASE
-from tests.actors.fakes import M, MemoryRedis, market_data, threads_hold_clock
+from tests.actors.fakes import M, MemoryRedis, Write, market_data, threads_hold_clock
 
 LEASE_S = 6.0  # renewals every 2 s, fenced end 4.8 s after a request
 
@@ -338,6 +338,43 @@ async def test_a_leader_that_took_over_drops_what_it_held_from_before(
         standby = metrics.registry.get_sample_value("screener_fleet_standby_events_total")
         assert standby == 2
         nursery.cancel_scope.cancel()
+
+
+async def test_a_lease_answer_ends_the_publishers_backoff_after_a_redis_outage(
+    autojump_clock: trio.testing.MockClock, fake: MemoryRedis
+) -> None:
+    """The fleet actor's lease answer proves Redis answers: the publisher's retry goes then,
+    not at the end of a backoff grown through the outage (it once waited up to 30 s after a
+    Redis restart). An answer while the publisher still cannot reach Redis costs one PING,
+    and the backoff grows on."""
+    publisher = Publisher(
+        load_settings({}).redis,
+        fake.link(),
+        status=Latest(RedisStatus(up=True, error=None)),
+        metrics=Metrics(),
+        rand=lambda: 0.5,  # delays 0.25, 0.5, 1, 2, 4, 8, ...
+        fenced=True,
+    )
+    lease = Leadership("leader", 1000.0, 1, drop_held=False)
+    inbox_send, inbox_recv = trio.open_memory_channel[PublisherInbox](16)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(publisher.collect, inbox_recv)
+            nursery.start_soon(publisher.flush, fake.ping)
+            await inbox_send.send(lease)
+            await trio.sleep_until(1.0)
+            fake.state = "down"
+            await inbox_send.send(ev("A"))  # fails at 1.0; PINGs at 1.25, 1.75, 2.75, 4.75
+            await trio.sleep_until(6.0)
+            await inbox_send.send(lease)  # answered, but this link still fails: one PING
+            await trio.sleep_until(10.0)
+            fake.state = "up"  # the next PING by the backoff alone: 6.0 + 8 = 14.0
+            await trio.sleep_until(10.5)
+            await inbox_send.send(lease)
+            await trio.sleep_until(11.0)
+            nursery.cancel_scope.cancel()
+    assert fake.pings == [1.25, 1.75, 2.75, 4.75, 6.0, 10.5]
+    assert fake.delivered == [Write(10.5, "pubsub", ev("A"), None)]
 
 
 async def test_a_slice_whose_lease_ran_out_while_it_was_encoded_is_not_written(

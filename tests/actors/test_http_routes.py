@@ -1,5 +1,6 @@
 """HTTP routes /health, /top5 and /metrics through Quart's in-process test client on MockClock,
-with the snapshots set by the test as the actors would, changing over virtual time."""
+with the snapshots set by the test as the actors would, changing over virtual time (the tests
+that do not depend on time run without the MockClock)."""
 
 from __future__ import annotations
 
@@ -270,9 +271,7 @@ async def test_rest_mode_is_ok_while_a_kline_fetch_succeeded_within_stale_after(
     [None, Ranking(wall_ts=float(M), lookback_min=15, gainers=(), losers=(), ranked=0)],
     ids=["no-ranking", "nothing-ranked"],
 )
-async def test_top5_is_503_before_a_ranking_with_data(
-    autojump_clock: trio.testing.MockClock, latest: Ranking | None
-) -> None:
+async def test_top5_is_503_before_a_ranking_with_data(latest: Ranking | None) -> None:
     views = Views.empty()
     push(views)
     views.ranking.set(latest)
@@ -351,9 +350,7 @@ async def test_metrics_last_push_is_a_unix_time_computed_at_scrape_time(
             assert before - age - 0.5 <= pushed_at <= time.time() - age
 
 
-async def test_http_request_durations_are_counted_by_route(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
+async def test_http_request_durations_are_counted_by_route() -> None:
     metrics = Metrics()
     client = client_for(Views.empty(), 60.0, metrics=metrics)
     with trio.fail_after(10):

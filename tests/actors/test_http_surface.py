@@ -1,5 +1,6 @@
-"""The HTTP surface in-process (Quart's test client, virtual time): only GET on known
-routes, answers in JSON, no stack traces, handler errors logged for operators."""
+"""The HTTP surface in-process (Quart's test client): only GET on known routes, answers in
+JSON, no stack traces, handler errors logged for operators. Nothing here depends on time, so
+no MockClock."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from typing import Any
 
 import orjson
 import pytest
-import trio
 from loguru import logger
 from quart_trio import QuartTrio
 
@@ -39,9 +39,7 @@ def app() -> QuartTrio:
 
 @pytest.mark.parametrize("path", ["/health", "/top5", "/metrics", "/", "/stream", "/symbol/A_USDT"])
 @pytest.mark.parametrize("method", ["HEAD", "POST", "PUT", "DELETE", "PATCH", "TRACE"])
-async def test_only_get_on_known_routes(
-    autojump_clock: trio.testing.MockClock, app: QuartTrio, method: str, path: str
-) -> None:
+async def test_only_get_on_known_routes(app: QuartTrio, method: str, path: str) -> None:
     response = await app.test_client().open(path, method=method)
     body = await response.get_data()
     assert_json_error(response, 405, body)
@@ -49,18 +47,14 @@ async def test_only_get_on_known_routes(
     assert response.headers["Allow"] == "GET"  # RFC 9110 15.5.6: a 405 names what is allowed
 
 
-async def test_options_is_not_answered_either(
-    autojump_clock: trio.testing.MockClock, app: QuartTrio
-) -> None:
+async def test_options_is_not_answered_either(app: QuartTrio) -> None:
     """Quart answers OPTIONS on every route by itself (200, empty text/html)."""
     response = await app.test_client().open("/health", method="OPTIONS")
     assert_json_error(response, 405, await response.get_data())
     assert response.headers["Allow"] == "GET"
 
 
-async def test_head_on_an_unknown_path_stays_404(
-    autojump_clock: trio.testing.MockClock, app: QuartTrio
-) -> None:
+async def test_head_on_an_unknown_path_stays_404(app: QuartTrio) -> None:
     """HEAD is refused on the known routes (Werkzeug would answer it for every GET route),
     but an unknown path is still "not found", as for any other method."""
     response = await app.test_client().open("/nope", method="HEAD")
@@ -81,18 +75,14 @@ async def test_head_on_an_unknown_path_stays_404(
         "/%00",
     ],
 )
-async def test_unknown_paths_are_json_404(
-    autojump_clock: trio.testing.MockClock, app: QuartTrio, path: str
-) -> None:
+async def test_unknown_paths_are_json_404(app: QuartTrio, path: str) -> None:
     response = await app.test_client().get(path)
     body = await response.get_data()
     assert_json_error(response, 404, body)
     assert orjson.loads(body) == {"error": "not found"}
 
 
-async def test_handler_error_is_json_500_without_details(
-    autojump_clock: trio.testing.MockClock, app: QuartTrio
-) -> None:
+async def test_handler_error_is_json_500_without_details(app: QuartTrio) -> None:
     views = Views.empty()
     app = create_app(views, Metrics(), stale_after_s=60)
     views.ranking.set(_Broken())  # type: ignore[arg-type]
@@ -104,9 +94,7 @@ async def test_handler_error_is_json_500_without_details(
     assert b"/srv" not in body
 
 
-async def test_handler_error_is_logged_for_operators(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
+async def test_handler_error_is_logged_for_operators() -> None:
     """The client gets no details, but the operator must: a 500 nobody sees is a silent bug."""
     views = Views.empty()
     app = create_app(views, Metrics(), stale_after_s=60)

@@ -1,6 +1,6 @@
-"""The live page's other routes through Quart's in-process client on MockClock: GET / (the
-packaged page, nothing fetched from elsewhere), GET /symbol/<SYMBOL> from the candles
-snapshot, and the candles reaching that snapshot from the real window and ranking actors."""
+"""The live page's other routes through Quart's in-process client: GET / (the packaged page,
+nothing fetched from elsewhere), GET /symbol/<SYMBOL> from the candles snapshot, and (on
+MockClock) the candles reaching that snapshot from the real window and ranking actors."""
 
 from __future__ import annotations
 
@@ -28,9 +28,7 @@ def kline(symbol: str, minute: int, close: float, at_s: float = 30.0) -> Kline:
     )
 
 
-async def test_the_page_is_the_packaged_file_with_a_policy_that_keeps_it_local(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
+async def test_the_page_is_the_packaged_file_with_a_policy_that_keeps_it_local() -> None:
     metrics = Metrics()
     client = client_for(Views.empty(), metrics=metrics)
     with trio.fail_after(10):
@@ -53,9 +51,7 @@ async def test_the_page_is_the_packaged_file_with_a_policy_that_keeps_it_local(
     assert count == 1
 
 
-async def test_symbol_answers_the_window_from_the_snapshot_and_404_otherwise(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
+async def test_symbol_answers_the_window_from_the_snapshot_and_404_otherwise() -> None:
     views = Views.empty()
     candles = (kline("A_USDT", 0, 1.1), kline("A_USDT", 1, 1.2))
     charts = Charts(wall_ts=M + 90.0, lookback_min=15, candles={"A_USDT": candles})

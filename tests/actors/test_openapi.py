@@ -38,9 +38,7 @@ async def test_openapi_json_answers_the_packaged_document(
     assert trio.current_time() == 0
 
 
-async def test_openapi_json_keeps_the_get_only_json_error_rules(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
+async def test_openapi_json_keeps_the_get_only_json_error_rules() -> None:
     client = create_app(Views.empty(), Metrics(), stale_after_s=60.0).test_client()
     with trio.fail_after(10):
         answers = [

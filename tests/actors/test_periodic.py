@@ -72,9 +72,7 @@ async def test_a_given_start_fixes_the_grid(
 
 
 @pytest.mark.parametrize("period_s", [0.0, -1.0, math.inf, -math.inf, math.nan])
-async def test_a_period_that_is_not_a_positive_finite_number_is_rejected(
-    autojump_clock: trio.testing.MockClock, period_s: float
-) -> None:
+async def test_a_period_that_is_not_a_positive_finite_number_is_rejected(period_s: float) -> None:
     with pytest.raises(ValueError, match="period must be a positive number"):
         Ticker(period_s)  # checked before the clock is read: no await, no ceiling needed
 

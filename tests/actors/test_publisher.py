@@ -4,8 +4,6 @@ and log lines."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import trio
 import trio.testing
@@ -22,9 +20,9 @@ from tests.actors.fakes import (
     Write,
     doc,
     market_data,
-    publisher_lines,
     threads_hold_clock,
 )
+from tests.helpers import sample
 
 SETTINGS: RedisSettings = load_settings({"PUBLISH_BUFFER": "100"}).redis
 TARGET = "redis://localhost:6379"
@@ -55,22 +53,6 @@ def ranking(n: int) -> Ranking:
 def Batch(at: float, events: list[MarketData], ranking: Ranking | None) -> Write:
     """A write to the pub/sub target as Redis received it."""
     return Write(at, "pubsub", events, None if ranking is None else doc(ranking))
-
-
-@pytest.fixture
-def fake(autojump_clock: trio.testing.MockClock) -> MemoryRedis:
-    return MemoryRedis(autojump_clock)
-
-
-@pytest.fixture
-def logs() -> Iterator[list[tuple[str, str]]]:
-    """The publisher's log lines as (level, message)."""
-    with publisher_lines() as lines:
-        yield lines
-
-
-def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
-    return metrics.registry.get_sample_value(name, labels)
 
 
 def published(metrics: Metrics, channel: str) -> float | None:

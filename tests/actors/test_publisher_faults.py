@@ -5,7 +5,6 @@ virtual times, statuses, metrics and log lines."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -26,9 +25,9 @@ from tests.actors.fakes import (
     doc,
     event_of,
     market_data,
-    publisher_lines,
     threads_hold_clock,
 )
+from tests.helpers import sample
 
 PUBSUB: RedisSettings = load_settings({"PUBLISH_BUFFER": "20000"}).redis
 STREAM: RedisSettings = load_settings({"PUBLISH_BUFFER": "20000", "PUBLISH_MODE": "stream"}).redis
@@ -49,26 +48,9 @@ def ranking(n: int) -> Ranking:
     return Ranking(wall_ts=M + 15.0 * n, lookback_min=15, gainers=(), losers=(), ranked=0)
 
 
-@pytest.fixture
-def fake(autojump_clock: trio.testing.MockClock) -> MemoryRedis:
-    return MemoryRedis(autojump_clock)
-
-
 def out_of_memory_for_streams(command: list[bytes]) -> str | None:
     """OOM for every XADD (PUBLISH takes no memory, so it still goes through)."""
     return OOM if command[0] == b"XADD" else None
-
-
-@pytest.fixture
-def logs() -> Iterator[list[tuple[str, str]]]:
-    """The publisher's log lines as (level, message)."""
-    with publisher_lines() as lines:
-        yield lines
-
-
-def sample(metrics: Metrics, name: str, **labels: str) -> float:
-    value = metrics.registry.get_sample_value(name, labels)
-    return 0.0 if value is None else value
 
 
 def published(metrics: Metrics) -> float:

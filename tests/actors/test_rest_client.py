@@ -28,6 +28,7 @@ from screener.mexc.client import (
     fetch_tickers,
 )
 from screener.mexc.rest import Contract, Tick
+from tests.helpers import sample
 
 FRAMES = Path(__file__).parent.parent / "frames"
 BASE = "https://mexc.test"
@@ -200,10 +201,6 @@ async def rest_client(
             ),
             metrics,
         )
-
-
-def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
-    return metrics.registry.get_sample_value(name, labels or None)
 
 
 def failures(metrics: Metrics) -> dict[tuple[str, str], float]:

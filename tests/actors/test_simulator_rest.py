@@ -1,6 +1,7 @@
 """The simulator's REST side in-process (its ASGI app behind `httpx.ASGITransport`, no
-socket) on MockClock: contract list, columnar klines that agree with live pushes, tickers,
-scripted faults. Its WebSocket side is tested over real sockets in tests/system/."""
+socket): contract list, columnar klines that agree with live pushes, tickers, scripted
+faults; the simulator's wall clock is a fake one, and the hang fault runs on MockClock. Its
+WebSocket side is tested over real sockets in tests/system/."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def assert_continuous(data: dict[str, list[float]]) -> None:
         assert low <= min(o, c)
 
 
-async def test_rest_contract_detail(autojump_clock: trio.testing.MockClock) -> None:
+async def test_rest_contract_detail() -> None:
     with trio.fail_after(10):
         ex, _ = make()
         async with in_process(ex) as client:
@@ -83,9 +84,7 @@ async def test_rest_contract_detail(autojump_clock: trio.testing.MockClock) -> N
         assert missing == {"success": False, "code": 1001, "message": "contract does not exist"}
 
 
-async def test_rest_kline_columns_and_live_agreement(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
+async def test_rest_kline_columns_and_live_agreement() -> None:
     with trio.fail_after(10):
         ex, clock = make()
         async with in_process(ex) as client:
@@ -156,7 +155,7 @@ async def test_rest_kline_columns_and_live_agreement(
         assert unknown["code"] == 1001
 
 
-async def test_rest_kline_is_deterministic(autojump_clock: trio.testing.MockClock) -> None:
+async def test_rest_kline_is_deterministic() -> None:
     with trio.fail_after(10):
         a, _ = make()
         b, _ = make()
@@ -168,7 +167,7 @@ async def test_rest_kline_is_deterministic(autojump_clock: trio.testing.MockCloc
         assert len(one["data"]["time"]) == 50
 
 
-async def test_rest_ticker(autojump_clock: trio.testing.MockClock) -> None:
+async def test_rest_ticker() -> None:
     with trio.fail_after(10):
         ex, _ = make()
         async with in_process(ex) as client:
@@ -205,9 +204,7 @@ async def test_rest_ticker(autojump_clock: trio.testing.MockClock) -> None:
         ("garbage", 200, None),
     ],
 )
-async def test_rest_faults(
-    autojump_clock: trio.testing.MockClock, fault: str, status: int, body: dict[str, Any] | None
-) -> None:
+async def test_rest_faults(fault: str, status: int, body: dict[str, Any] | None) -> None:
     with trio.fail_after(10):
         ex, _ = make()
         async with in_process(ex) as client:

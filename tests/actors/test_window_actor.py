@@ -29,6 +29,7 @@ from screener.core.models import (
 )
 from screener.core.snapshot import Latest
 from tests.actors.fakes import start_window
+from tests.helpers import sample
 
 M = 1_770_330_480  # a minute boundary (seconds)
 
@@ -75,9 +76,6 @@ class Rig:
         with pytest.raises(trio.WouldBlock):
             self.events.receive_nowait()
 
-    def sample(self, name: str, **labels: str) -> float | None:
-        return self.metrics.registry.get_sample_value(name, labels or None)
-
 
 @asynccontextmanager
 async def window(*, batch_wait_s: float = 0.0, lookback_min: int = 3) -> AsyncIterator[Rig]:
@@ -111,7 +109,7 @@ async def test_with_batch_wait_a_burst_leaves_as_one_batch_after_exactly_the_wai
             await trio.sleep(0.125)
             await rig.inbox.send(push("C_USDT"))
             assert await rig.batch() == (0.5, ["A_USDT", "B_USDT", "C_USDT"])
-            assert rig.sample("screener_queue_peak", queue="ingest") == 3
+            assert sample(rig.metrics, "screener_queue_peak", queue="ingest") == 3
             await trio.sleep(0.5)  # t=1.0: the next burst waits from its own first push
             await rig.inbox.send(push("D_USDT"))
             await rig.inbox.send(push("E_USDT"))
@@ -162,14 +160,12 @@ async def test_without_a_fixed_wait_a_push_leaves_at_once_with_what_is_ready_in_
             await rig.assert_no_batch()
 
 
-async def test_connection_states_feed_the_counts_and_retired_chunks_leave_the_total(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
+async def test_connection_states_feed_the_counts_and_retired_chunks_leave_the_total() -> None:
     async def feed_after(*changes: ConnStatus) -> tuple[int, int, float | None]:
         for change in changes:
             await rig.inbox.send(change)
         await trio.testing.wait_all_tasks_blocked()
-        up = rig.sample("screener_connections_up")
+        up = sample(rig.metrics, "screener_connections_up")
         assert up == rig.feed.value.conns_up
         return rig.feed.value.conns_up, rig.feed.value.conns_total, rig.feed.value.last_push_at
 
@@ -250,11 +246,11 @@ async def test_late_pushes_are_counted_and_history_is_not(
             ):
                 rig.inbox.send_nowait(item)
             assert await rig.batch() == (0.0, ["A_USDT", "B_USDT"])
-            assert rig.sample(late[0], reason=late[1]) == 2
+            assert sample(rig.metrics, late[0], reason=late[1]) == 2
             await trio.sleep(1)
             rig.inbox.send_nowait(push("C_USDT", 6))
             await rig.assert_no_batch()  # nothing accepted, nothing sent
-            assert rig.sample(late[0], reason=late[1]) == 3
+            assert sample(rig.metrics, late[0], reason=late[1]) == 3
 
 
 async def test_last_push_at_is_the_arrival_of_the_first_live_push_of_a_batch(
@@ -292,23 +288,23 @@ async def test_the_ingest_peak_is_the_most_items_waiting_at_one_wakeup(
 ) -> None:
     with trio.fail_after(10):
         async with window() as rig:
-            assert rig.sample("screener_queue_peak", queue="ingest") == 0
+            assert sample(rig.metrics, "screener_queue_peak", queue="ingest") == 0
             for symbol in ("A_USDT", "B_USDT", "C_USDT", "D_USDT", "E_USDT"):
                 rig.inbox.send_nowait(push(symbol))
             assert (await rig.batch())[0] == 0.0
-            assert rig.sample("screener_queue_peak", queue="ingest") == 5
+            assert sample(rig.metrics, "screener_queue_peak", queue="ingest") == 5
             await trio.sleep(1)
             rig.inbox.send_nowait(push("A_USDT", 1))
             rig.inbox.send_nowait(push("B_USDT", 1))
             assert (await rig.batch())[0] == 1.0
-            assert rig.sample("screener_queue_peak", queue="ingest") == 5  # a peak stays
+            assert sample(rig.metrics, "screener_queue_peak", queue="ingest") == 5  # a peak stays
             await trio.sleep(1)
             for conn_id in range(4):  # every inbox item counts, not only pushes
                 rig.inbox.send_nowait(ConnStatus(conn_id=conn_id, up=True))
             for symbol in ("A_USDT", "B_USDT", "C_USDT"):
                 rig.inbox.send_nowait(push(symbol, 2))
             assert (await rig.batch())[0] == 2.0
-            assert rig.sample("screener_queue_peak", queue="ingest") == 7
+            assert sample(rig.metrics, "screener_queue_peak", queue="ingest") == 7
 
 
 async def test_when_every_sender_is_closed_the_queue_drains_and_the_outbox_closes(

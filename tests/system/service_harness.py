@@ -8,10 +8,11 @@ does not match fails the test, so every system test also checks the published co
 
 from __future__ import annotations
 
+import inspect
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
@@ -25,6 +26,7 @@ from devtools.simulator import FakeExchange, SimAddress, SimConfig
 from screener.app import Service, run_service
 from screener.core.config import Settings, load_settings
 from tests.contracts import SCHEMA_NAMES, TOP5_RANKING, check_document, schema_errors
+from tests.helpers import sample
 
 
 def service_settings(sim: SimAddress, redis_port: int, **overrides: str) -> Settings:
@@ -112,15 +114,20 @@ class Subscriber:
         self._raise_if_invalid()
 
 
-async def eventually(check: Callable[[], bool], *, within_s: float = 10.0, what: str = "") -> None:
+async def eventually(
+    check: Callable[[], bool | Awaitable[bool]], *, within_s: float = 10.0, what: str = ""
+) -> None:
     """Wait for a condition that depends on real sockets, threads or another process.
 
+    `check` is a plain function or an async one (an HTTP request, a read from Redis).
     Polling is deliberate: those have no trio.Event to wait on. The ceiling keeps it bounded.
     """
     with trio.move_on_after(within_s):
-        while not check():  # noqa: ASYNC110
+        while True:
+            outcome = check()
+            if await outcome if inspect.isawaitable(outcome) else outcome:
+                return
             await trio.sleep(0.02)
-        return
     raise AssertionError(f"not within {within_s}s: {what or check}")
 
 
@@ -160,5 +167,4 @@ async def running(
 
 def counter(svc: Service, name: str, **labels: str) -> float:
     """A sample of the service's own Prometheus registry (0 before it exists)."""
-    value = svc.metrics.registry.get_sample_value(name, labels or None)
-    return 0.0 if value is None else value
+    return sample(svc.metrics, name, **labels)

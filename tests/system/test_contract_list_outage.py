@@ -76,9 +76,7 @@ async def test_contract_list_down_while_the_ticker_works_is_503_and_publishes_no
                     response = await http.get("/health")
                     return response.status_code == 200 and response.json()["status"] == "ok"
 
-                with trio.move_on_after(10):
-                    while not await healthy():  # noqa: ASYNC110 - real sockets, no event
-                        await trio.sleep(0.05)
+                await eventually(healthy, what="healthy again")
                 await eventually(lambda: len(sub.get("top_movers")) >= 3, what="rankings")
                 recovered = (await http.get("/health")).json()
                 top5_after = await http.get("/top5")

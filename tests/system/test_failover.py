@@ -13,16 +13,6 @@ from tests.system.frozen_clock import frozen_simulator, service
 from tests.system.service_harness import Subscriber, counter, eventually
 
 
-async def wait_for(check: object, *, what: str, within_s: float = 10.0) -> None:
-    """`eventually` for a check that must itself await (an HTTP request, a push)."""
-    assert callable(check)
-    with trio.move_on_after(within_s):
-        while not await check():  # noqa: ASYNC110 - real sockets, no event
-            await trio.sleep(0.05)
-        return
-    raise AssertionError(f"not within {within_s}s: {what}")
-
-
 async def test_dark_websocket_fails_over_to_rest_then_recovers(redis_server: RedisServer) -> None:
     sub = Subscriber(redis_server.port, "market_data")
     env = {"STALE_AFTER_S": "1", "FALLBACK_POLL_S": "0.2", "TOP_N": "2"}
@@ -48,7 +38,7 @@ async def test_dark_websocket_fails_over_to_rest_then_recovers(redis_server: Red
                     health_now.update(response.json(), code=response.status_code)
                     return health_now["feed"] == "rest" and health_now["status"] == "degraded"
 
-                await wait_for(rest_feed, what="REST failover in /health")
+                await eventually(rest_feed, what="REST failover in /health")
                 assert health_now["code"] == 200
                 assert health_now["connections"]["up"] == 0
 
@@ -81,7 +71,7 @@ async def test_dark_websocket_fails_over_to_rest_then_recovers(redis_server: Red
                     health_now.update(response.json(), code=response.status_code)
                     return health_now["feed"] == "ws" and health_now["status"] == "ok"
 
-                await wait_for(ws_feed, what="back on the WebSocket feed")
+                await eventually(ws_feed, what="back on the WebSocket feed")
                 await eventually(lambda: counter(svc, "screener_feed_rest") == 0)
                 assert counter(svc, "screener_rest_requests_total", endpoint="ticker") >= 2
     finally:

@@ -4,7 +4,8 @@ full window of REST history.
 
 The page's gainers and losers are /top5's; the page follows new rankings by itself, without a
 reload; a sparkline has as many points as its symbol's window has minutes (/symbol); a click
-opens the symbol's candles; on a phone-sized screen no table is wider than its box. A screenshot
+opens the symbol's candles; on a phone-sized screen no table is wider than its box; a single
+instance (one shard, one replica) shows no fleet line, a fleet's status does. A screenshot
 goes to the test's directory, and to `$SCREENSHOT_TO` too when set (`SCREENSHOT_TO=
 docs/screenshot.png`: the README's picture).
 
@@ -96,6 +97,21 @@ def _sparkline_is_the_window(page: Any, http: httpx.Client) -> int:
     raise AssertionError("the page and /symbol never agreed on a ranking")
 
 
+# What the page calls a fleet, for each kind of `fleet` block /health can carry.
+IS_FLEET = """() => [
+  { shard: 0, shards: 1, role: "leader", leader: "a", replica: "a" },  // alone
+  { shard: 0, shards: 1, role: "standby", leader: null, replica: "a" },  // no lease answer yet
+  { shard: 0, shards: 1, role: "standby", leader: "a", replica: "b" },  // a standby
+  { shard: 1, shards: 2, role: "leader", leader: "b", replica: "b" },  // one of two shards
+  undefined,
+].map(isFleet)"""
+SHOW_STATUS = """(doc) => {
+  onStatus(doc);
+  const line = document.getElementById("fleet");
+  return line.hidden ? null : line.textContent;
+}"""
+
+
 def drive(url: str, out: Path) -> dict[str, Any]:
     from playwright.sync_api import sync_playwright
 
@@ -154,6 +170,13 @@ def drive(url: str, out: Path) -> dict[str, Any]:
             )
             page.screenshot(path=str(out / "live-page-phone.png"), full_page=True)
             seen["symbol"] = symbol
+
+            # One shard, one replica: no fleet line. The status of a fleet shows it.
+            seen["fleet_block"] = http.get("/health").json()["fleet"]
+            seen["fleet_hidden"] = page.evaluate("() => document.getElementById('fleet').hidden")
+            seen["is_fleet"] = page.evaluate(IS_FLEET)
+            status = http.get("/health").json() | {"fleet": {**seen["fleet_block"], "shards": 2}}
+            seen["fleet_line"] = page.evaluate(SHOW_STATUS, status)
         finally:
             browser.close()
     return seen
@@ -181,6 +204,11 @@ async def test_the_live_page_in_chromium_follows_the_service(
     assert seen["detail_title"] == seen["symbol"].replace("_", " / ")
     assert seen["detail_candles"] == seen["symbol_candles"] > 1
     assert seen["phone_overflow"] <= 0
+    fleet = seen["fleet_block"]
+    assert (fleet["shards"], fleet["role"], fleet["leader"]) == (1, "leader", fleet["replica"])
+    assert seen["fleet_hidden"] is True
+    assert seen["is_fleet"] == [False, False, True, True, False]
+    assert seen["fleet_line"].startswith("Fleet: shard 0 of 2")
     shot = tmp_path / "live-page.png"
     assert shot.stat().st_size > 10_000
     target = os.environ.get("SCREENSHOT_TO")

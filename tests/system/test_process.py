@@ -126,9 +126,7 @@ async def _sigterm_exits_cleanly(redis_port: int) -> tuple[FakeExchange, float, 
                         return False
                     return r.status_code == 200
 
-                with trio.fail_after(20):
-                    while not await healthy():  # noqa: ASYNC110 - another process
-                        await trio.sleep(0.05)
+                await eventually(healthy, within_s=20, what="healthy")
             await eventually(lambda: ex.connections == 3)
             await trio.sleep(0.5)  # let it run under full load for a moment
             started = trio.current_time()
@@ -171,6 +169,25 @@ def assert_pipeline_json(log: str) -> None:
     assert all(str(ROOT) not in line for line in lines)
     assert any(r.get("actor") == "universe" and r["logger"] == "actors.universe" for r in records)
     assert any(r["message"].startswith("SIGTERM received") and r["actor"] == "app" for r in records)
+
+
+def test_text_logs_put_the_message_before_the_fields() -> None:
+    """LOG_FORMAT=text as a terminal shows it: the message first, then `key=value` fields; a
+    library's stdlib log line names its logger the same way."""
+    script = (
+        "import logging; from loguru import logger; from screener.core.logs import setup_logging; "
+        "setup_logging('text', 'INFO'); "
+        "logger.bind(actor='ranking').info('ranking: {n} symbols ranked', n=12); "
+        "logging.getLogger('hypercorn.error').warning('slow client')"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert [line[13:] for line in out.stderr.splitlines()] == [
+        "INFO    ranking: 12 symbols ranked actor=ranking n=12",
+        "WARNING slow client lib=hypercorn.error",
+    ]
 
 
 async def test_sigterm_while_redis_is_down_exits_0_within_5s(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import signal
 import statistics
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -331,15 +331,6 @@ async def service_process(sim: SimAddress, redis_port: int, **extra: str) -> Asy
             await proc.wait()
 
 
-async def until(check: Callable[[], Awaitable[bool]], what: str, within_s: float = 20.0) -> None:
-    """`eventually` for async checks (HTTP to another process)."""
-    with trio.move_on_after(within_s):
-        while not await check():  # noqa: ASYNC110 - another process: no event to wait on
-            await trio.sleep(0.1)
-        return
-    raise AssertionError(f"not within {within_s}s: {what}")
-
-
 @pytest.mark.parametrize("load", [False, True], ids=["in-flight", "under-load"])
 async def test_sigterm_while_redis_hangs_says_how_many_events_are_not_published(
     redis_server: RedisServer, load: bool
@@ -369,15 +360,15 @@ async def test_sigterm_while_redis_hangs_says_how_many_events_are_not_published(
         async def backlog() -> bool:
             return (await svc.metrics())["screener_publish_backlog"] > 100
 
-        await until(subscribed, "subscribed")
+        await eventually(subscribed, what="subscribed", within_s=20)
         if not load:
             for symbol in ex.live_symbols:
                 await ex.push(symbol)
-        await until(published, "events published")
+        await eventually(published, what="events published", within_s=20)
         os.kill(redis_server.proc.pid, signal.SIGSTOP)
         try:
             if load:
-                await until(backlog, "a backlog while Redis hangs")
+                await eventually(backlog, what="a backlog while Redis hangs", within_s=20)
             else:
                 for symbol in ex.live_symbols:
                     await ex.push(symbol)
@@ -427,7 +418,7 @@ async def test_rss_after_a_30s_outage_at_1000_pushes_per_s_stays_within_1_5x(
         async def flowing() -> bool:
             return await metric(f'{PUBLISHED}{{channel="market_data"}}') > 0
 
-        await until(flowing, "events published")
+        await eventually(flowing, what="events published", within_s=20)
         await trio.sleep(20)  # windows filled, caches warm
         steady_samples = []
         for _ in range(10):

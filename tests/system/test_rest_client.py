@@ -22,16 +22,12 @@ from screener.mexc.client import (
     fetch_tickers,
     open_rest_client,
 )
+from tests.helpers import sample
 
 T0 = 1_770_330_485.0  # a fixed simulator wall clock, mid-minute
 
 
 MINUTE = int(T0) // 60 * 60
-
-
-def sample(metrics: Metrics, name: str, **labels: str) -> float:
-    value = metrics.registry.get_sample_value(name, labels or None)
-    return 0.0 if value is None else value
 
 
 @asynccontextmanager

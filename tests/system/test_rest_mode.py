@@ -90,14 +90,14 @@ async def test_rest_screener_ranks_from_klines_and_follows_each_poll(
                     r = await http.get("/top5")
                     return r.status_code == 200 and len(r.json()["top5_gainers"]) == 3
 
-                await wait_until(ranked_all)
+                await eventually(ranked_all)
                 symbols = ex.live_symbols
-                await wait_until(lambda: health_ok(http))
+                await eventually(lambda: health_ok(http))
                 top = (await http.get("/top5")).json()
                 expected = await expected_changes(sim, symbols, mexc, rows)
                 # A ranking may be cut while the first poll round is still fetching: wait for
                 # the one made after every symbol arrived.
-                await wait_until(lambda: ranking_is(http, expected))
+                await eventually(lambda: ranking_is(http, expected))
                 top = (await http.get("/top5")).json()
                 assert top["stale"] is False
                 assert top["lookback_min"] == 15
@@ -113,7 +113,7 @@ async def test_rest_screener_ranks_from_klines_and_follows_each_poll(
                     body = (await http.get("/top5")).json()
                     return bool(body["top5_gainers"][0]["symbol"] == mover)
 
-                await wait_until(mover_on_top)
+                await eventually(mover_on_top)
                 top = (await http.get("/top5")).json()
                 assert_ranking(top, await expected_changes(sim, symbols, mexc, rows))
                 health = (await http.get("/health")).json()
@@ -156,19 +156,9 @@ async def test_rest_screener_health_is_stale_without_rest_data(redis_server: Red
             healthy, line = await trio.to_thread.run_sync(probe_rest)
             assert (healthy, line.endswith("HTTP 503")) == (False, True)
             ex.rest_fault = None
-            await wait_until(lambda: health_ok(http))
+            await eventually(lambda: health_ok(http))
             assert (await trio.to_thread.run_sync(probe_rest))[0] is True  # the image's probe
 
 
 def test_cli_has_the_rest_subcommand() -> None:
     assert build_parser().parse_args(["rest"]).command == "rest"
-
-
-async def wait_until(check: object, within_s: float = 10.0) -> None:
-    """Poll an awaitable check against real sockets; the ceiling keeps it bounded."""
-    assert callable(check)
-    with trio.move_on_after(within_s):
-        while not await check():  # noqa: ASYNC110 - real sockets, no event to wait on
-            await trio.sleep(0.05)
-        return
-    raise AssertionError(f"not within {within_s}s: {check}")
