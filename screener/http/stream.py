@@ -16,7 +16,8 @@ Only snapshots are read (`Views`): no stream, however many or slow, reaches an a
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Final
+from dataclasses import KW_ONLY, dataclass, field
+from typing import TYPE_CHECKING, Final
 
 import orjson
 import trio
@@ -27,6 +28,9 @@ from screener.core.periodic import Ticker
 from screener.core.snapshot import Views
 from screener.http.charts import sparklines
 from screener.http.health import health_report, top5_report
+
+if TYPE_CHECKING:
+    from loguru import Logger
 
 STATUS_S: Final = 5.0
 """Between status events: the page's status line (feed, connections, Redis, push age)."""
@@ -53,39 +57,29 @@ def sse(event: str, data: object) -> bytes:
 Queue = trio.MemoryReceiveChannel[bytes]
 
 
+@dataclass(eq=False)
 class Streams:
     """The open streams and the one task that feeds them (`run`)."""
 
-    def __init__(
-        self,
-        views: Views,
-        metrics: Metrics,
-        *,
-        stale_after_s: float,
-        rest_mode: bool = False,
-        max_clients: int = 100,
-        status_s: float = STATUS_S,
-        heartbeat_s: float = HEARTBEAT_S,
-        queue_size: int = CLIENT_QUEUE,
-    ) -> None:
-        self.max_clients = max_clients
-        self.status_s = status_s
-        self.heartbeat_s = heartbeat_s
-        self._views = views
-        self._metrics = metrics
-        self._stale_after_s = stale_after_s
-        self._rest_mode = rest_mode
-        self._queue_size = queue_size
-        self._open: dict[Queue, trio.MemorySendChannel[bytes]] = {}
-        self._closed = False
-        self._log = logger.bind(actor="http")
+    views: Views
+    metrics: Metrics
+    _: KW_ONLY
+    stale_after_s: float
+    rest_mode: bool = False
+    max_clients: int = 100
+    status_s: float = STATUS_S
+    heartbeat_s: float = HEARTBEAT_S
+    queue_size: int = CLIENT_QUEUE
+    _open: dict[Queue, trio.MemorySendChannel[bytes]] = field(init=False, default_factory=dict)
+    _closed: bool = field(init=False, default=False)
+    _log: Logger = field(init=False, default_factory=lambda: logger.bind(actor="http"))
 
     def __len__(self) -> int:
         return len(self._open)
 
     def status_event(self) -> bytes:
         _, body = health_report(
-            self._views, trio.current_time(), self._stale_after_s, rest_mode=self._rest_mode
+            self.views, trio.current_time(), self.stale_after_s, rest_mode=self.rest_mode
         )
         return sse("status", body)
 
@@ -93,29 +87,29 @@ class Streams:
         """The /top5 document plus `ranked` and each listed symbol's `sparklines`; None before
         a ranking with data."""
         status, body = top5_report(
-            self._views, trio.current_time(), self._stale_after_s, rest_mode=self._rest_mode
+            self.views, trio.current_time(), self.stale_after_s, rest_mode=self.rest_mode
         )
-        ranking = self._views.ranking.value
+        ranking = self.views.ranking.value
         if status != 200 or ranking is None:
             return None
         listed = [s.symbol for s in (*ranking.gainers, *ranking.losers)]
         body["ranked"] = ranking.ranked
-        body["sparklines"] = sparklines(self._views.charts.value, listed)
+        body["sparklines"] = sparklines(self.views.charts.value, listed)
         return sse("ranking", body)
 
     def open(self) -> Queue | str:
         """A new stream's queue, already holding its first events; or why it is refused."""
         if self._closed or len(self._open) >= self.max_clients:
-            self._metrics.stream_refused.inc()
+            self.metrics.stream_refused.inc()
             return "shutting down" if self._closed else "too many streams"
-        send, queue = trio.open_memory_channel[bytes](self._queue_size)
+        send, queue = trio.open_memory_channel[bytes](self.queue_size)
         send.send_nowait(f"retry: {RETRY_MS}\n\n".encode())
         send.send_nowait(self.status_event())
         ranking = self.ranking_event()
         if ranking is not None:
             send.send_nowait(ranking)
         self._open[queue] = send
-        self._metrics.stream_clients.set(len(self._open))
+        self.metrics.stream_clients.set(len(self._open))
         return queue
 
     async def events(self, queue: Queue) -> AsyncIterator[bytes]:
@@ -137,7 +131,7 @@ class Streams:
         if send is not None:
             send.close()
         queue.close()
-        self._metrics.stream_clients.set(len(self._open))
+        self.metrics.stream_clients.set(len(self._open))
         return send is not None
 
     def offer(self, chunk: bytes) -> None:
@@ -147,10 +141,10 @@ class Streams:
                 send.send_nowait(chunk)
             except trio.WouldBlock:
                 if self._end(queue):
-                    self._metrics.stream_dropped.inc()
+                    self.metrics.stream_dropped.inc()
                     self._log.warning(
                         "live page stream dropped: its client is {n} events behind",
-                        n=self._queue_size,
+                        n=self.queue_size,
                     )
 
     def close(self) -> None:
@@ -161,7 +155,7 @@ class Streams:
 
     async def _rankings(self) -> None:
         while True:
-            await self._views.ranking.wait_set()
+            await self.views.ranking.wait_set()
             if self._open:
                 event = self.ranking_event()
                 if event is not None:
