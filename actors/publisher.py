@@ -31,9 +31,10 @@ import redis
 import trio
 from loguru import logger
 
+from screener.core.compat import observe_many
 from screener.core.config import RedisSettings
 from screener.core.logs import RateLimited
-from screener.core.metrics import Metrics, observe_many
+from screener.core.metrics import Metrics
 from screener.core.models import Leadership, PublisherInbox, Ranking, RedisStatus
 from screener.core.periodic import Pulse
 from screener.core.snapshot import Latest

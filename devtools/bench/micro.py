@@ -33,9 +33,9 @@ from trio_websocket import wrap_client_stream, wrap_server_stream
 
 from devtools.bench.side_env import COREDIS_VERSION, ensure_coredis
 from devtools.devredis import RedisServer
-from screener.core.compat import pending_messages
+from screener.core.compat import observe_many, pending_messages
 from screener.core.config import RedisSettings, load_settings
-from screener.core.metrics import Metrics, observe_many
+from screener.core.metrics import Metrics
 from screener.core.models import Kline, MarketData
 from screener.mexc.frames import _kline, decode
 from screener.redis.batch import BatchResult, encode_event, prepare_batch

@@ -6,7 +6,8 @@ surprise. Everything else uses public interfaces only.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from bisect import bisect_left
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Final, cast
@@ -19,6 +20,7 @@ from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import AppWrapper, ASGIFramework, ConnectionState, LifespanState
 from hypercorn.utils import wrap_app
+from prometheus_client import Histogram
 from trio_websocket import WebSocketConnection
 
 # --- hypercorn: serving connections that the service accepts itself ---------------------------
@@ -144,3 +146,34 @@ def pending_messages(ws: WebSocketConnection) -> trio.MemoryReceiveChannel[str |
     `EndOfChannel`, and `get_message` raises `ConnectionClosed`)."""
     queue = getattr(ws, "_recv_channel", None)
     return queue if isinstance(queue, trio.MemoryReceiveChannel) else None
+
+
+# --- prometheus-client: a histogram observed a batch at a time ----------------------------------
+
+PROMETHEUS_CLIENT_VERIFIED: Final = ("0.20.0", "0.26.0")
+"""prometheus-client releases `observe_many` was verified on: the floor pyproject.toml allows
+and the locked one (tests/unit/test_metrics_batch.py fails on any other)."""
+
+
+def observe_many(histogram: Histogram, amounts: Iterable[float]) -> None:
+    """`histogram.observe(a)` for every `a`, paid once per batch: the bucket of each amount
+    is found in one loop, then each bucket, the sum and the count move once. The client
+    library has no batch call, so this reads its bucket bounds and values (`_upper_bounds`,
+    `_buckets`, `_sum`, unchanged since 0.4); tests/unit/test_metrics_batch.py compares the
+    result with `observe` and fails on a release not in `PROMETHEUS_CLIENT_VERIFIED`. Not for
+    labelled parents or exemplars.
+
+    Why: the publisher records each event's push-to-Redis latency, a batch at a time; one
+    `observe` per amount costs 32 us for 20 latencies against 5 us here (`screener bench
+    --micro`, "histogram, 20 latencies"), about 1 % of a core at 2,000 pushes a second."""
+    bounds: list[float] = histogram._upper_bounds
+    counts = [0] * len(bounds)
+    total = 0.0
+    for amount in amounts:
+        counts[bisect_left(bounds, amount)] += 1
+        total += amount
+    buckets = histogram._buckets
+    for i, n in enumerate(counts):
+        if n:
+            buckets[i].inc(n)
+    histogram._sum.inc(total)

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import platform
 import time
-from bisect import bisect_left
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Final, NamedTuple
 
 from prometheus_client import (
@@ -323,22 +322,3 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-def observe_many(histogram: Histogram, amounts: Iterable[float]) -> None:
-    """`histogram.observe(a)` for every `a`, paid once per batch: the bucket of each amount
-    is found in one loop, then each bucket, the sum and the count move once. The client
-    library has no batch call, so this reads its bucket bounds and values (`_upper_bounds`,
-    `_buckets`, `_sum`: stable since 0.4; tests/unit/test_metrics_batch.py compares the
-    result with `observe`). Not for labelled parents or exemplars."""
-    bounds: list[float] = histogram._upper_bounds
-    counts = [0] * len(bounds)
-    total = 0.0
-    for amount in amounts:
-        counts[bisect_left(bounds, amount)] += 1
-        total += amount
-    buckets = histogram._buckets
-    for i, n in enumerate(counts):
-        if n:
-            buckets[i].inc(n)
-    histogram._sum.inc(total)
