@@ -151,29 +151,6 @@ def clients_table(res: Results) -> list[str]:
     return lines
 
 
-def writers_table(res: Results) -> list[str]:
-    """The one way of publishing (the socket link), a service run at the fixed rate."""
-    if not res.writers:
-        return []
-    names = {"socket": "socket link on the event loop, hiredis.Reader"}
-    lines = [
-        f"| way | service CPU at {res.plan.fixed_rate:,.0f} msg/s | "
-        "events/s into Redis | push-to-Redis p50 | p99 | rest of the machine |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for writer, w in res.writers.items():
-        hist = w.hist("sub")
-        ours = sum(w.cpu_pct(name) for name in w.a.cpu if name not in ("machine",))
-        lines.append(
-            f"| {names.get(writer, writer)} | "
-            f"{w.cpu_pct('service'):.1f} % | "
-            f"{w.rate('sub', 'events'):,.0f} | {_fmt(percentile(hist, 0.5), ' ms')} | "
-            f"{_fmt(percentile(hist, 0.99), ' ms')} | "
-            f"{max(w.cpu_pct('machine') - ours, 0):.0f} % |"
-        )
-    return lines
-
-
 def details(res: Results) -> list[str]:
     """The raw numbers behind the table, per phase and per process."""
     lines = [
@@ -363,21 +340,6 @@ def write_report(path: Path, res: Results, command: str) -> None:
         "",
         *clients_table(res),
         "",
-        *(
-            [
-                "### Publishing: the options measured",
-                "",
-                *writers_table(res),
-                "",
-                "Each option is the service started afresh (BACKFILL=off) and measured for "
-                f"{p.cpu_s:g} s at {p.fixed_rate:,.0f} msg/s, one after the other in this run; "
-                "`screener bench --micro` measures the hand-off alone (section "
-                '"The hot path: what changed").',
-                "",
-            ]
-            if res.writers
-            else []
-        ),
         "Set-up: every part is its own process on loopback: a private redis-server, the "
         f"simulator ({p.symbols} symbols, pushes round-robin in 10 ms bursts), the service "
         f"(`python -m screener`, {n_conns} connections of {p.per_conn} symbols, LOG_LEVEL="

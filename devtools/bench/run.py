@@ -50,8 +50,6 @@ class Results:
     ccxt_max: MeasureWindow | None = None
     ccxt_fixed: MeasureWindow | None = None
     ccxt_note: str | None = None  # why ccxt was not measured, or failed
-    # REDIS_WRITER option -> the service at the fixed rate with it (watch: "service", "sub")
-    writers: dict[str, MeasureWindow] = field(default_factory=dict)
     load: list[float] = field(default_factory=list)  # 1-minute load average, start and end
     svc_max: MeasureWindow | None = None
     trials: list[Trial] = field(default_factory=list)
@@ -88,8 +86,6 @@ def run(plan: Plan, *, profile: bool) -> Results:
         else:
             res.ccxt_note = "not run (quick mode or --no-ccxt)"
         service_phases(lab, sim, sub, plan, res, profile=profile)
-        if not plan.quick:
-            writer_phases(lab, sim, sub, plan, res)
         lab.stop(sim.child)
         if not plan.quick:
             try:
@@ -269,27 +265,6 @@ def service_phases(
         say("service: /top5 with the feed idle, for reference")
         res.top5_idle_ms, _ = top5_load(lab, svc, plan, plan.top5_s / 2)
     lab.stop(svc.child)
-
-
-WRITERS = ("socket",)
-"""The way the publisher writes: its socket link on the event loop (the one way left; the
-name keys the table)."""
-
-
-def writer_phases(lab: Lab, sim: Sim, sub: Child, plan: Plan, res: Results) -> None:
-    """The service at the fixed rate, writing its one way (no backfill: it would only add
-    its transient)."""
-    redis_pid = lab.redis.proc.pid if lab.redis.proc else 0
-    for writer in WRITERS:
-        say(f"service: {writer} link at {plan.fixed_rate:g} msg/s for {plan.cpu_s:g} s")
-        extra = {**plan.service_env, "BACKFILL": "off"}
-        svc = start_service(lab, sim, symbols=plan.symbols, per_conn=plan.per_conn, extra=extra)
-        watch = {"service": svc.child.pid, "sim": sim.child.pid, "sub": sub.pid, "redis": redis_pid}
-        sim.set_rate(plan.fixed_rate)
-        lab.sleep(plan.warmup_s)
-        res.writers[writer] = measure(lab, sim, watch, plan.cpu_s, svc)
-        sim.set_rate(0)
-        lab.stop(svc.child)
 
 
 def top5_load(lab: Lab, svc: ServiceProcess, plan: Plan, seconds: float) -> tuple[list[float], int]:
