@@ -14,29 +14,16 @@ import trio
 from screener.core.models import (
     BackfillProgress,
     FeedStatus,
-    Ranking,
     RedisStatus,
     RestFeedStatus,
-    SymbolStat,
     UniverseStatus,
 )
 from screener.core.snapshot import Views
 from tests.actors.fakes import client_for, get
 from tests.contracts import TOP5_RANKING, schema_errors
+from tests.helpers import ranked
 
 M = 1_770_330_480
-
-
-def ranked(views: Views) -> None:
-    views.ranking.set(
-        Ranking(
-            wall_ts=M + 0.5,
-            lookback_min=15,
-            gainers=(SymbolStat(symbol="A_USDT", change_pct=2.5, price=1.5e-8),),
-            losers=(SymbolStat(symbol="B_USDT", change_pct=-1.0, price=98_765.4),),
-            ranked=2,
-        )
-    )
 
 
 def pushed_at(at: float, up: int = 2, total: int = 2, down_since: float | None = None) -> Any:

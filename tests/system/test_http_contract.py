@@ -23,14 +23,13 @@ from screener.core.models import (
     Charts,
     FeedStatus,
     Kline,
-    Ranking,
     RedisStatus,
-    SymbolStat,
     UniverseStatus,
 )
 from screener.core.snapshot import Views
 from screener.http.routes import create_app, serve_http
 from screener.http.stream import Streams
+from tests.helpers import ranked
 
 M = 1_770_330_480  # 2026-02-05 22:28:00 UTC
 EXAMPLES = 25
@@ -44,15 +43,7 @@ def fresh_views(now: float) -> Views:
     views.universe.set(UniverseStatus(symbols=2, chunks=1, error=None))
     views.feed.set(FeedStatus(last_push_at=now, conns_up=1, conns_total=1))
     views.redis.set(RedisStatus(up=True, error=None))
-    views.ranking.set(
-        Ranking(
-            wall_ts=M + 0.5,
-            lookback_min=15,
-            gainers=(SymbolStat(symbol="A_USDT", change_pct=2.5, price=1.5e-8),),
-            losers=(SymbolStat(symbol="B_USDT", change_pct=-1.0, price=98_765.4),),
-            ranked=2,
-        )
-    )
+    ranked(views, wall_ts=M + 0.5)
     kline = Kline("A_USDT", M, 1e-8, 2e-8, 1e-8, 1.5e-8, 3.0, 4.5e-8, M * 1000 + 1, "mexc")
     views.charts.set(Charts(wall_ts=M + 20.5, lookback_min=15, candles={"A_USDT": (kline,)}))
     return views
