@@ -55,7 +55,11 @@ class Fleet:
     ) -> None:
         self.settings = settings
         self.client = client
-        self.lease = Lease(settings.replica_id, settings.lease_s)
+        self.lease = Lease(
+            settings.replica_id,
+            settings.lease_s,
+            keys=(settings.key(settings.shard, "lease"), settings.key(settings.shard, "term")),
+        )
         self.status = status
         self.metrics = metrics
         self.log = logger.bind(actor="fleet")

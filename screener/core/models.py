@@ -155,6 +155,18 @@ def _stat_dict(stat: SymbolStat) -> dict[str, object]:
 Role: TypeAlias = Literal["leader", "standby"]
 
 
+class Fence(NamedTuple):
+    """What Redis checks before it runs a leader's write (screener/redis/script.py): the
+    shard's lease key still holds `token` (this process's, no other's) and its term key
+    `term`. A deposed, frozen or partitioned leader's late write fails the check in Redis,
+    whatever its own clock says."""
+
+    lease_key: str
+    term_key: str
+    token: str
+    term: int
+
+
 class Leadership(NamedTuple):
     """The fence, sent to the publisher after every lease answer. It publishes while `role`
     is leader and its clock is before `valid_until` (trio time), holds what arrives while
@@ -166,6 +178,7 @@ class Leadership(NamedTuple):
     valid_until: float
     term: int
     drop_held: bool
+    fence: Fence | None = None  # a leader's token, for Redis to check; None: a standby
 
 
 class FleetStatus(NamedTuple):

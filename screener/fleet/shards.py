@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, NamedTuple
 
-from screener.core.models import Leadership, Ranking, Role, SymbolStat
+from screener.core.models import Fence, Leadership, Ranking, Role, SymbolStat
 
 FENCE_MARGIN: Final = 0.2
 """Share of the lease a leader gives up as a safety margin: it stops publishing at 80 % of
@@ -54,9 +54,18 @@ class Lease:
     by its own clock and publishes nothing until Redis confirms it again.
     """
 
-    def __init__(self, replica: str, lease_s: float) -> None:
+    def __init__(
+        self,
+        replica: str,
+        lease_s: float,
+        *,
+        keys: tuple[str, str] = ("lease", "term"),
+        token: str | None = None,
+    ) -> None:
         self.replica = replica
         self.lease_s = lease_s
+        self.keys = keys  # the shard's lease and term keys in Redis
+        self.token = replica if token is None else token  # what the lease key holds for us
         self.role: Role = "standby"
         self.leader: str | None = None
         self.term = 0
@@ -85,7 +94,8 @@ class Lease:
         self.valid_until = sent_at + self.lease_s * (1 - FENCE_MARGIN)
         fresh = grant.previous is None or grant.previous == self.replica
         self.took_over = not was_leader and grant.previous not in (None, self.replica)
-        return Leadership("leader", self.valid_until, self.term, drop_held=not fresh)
+        fence = Fence(*self.keys, token=self.token, term=self.term)
+        return Leadership("leader", self.valid_until, self.term, drop_held=not fresh, fence=fence)
 
     def failed(self, reason: str, *, refused: bool, now: float) -> None:
         """No grant: nothing is known, the role stays and its validity keeps running out.
