@@ -27,6 +27,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Final
 
+import hiredis
 import redis
 import trio
 from loguru import logger
@@ -43,6 +44,7 @@ from screener.redis.batch import BatchResult, prepare_batch
 from screener.redis.client import REDIS_ERRORS, REDIS_TIMEOUT_S, make_client
 from screener.redis.lanes import PIPELINE_EVENTS, Lanes, PublishBuffer, Slice
 from screener.redis.link import RedisLink
+from screener.redis.script import Answer, read_answer
 from screener.redis.status import RedisHealth
 
 __all__ = ("FINAL_FLUSH_S", "PIPELINE_EVENTS", "PublishBuffer", "Publisher", "run_publisher")
@@ -69,10 +71,11 @@ class Publisher:
         metrics: Metrics,
         rand: Callable[[], float] = random.random,
         fenced: bool = False,
+        hold_s: float = 0.0,
     ) -> None:
         self.settings = settings
         self.link = link
-        self.lanes = Lanes(settings, fenced=fenced)
+        self.lanes = Lanes(settings, fenced=fenced, hold_s=hold_s)
         self.health = RedisHealth(settings, status, metrics, rand)
         self.status = status
         self.metrics = metrics
@@ -98,19 +101,11 @@ class Publisher:
 
     def _add(self, item: PublisherInbox) -> None:
         if isinstance(item, Leadership):
-            was = self.lanes.fence
-            held = self.lanes.refence(item)
-            self.lease_answered.set()
-            if held:
-                self.metrics.fleet_standby_events.inc(held)
-                if was is not None and was.role == "leader":
-                    self.log.info(
-                        "not leader of this shard any more: {n} held events left to the leader",
-                        n=held,
-                    )
+            self._refence(item)
         elif self.lanes.standby():
             if not isinstance(item, Ranking):
                 self.metrics.fleet_standby_events.inc(len(item))
+                self.lanes.keep_for_takeover(trio.current_time(), item)
             return
         elif isinstance(item, Ranking):
             self.lanes.buffer.ranking = item
@@ -118,6 +113,32 @@ class Publisher:
             self._dropped(self.lanes.buffer.add(item))
         self._gauge_backlog()
         self.arrived.fire()
+
+    def _refence(self, fence: Leadership) -> None:
+        """A lease answer: a leader that became a standby keeps its unpublished events for a
+        takeover, a standby that became leader sends what it held first (Redis skips what
+        the last leader published). The answer also proves Redis answers: a standby, which
+        never writes, takes its Redis status from it."""
+        lanes = self.lanes
+        was = lanes.fence
+        before = lanes.held.size
+        self._dropped(lanes.refence(fence, trio.current_time()))
+        self.lease_answered.set()
+        if fence.role == "standby":
+            self.health.lease_answered()
+            kept = lanes.held.size - before
+            if kept and was is not None and was.role == "leader":
+                self.log.info(
+                    "not leader of this shard any more: {n} unpublished events kept for "
+                    "a takeover",
+                    n=kept,
+                )
+        elif was is not None and was.role == "standby" and before:
+            self.log.info(
+                "leader of this shard: {n} events received as a standby go first "
+                "(redis skips those already published)",
+                n=before,
+            )
 
     def may_publish_now(self) -> bool:
         return self.lanes.may_publish(trio.current_time())
@@ -176,21 +197,34 @@ class Publisher:
         with trio.move_on_at(retry_at):
             await self.arrived.wait()
 
-    async def _send(self, sent: Slice) -> BatchResult:
-        """Encode, check the lease once more (encoding takes time), then one round trip that
-        cancellation cannot cut (`RedisLink.request`). Cancelled before it started, the
-        slice was not sent: it goes back to its lane."""
-        batch = prepare_batch(self.lanes.targets[sent.mode], sent.events, sent.ranking)
-        if not self.may_publish_now():
+    async def _send(self, sent: Slice, *, check: bool = True) -> BatchResult:
+        """Encode, check the lease once more by this process's clock (`check`; encoding
+        takes time), then one call of the publish script, which Redis runs only while this
+        writer's fence holds, and which cancellation cannot cut (`RedisLink.request`).
+        Cancelled before it started, the slice was not sent: it goes back to its lane."""
+        fence = self.lanes.fence
+        token = fence.fence if fence is not None else None
+        if fence is not None and token is None:
+            raise FencedOut()  # no lease answer made this replica a leader yet
+        batch = prepare_batch(self.lanes.targets[sent.mode], sent.events, sent.ranking, token)
+        if check and not self.may_publish_now():
             raise FencedOut()
-        if not batch.commands:
-            return batch.result([])
+        if not batch.messages:
+            return batch.result(Answer("OK"))
         try:
-            refusals = await self.link.request(batch.payload, batch.commands)
+            reply = await self.link.request(batch.payload)
+            if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
+                reply = await self.link.request(batch.with_source())  # it did not run: safe
         except trio.Cancelled:
             self._put_back(sent)
             raise
-        return batch.result(refusals)
+        if isinstance(reply, hiredis.ReplyError):
+            return batch.refused_whole(str(reply))
+        try:
+            return batch.result(read_answer(reply))
+        except ValueError as exc:
+            await self.link.close()
+            raise redis.InvalidResponse(str(exc)) from None
 
     async def finish(self) -> None:
         """On shutdown: account for everything pending in one line, within FINAL_FLUSH_S
@@ -205,8 +239,10 @@ class Publisher:
             self.report_unflushed(pending + lost, f"no answer within {REDIS_TIMEOUT_S:g}s")
             return
         reason = failure_text(unsure[1]) if unsure is not None else None
-        if not self.may_publish_now():
-            self.report_unflushed(pending + lost, "this replica's shard lease is not confirmed")
+        fence = self.lanes.fence
+        if fence is not None and fence.fence is None:  # never led: nothing to write with
+            why = self.status.value.error or "redis has not confirmed this replica's lease"
+            self.report_unflushed(pending + lost, why)
             return
         with trio.CancelScope(shield=True, deadline=trio.current_time() + FINAL_FLUSH_S) as final:
             reason = await self.final_flush() or reason
@@ -219,13 +255,15 @@ class Publisher:
 
     async def final_flush(self) -> str | None:
         """Send each lane slice by slice until Redis fails or holds it. Returns why
-        something is left, None when nothing is."""
+        something is left, None when nothing is. The lease is not checked by this process's
+        clock: Redis checks it, so a lease that ran out here but still holds there (Redis
+        slow, not gone) loses nothing."""
         for sent in self.lanes.slices():
             try:
-                result = await self._send(sent)
+                result = await self._send(sent, check=False)
             except FencedOut:
                 self._put_back(sent)
-                return "this replica's shard lease ran out"
+                return "redis has not confirmed this replica's lease"
             except redis.TimeoutError:  # as the deadline of the whole flush words it
                 self._put_back(sent)
                 return f"no answer within {REDIS_TIMEOUT_S:g}s"
@@ -235,6 +273,8 @@ class Publisher:
             self._settle(sent, result, final=True)
             if result.held:
                 return result.hold
+            if result.fenced:
+                return f"redis says {result.holder or 'nobody'} leads this shard now"
         return None
 
     def report_unflushed(self, n: int, reason: str) -> None:
@@ -243,8 +283,14 @@ class Publisher:
         )
 
     def _settle(self, sent: Slice, result: BatchResult, *, final: bool = False) -> None:
-        """Account for a slice Redis answered (published, dropped or held), then the status."""
+        """Account for a slice Redis answered (published, skipped, dropped or held, or
+        refused whole as fenced), then the status."""
         metrics = self.metrics
+        if result.fenced:
+            self._fenced(sent, result.holder)
+            if not final:
+                self.health.answered(result)
+            return
         if result.unencodable:
             metrics.rejected.labels("unencodable").inc(result.unencodable)
             self.log.error("{n} events could not be serialized; skipped", n=result.unencodable)
@@ -261,10 +307,18 @@ class Publisher:
         for group in result.held:
             self._dropped(self.lanes.hold(sent, group))
             if group.mode not in self.lanes.retry_at:
-                self.lanes.retry_at[group.mode] = now + self.health.backoff.next_delay()
+                self.lanes.retry_at[group.mode] = now + self.health.held_backoff.next_delay()
         refused_events = result.refused - result.ranking_refused
-        published = len(sent.events) - result.unencodable - refused_events - result.held_events
+        published = (
+            len(sent.events)
+            - result.unencodable
+            - refused_events
+            - result.held_events
+            - result.skipped
+        )
         metrics.published.labels(self.settings.market_data_channel).inc(published)
+        if result.skipped:
+            metrics.skipped.inc(result.skipped)
         if published == len(sent.events):  # the usual case: every event is in Redis now
             written_ms = time.time() * 1000
             observe_many(
@@ -272,11 +326,28 @@ class Publisher:
                 (max(0.0, written_ms - event.kline.ts_ms) / 1000 for event in sent.events),
             )
         ranking_held = any(group.ranking is not None for group in result.held)
-        if sent.ranking is not None and not (result.ranking_refused or ranking_held):
+        ranking_out = not (result.ranking_refused or ranking_held or result.ranking_skipped)
+        if sent.ranking is not None and ranking_out:
             metrics.published.labels(self.settings.top_movers_channel).inc()
         if not final and self.health.answered(result):  # on shutdown the final line says it
             self.lanes.retry_at.clear()  # what was held goes now, not after its backoff
         self._gauge_backlog()
+
+    def _fenced(self, sent: Slice, holder: str | None) -> None:
+        """Redis refused the slice: this writer's token does not hold the shard's lease
+        there (it ran out, or another replica took over). Nothing was published; the slice
+        waits, with everything else, for the next lease answer, which says what becomes of
+        it (a standby keeps it for a takeover)."""
+        self.metrics.fleet_fenced_writes.inc()
+        self.lanes.unconfirmed()
+        self._put_back(sent)
+        if (n := self.quiet.allow("fenced")) is not None:
+            self.log.warning(
+                "redis refused a write: this replica does not hold its shard's lease there "
+                "(holder: {holder}); holding until the next lease answer (+{n} similar suppressed)",
+                holder=holder or "none",
+                n=n,
+            )
 
     def _put_back(self, sent: Slice) -> None:
         self._dropped(self.lanes.put_back(sent))
@@ -314,17 +385,21 @@ async def run_publisher(
     link: RedisLink | None = None,
     ping: Ping | None = None,
     fenced: bool = False,
+    hold_s: float = 0.0,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Writes go over `link` (by default the service's own link to the Redis of `settings`),
     PINGs through redis-py (`ping`: tests pass their own). `fenced`: a fleet replica,
-    publishing only while its shard lease says so (the `Leadership` items of the inbox)."""
+    publishing only while its shard lease says so (the `Leadership` items of the inbox);
+    as a standby it keeps what it receives for `hold_s` seconds, for a takeover."""
     client = make_client(settings)
     if link is None:
         link = RedisLink.of(client)
     if ping is None:
         ping = functools.partial(trio.to_thread.run_sync, client.ping, abandon_on_cancel=True)
-    publisher = Publisher(settings, link, status=status, metrics=metrics, rand=rand, fenced=fenced)
+    publisher = Publisher(
+        settings, link, status=status, metrics=metrics, rand=rand, fenced=fenced, hold_s=hold_s
+    )
     task_status.started()
     try:
         async with trio.open_nursery() as nursery:

@@ -63,6 +63,10 @@ PLANS_BUFFER: Final = 4
 # This shard's rankings for the fleet actor, one per RANK_INTERVAL_S.
 RANKINGS_BUFFER: Final = 2
 # HTTP connections live page streams may never take, so /health and /top5 stay reachable.
+TAKEOVER_HOLD_LEASES: Final = 3
+"""A standby keeps what it receives for this many leases: a takeover comes within about
+one lease plus a renewal period of the leader's last publish, so what the leader did not
+publish is still here when this replica takes over (screener/redis/lanes.py)."""
 HTTP_RESERVED: Final = 4
 
 
@@ -164,6 +168,7 @@ async def run_service(
                 metrics=metrics,
                 rand=rand,
                 fenced=True,
+                hold_s=TAKEOVER_HOLD_LEASES * settings.fleet.lease_s,
             )
         )
         await nursery.start(

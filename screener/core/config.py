@@ -242,6 +242,13 @@ class RedisSettings:
     )
 
     @property
+    def published_key(self) -> str:
+        """The hash of the newest push time published per symbol on `market_data_channel`
+        (screener/redis/script.py): named by the channel, so every writer to the channel in
+        this database shares it, whatever its fleet settings."""
+        return f"{self.market_data_channel}:published"
+
+    @property
     def to_pubsub(self) -> bool:
         return self.mode in ("pubsub", "both")
 

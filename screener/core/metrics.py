@@ -102,6 +102,13 @@ METRICS: Final = (
         "screener_events_dropped",
         "Events dropped before Redis (superseded by a newer one of the same symbol)",
     ),
+    Spec(
+        "skipped",
+        Counter,
+        "screener_events_skipped",
+        "Events Redis did not publish again: published already (a write resent after a "
+        "timeout, or pushes another replica of the shard published)",
+    ),
     Spec("reconnects", Counter, "screener_reconnects", "WebSocket reconnects after a failure"),
     Spec(
         "reconnects_early",
@@ -226,6 +233,12 @@ METRICS: Final = (
         "Events left unpublished because this replica stands by (its leader publishes them)",
     ),
     Spec(
+        "fleet_fenced_writes",
+        Counter,
+        "screener_fleet_fenced_writes",
+        "Writes Redis refused because this replica's token no longer holds its shard's lease",
+    ),
+    Spec(
         "publish_latency",
         Histogram,
         "screener_push_to_publish_seconds",
@@ -251,6 +264,7 @@ class Metrics:
     rejected: Counter
     published: Counter
     dropped: Counter
+    skipped: Counter
     reconnects: Counter
     reconnects_early: Counter
     silent_resubscribes: Counter
@@ -278,6 +292,7 @@ class Metrics:
     fleet_renewals: Counter
     fleet_takeovers: Counter
     fleet_standby_events: Counter
+    fleet_fenced_writes: Counter
     publish_latency: Histogram
     http_duration: Histogram
 

@@ -13,7 +13,8 @@ import msgspec
 import orjson
 
 from screener.core.config import RedisSettings
-from screener.core.models import MarketData, Ranking
+from screener.core.models import Fence, MarketData, Ranking
+from screener.redis import script
 
 
 class _MarketDataDoc(msgspec.Struct, tag_field="type", tag="market_data", gc=False):
@@ -111,6 +112,10 @@ class BatchResult(NamedTuple):
     refusal: str | None  # the first of those refusals, for the log and /health
     held: tuple[Held, ...] = ()  # messages refused for now (OOM, READONLY, ...): kept
     ranking_refused: bool = False  # the ranking is one of the `refused`
+    skipped: int = 0  # events Redis had published already (a resend, another replica's)
+    ranking_skipped: bool = False
+    fenced: bool = False  # Redis refused the whole slice: the writer does not lead
+    holder: str | None = None  # ... and who does (None: nobody)
 
     @property
     def held_events(self) -> int:
@@ -131,68 +136,130 @@ def _resp(*parts: bytes) -> bytes:
     return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
 
 
-def packed_commands(settings: RedisSettings, messages: list[tuple[str, bytes]]) -> list[bytes]:
-    """PUBLISH (and XADD) commands for a batch, packed here rather than by redis-py's
-    general-purpose packer, which cost a tenth of the service's CPU under load."""
-    commands: list[bytes] = []
-    if settings.to_pubsub:
-        heads: dict[str, bytes] = {}
-        for channel, payload in messages:
-            head = heads.get(channel)
-            if head is None:
-                name = channel.encode()
-                head = heads[channel] = b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n" % (len(name), name)
-            commands.append(b"%s$%d\r\n%s\r\n" % (head, len(payload), payload))
-    if settings.to_stream:
-        cap = b"%d" % settings.stream_maxlen
-        for channel, payload in messages:
-            commands.append(
-                _resp(b"XADD", channel.encode(), b"MAXLEN", b"~", cap, b"*", b"data", payload)
-            )
-    return commands
+def _bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
 class Prepared(NamedTuple):
-    """A batch encoded for one round trip: its commands as one payload, and what they were
-    made of, so the replies can be matched back to the records."""
+    """A slice encoded as one call of the publish script (screener/redis/script.py), and
+    what it was made of, so the answer can be matched back to the records."""
 
     settings: RedisSettings
-    payload: bytes
-    commands: int  # in `payload`; 0: nothing to send
+    head: bytes  # the call up to its script: `*N` and the command's name
+    args: bytes  # the keys and arguments, after the script's SHA or source
+    messages: int  # events and ranking in `args`; 0: nothing to send
     events: list[MarketData]
     ranking: Ranking | None
-    skipped: list[MarketData]  # events that could not be encoded: not in `payload`
+    skipped: list[MarketData]  # events that could not be encoded: not in `args`
 
-    def result(self, refusals: list[tuple[int, str]]) -> BatchResult:
-        """How the batch went, given the refusals among its replies."""
+    @property
+    def payload(self) -> bytes:
+        """EVALSHA: the script by its SHA (Redis keeps it once loaded)."""
+        return b"%s$7\r\nEVALSHA\r\n%s%s" % (self.head, _bulk(script.SHA), self.args)
+
+    def with_source(self) -> bytes:
+        """EVAL with the script's source: after NOSCRIPT (a restarted or flushed Redis)."""
+        return b"%s$4\r\nEVAL\r\n%s%s" % (self.head, _bulk(script.SOURCE.encode()), self.args)
+
+    def result(self, answer: script.Answer) -> BatchResult:
+        """How the slice went, given the script's answer."""
         unencodable = len(self.skipped)
-        if not refusals:
-            return BatchResult(unencodable, 0, None)
+        if answer.status == "FENCED":
+            return BatchResult(unencodable, 0, None, fenced=True, holder=answer.why)
+        sources = self._sources()
+        if answer.status == "HELD":
+            held = Held(self.settings.mode, sources_events(sources), self.ranking, answer.why or "")
+            return BatchResult(unencodable, 0, None, held=(held,))
+        skipped = answer.skipped
+        if not answer.refusals:
+            return BatchResult(
+                unencodable, 0, None, skipped=skipped, ranking_skipped=answer.ranking_skipped
+            )
+        targets = "ps" if self.settings.mode == "both" else self.settings.mode[0]
+        n = len(sources)
+        refusals = [(targets.index(t) * n + m, why) for m, t, why in answer.refusals]
+        return sort_refusals(self.settings, sources, refusals, unencodable)._replace(
+            skipped=skipped, ranking_skipped=answer.ranking_skipped
+        )
+
+    def refused_whole(self, why: str) -> BatchResult:
+        """Redis refused the call itself (NOPERM, BUSY, ...): every message alike."""
+        sources = self._sources()
+        targets = 2 if self.settings.mode == "both" else 1
+        refusals = [(i, why) for i in range(len(sources) * targets)]
+        return sort_refusals(self.settings, sources, refusals, len(self.skipped))
+
+    def _sources(self) -> list[MarketData | Ranking]:
         gone = {id(event) for event in self.skipped}
         sources: list[MarketData | Ranking] = [e for e in self.events if id(e) not in gone]
         if self.ranking is not None:
             sources.append(self.ranking)
-        return sort_refusals(self.settings, sources, refusals, unencodable)
+        return sources
+
+
+def sources_events(sources: list[MarketData | Ranking]) -> list[MarketData]:
+    return [s for s in sources if type(s) is MarketData]
 
 
 def prepare_batch(
-    settings: RedisSettings, events: list[MarketData], ranking: Ranking | None
+    settings: RedisSettings,
+    events: list[MarketData],
+    ranking: Ranking | None,
+    fence: Fence | None = None,
 ) -> Prepared:
-    """Serialize a batch for one round trip. Events that cannot be serialized are counted
-    and skipped: one bad record must not block, or crash, the rest. The caller keeps batches
-    to a bounded slice, so this never holds a whole backlog encoded at once."""
-    messages: list[tuple[str, bytes]] = []
+    """Encode a slice as one call of the publish script, fenced by `fence` (None: no lease
+    to check). Events that cannot be serialized are counted and skipped: one bad record
+    must not block, or crash, the rest. The caller keeps slices bounded, so this never
+    holds a whole backlog encoded at once."""
     skipped: list[MarketData] = []
-    channel = settings.market_data_channel
+    parts: list[bytes] = []
     for event in events:
         try:
-            messages.append((channel, encode_event(event)))
+            document = encode_event(event)
         except (TypeError, ValueError, OverflowError):  # orjson, msgspec, `Unencodable`
             skipped.append(event)
+            continue
+        k = event.kline
+        symbol = k.symbol.encode()
+        ts = b"%d" % k.ts_ms
+        parts.append(
+            b"$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n"
+            % (len(symbol), symbol, len(ts), ts, len(document), document)
+        )
+    n = len(parts)
+    lease_key, term_key, token, term = fence if fence is not None else ("", "", "", 0)
+    fixed = [
+        lease_key.encode(),
+        term_key.encode(),
+        settings.published_key.encode(),
+        token.encode(),
+        b"%d" % term,
+        b"%d" % (script.PUBLISHED_TTL_S * 1000),
+        TARGETS[settings.mode],
+        b"%d" % settings.stream_maxlen,
+        settings.market_data_channel.encode(),
+        b"%d" % n,
+    ]
+    argc = 2 + 1 + len(fixed) + 3 * n  # command, script, numkeys, the fixed, the events
+    tail = b""
     if ranking is not None:
-        messages.append((settings.top_movers_channel, orjson.dumps(ranking.as_dict())))
-    commands = packed_commands(settings, messages)
-    return Prepared(settings, b"".join(commands), len(commands), events, ranking, skipped)
+        document = orjson.dumps(ranking.as_dict())
+        tail = b"".join(
+            _bulk(part)
+            for part in (
+                settings.top_movers_channel.encode(),
+                script.RANKING_FIELD,
+                b"%d" % round(ranking.wall_ts * 1000),
+                document,
+            )
+        )
+        argc += 4
+    args = _bulk(b"3") + b"".join(map(_bulk, fixed)) + b"".join(parts) + tail
+    messages = n + (ranking is not None)
+    return Prepared(settings, b"*%d\r\n" % argc, args, messages, events, ranking, skipped)
+
+
+TARGETS: Final = {"pubsub": b"p", "stream": b"s", "both": b"ps"}
 
 
 def sort_refusals(

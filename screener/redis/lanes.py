@@ -5,13 +5,14 @@ events one target took and the other held, by the target still owed (older, so s
 Each lane is a bounded `PublishBuffer`. `Lanes` says what to send next (a slice of at most
 PIPELINE_EVENTS of the first lane due, while the shard lease, if any, is valid by the caller's
 clock), takes a failed slice back in front, files what Redis held in the lane of the targets
-that still owe it, and drops what a standby or a new leader must not send. Time is passed in
+that still owe it, and keeps a standby's copy of the pushes (`StandbyHold`) for a takeover. Time is passed in
 (`now`: trio's clock in the actor, any number in a test). Nothing here does I/O or logs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections import deque
 from collections.abc import Iterator
 from typing import Final, NamedTuple
 
@@ -27,6 +28,36 @@ a fraction of a second (normal batches, a few ms of pushes, are far smaller)."""
 
 UNCONFIRMED: Final = Leadership("leader", float("-inf"), 0, drop_held=False)
 """A fenced publisher's start: nothing goes out before the first lease answer."""
+
+
+class StandbyHold:
+    """What a standby received, for `window_s` (a few leases) and at most `capacity`
+    events: its leader publishes them, but if this replica takes over, what the leader did
+    not publish goes out from here (Redis skips the rest: screener/redis/script.py)."""
+
+    def __init__(self, window_s: float, capacity: int) -> None:
+        self.window_s = window_s
+        self.capacity = capacity
+        self.batches: deque[tuple[float, list[MarketData]]] = deque()
+        self.size = 0
+
+    def add(self, now: float, events: list[MarketData]) -> None:
+        self.batches.append((now, events))
+        self.size += len(events)
+        self.prune(now)
+
+    def prune(self, now: float) -> None:
+        batches = self.batches
+        while batches and (batches[0][0] < now - self.window_s or self.size > self.capacity):
+            self.size -= len(batches.popleft()[1])
+
+    def take(self, now: float) -> list[MarketData]:
+        """Everything still within the window, oldest first; the hold is empty after."""
+        self.prune(now)
+        events = [event for _, batch in self.batches for event in batch]
+        self.batches.clear()
+        self.size = 0
+        return events
 
 
 class PublishBuffer:
@@ -84,7 +115,9 @@ class Lanes:
     """Every lane, the fence, and each held lane's time of retry. Methods that may drop
     events return how many (the actor counts them)."""
 
-    def __init__(self, settings: RedisSettings, *, fenced: bool = False) -> None:
+    def __init__(
+        self, settings: RedisSettings, *, fenced: bool = False, hold_s: float = 0.0
+    ) -> None:
         self.settings = settings
         self.buffer = PublishBuffer(settings.buffer)
         self.owed: dict[str, PublishBuffer] = {}
@@ -92,6 +125,7 @@ class Lanes:
         self.retry_at: dict[str, float] = {}  # lane -> not before (a held lane's backoff)
         # The shard lease as last answered (None: no fleet, always publish).
         self.fence: Leadership | None = UNCONFIRMED if fenced else None
+        self.held = StandbyHold(hold_s, settings.buffer)  # a standby's copy of the pushes
 
     def __iter__(self) -> Iterator[tuple[str, PublishBuffer]]:
         yield from self.owed.items()
@@ -117,21 +151,41 @@ class Lanes:
         return self.fence is not None and self.fence.role == "standby"
 
     def may_publish(self, now: float) -> bool:
+        """No fleet, or a leader whose token Redis can check, within its lease by `now`."""
         fence = self.fence
-        return fence is None or (fence.role == "leader" and now < fence.valid_until)
+        if fence is None:
+            return True
+        return fence.role == "leader" and fence.fence is not None and now < fence.valid_until
 
-    def refence(self, fence: Leadership) -> int:
-        """A lease answer. A standby, or a leader that took over from another replica,
-        drops what it holds (those pushes are, or were, published by the other replica);
-        returns how many events it dropped."""
-        self.fence = fence
-        if not fence.drop_held:
+    def refence(self, fence: Leadership, now: float) -> int:
+        """A lease answer. A leader that becomes a standby keeps what it did not publish in
+        the standby's hold (the new leader publishes those pushes, or if this replica leads
+        again, Redis skips what went out meanwhile); a standby that becomes leader puts its
+        hold in front of its lanes. Returns how many events that drops (a hold beyond the
+        buffer's capacity keeps the newest per symbol)."""
+        was, self.fence = self.fence, fence
+        if fence.role == "standby":
+            if was is None or was.role != "standby":
+                moved = [event for _, lane in self for event in lane.take()[0]]
+                self.owed.clear()
+                self.retry_at.clear()
+                if moved:
+                    self.held.add(now, moved)
             return 0
-        held = self.backlog()
-        self.owed.clear()
-        self.buffer.take()
-        self.retry_at.clear()
-        return held
+        if self.held.size:
+            return self.buffer.put_back(self.held.take(now), None)
+        return 0
+
+    def keep_for_takeover(self, now: float, events: list[MarketData]) -> None:
+        """A standby's events: kept for a takeover, never sent while standby."""
+        self.held.add(now, events)
+
+    def unconfirmed(self) -> None:
+        """Redis said this writer does not lead (a fenced write): hold everything until
+        the next lease answer says who does."""
+        fence = self.fence
+        if fence is not None:
+            self.fence = fence._replace(valid_until=float("-inf"))
 
     def next_slice(self, now: float) -> Slice | None:
         """The next slice of the first lane with something to send and no backoff to wait,

@@ -1,7 +1,7 @@
 """The one way the publisher writes to Redis: a trio stream of its own, on the event loop.
 
-A prepared slice (screener/redis/batch.py) goes out in one `send_all` and its replies are
-parsed in bulk by a `hiredis.Reader`, so a write costs no thread, no GIL hand-off and no
+A prepared slice (screener/redis/batch.py: one call of the publish script) goes out in one
+`send_all` and its reply is parsed by a `hiredis.Reader`, so a write costs no thread, no GIL hand-off and no
 pass through redis-py's pool (docs/architecture.md, "How the publisher writes"). The stream
 is opened by screener/redis/connect.py (TCP, Unix socket or TLS; AUTH, SELECT; the master
 the Sentinels name); redis-py keeps the control path only. A resource of the publisher
@@ -72,17 +72,17 @@ class RedisLink:
         pool = client.connection_pool
         return cls(opener_for(client), pool if isinstance(pool, MasterPool) else None)
 
-    async def request(self, payload: bytes, count: int) -> list[tuple[int, str]]:
-        """Send `count` pipelined commands and read their replies; returns the refusals
-        among them as (command index, Redis's words). Raises a redis-py error (ConnectionError,
-        TimeoutError, InvalidResponse) when the link fails: whether the commands took effect
-        is then unknown."""
+    async def request(self, payload: bytes) -> object:
+        """Send one command and read its reply: a refusal comes back as the
+        `hiredis.ReplyError` it is (READONLY from a Sentinel master also marks the master
+        demoted). Raises a redis-py error (ConnectionError, TimeoutError, InvalidResponse)
+        when the link fails: whether the command took effect is then unknown."""
         stream = await self._open()
         await trio.lowlevel.checkpoint_if_cancelled()  # cancelled before: nothing was sent
         deadline = min(trio.current_time() + REDIS_TIMEOUT_S, trio.current_effective_deadline())
         with trio.CancelScope(shield=True, deadline=deadline) as cut:
             try:
-                return await self._round_trip(stream, payload, count)
+                reply = await self._round_trip(stream, payload)
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 await self.close()
                 raise redis.ConnectionError(f"Error talking to {self.address}: {exc}") from None
@@ -92,33 +92,23 @@ class RedisLink:
             except BaseException:
                 await self.close()
                 raise
+            if isinstance(reply, hiredis.ReplyError) and self.masters is not None:
+                if str(reply).startswith("READONLY"):
+                    demoted(self.masters)
+            return reply
         await self.close()  # `cut`: the deadline passed; a half-read reply stream is useless
         assert cut.cancelled_caught
         raise redis.TimeoutError(f"no answer from {self.address} within {REDIS_TIMEOUT_S:g}s")
 
-    async def _round_trip(
-        self, stream: trio.abc.Stream, payload: bytes, count: int
-    ) -> list[tuple[int, str]]:
+    async def _round_trip(self, stream: trio.abc.Stream, payload: bytes) -> object:
         await stream.send_all(payload)
         reader = self.reader
-        gets = reader.gets
-        refusals: list[tuple[int, str]] = []
-        index = 0
-        while index < count:
-            reply = gets()
-            if reply is False:  # hiredis: not enough bytes yet
-                data = await stream.receive_some(RECEIVE_BYTES)
-                if not data:
-                    raise redis.ConnectionError(f"Connection closed by {self.address}")
-                reader.feed(bytes(data) if isinstance(data, bytearray) else data)
-                continue
-            if isinstance(reply, hiredis.ReplyError):
-                why = str(reply)
-                if self.masters is not None and why.startswith("READONLY"):
-                    demoted(self.masters)
-                refusals.append((index, why))
-            index += 1
-        return refusals
+        while (reply := reader.gets()) is False:  # hiredis: not enough bytes yet
+            data = await stream.receive_some(RECEIVE_BYTES)
+            if not data:
+                raise redis.ConnectionError(f"Connection closed by {self.address}")
+            reader.feed(bytes(data) if isinstance(data, bytearray) else data)
+        return reply
 
     async def _open(self) -> trio.abc.Stream:
         masters = self.masters

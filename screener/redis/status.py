@@ -12,6 +12,7 @@ here, as an outage and its end reset it. No I/O: the publisher calls it with wha
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Final
 
 from loguru import logger
 
@@ -21,6 +22,9 @@ from screener.core.models import RedisStatus
 from screener.core.snapshot import Latest
 from screener.core.supervise import Backoff, failure_text
 from screener.redis.batch import BatchResult
+
+
+HELD_RETRY_CAP_S: Final = 2.0
 
 
 class RedisHealth:
@@ -37,6 +41,9 @@ class RedisHealth:
         self.status = status
         self.metrics = metrics
         self.backoff = Backoff(first_s=0.5, cap_s=30.0, rand=rand)
+        # Between retries of what Redis refused for now (OOM, READONLY): Redis answers, so
+        # a retry is cheap, and delivery resumes within HELD_RETRY_CAP_S of its recovery.
+        self.held_backoff = Backoff(first_s=0.25, cap_s=HELD_RETRY_CAP_S, rand=rand)
         self.probe = not status.value.up  # PING before the next write: at start, after a failure
         self.holding = False  # Redis refuses for now: warned once, its end will be logged
         self.log = logger.bind(actor="publisher")
@@ -46,6 +53,14 @@ class RedisHealth:
         self.probe = False
         if self.status.value == RedisStatus(up=False, error=None):
             self.log.info("redis up at {target}", target=self.target)
+            self._set(RedisStatus(up=True, error=None))
+
+    def lease_answered(self) -> None:
+        """A standby's lease was answered. A standby never writes, so without this its
+        status would keep the last outage it saw long after Redis came back."""
+        if not self.status.value.up:
+            self.log.info("redis up at {target}", target=self.target)
+            self.probe = False
             self._set(RedisStatus(up=True, error=None))
 
     def went_down(self, exc: BaseException) -> float:
@@ -87,6 +102,7 @@ class RedisHealth:
                 self.holding = False
                 self.log.info("redis writes accepted again at {target}", target=self.target)
             self.backoff.reset()
+            self.held_backoff.reset()
             released = True
         self._set(RedisStatus(up=True, error=None, refused=refused))
         return released

@@ -54,6 +54,7 @@ from screener.core.models import (
 from screener.core.snapshot import Latest, Views
 from screener.core.supervise import Reachability
 from screener.http.routes import create_app
+from screener.redis.batch import is_held
 from screener.redis.link import Opened, RedisLink
 from tests.actors.memory_exchange import MemoryExchange
 
@@ -215,7 +216,12 @@ class MemoryRedis:
         self.writes: list[Write] = []  # every write Redis received
         self.delivered: list[Write] = []  # ... and took whole
         self._sent, self.sent = trio.open_memory_channel[Write](math.inf)
-        self.answers: list[tuple[Write, bool]] = []  # received, not yet answered
+        self.answers: list[tuple[Write | None, bool]] = []  # received, not yet answered
+        self.scripts_loaded = True  # False: EVALSHA answers NOSCRIPT until an EVAL
+        self.data: dict[bytes, bytes] = {}  # plain keys: the lease and term a fence names
+        self.published: dict[bytes, dict[bytes, int]] = {}  # the newest push time per symbol
+        self.fenced: list[float] = []  # writes refused for their fence
+        self.held_writes: list[float] = []  # writes refused for now (OOM, READONLY, ...)
 
     @property
     def up(self) -> bool:
@@ -249,43 +255,115 @@ class MemoryRedis:
         return write
 
     def received(self, payload: bytes) -> bytes:
-        """Redis's replies to a pipeline."""
+        """Redis's reply to a call of the publish script, run by `run_script`, the
+        script's rules in Python (tests/system/test_publish_script.py holds the Lua to the
+        same cases on a real redis-server)."""
         at = self.clock.current_time()
         self.attempts.append(at)
         reader = hiredis.Reader()
         reader.feed(payload)
-        commands: list[list[bytes]] = []
-        while (command := reader.gets()) is not False:
-            commands.append(command)
-        names = {command[0] for command in commands}
-        mode = "both" if len(names) == 2 else "pubsub" if b"PUBLISH" in names else "stream"
-        first = b"PUBLISH" if b"PUBLISH" in names else b"XADD"
-        events: list[MarketData] = []
-        ranking: dict[str, Any] | None = None
-        for command in commands:
-            if command[0] != first:
-                continue
-            key, body = command[1], command[-1]
-            if key == b"top_movers":
-                ranking = orjson.loads(body)
-            else:
-                events.append(event_of(body))
-        write = Write(at, mode, events, ranking)
-        self.writes.append(write)
-        replies = []
-        refused = False
+        command = reader.gets()
+        assert command is not False and reader.gets() is False, "one call per write"
+        if command[0] == b"EVALSHA" and not self.scripts_loaded:
+            return b"-NOSCRIPT No matching script. Please use EVAL.\r\n"
+        self.scripts_loaded = True
+        # A paused Redis (CLIENT PAUSE WRITE) runs nothing: it frees a client that gives up.
+        write, reply = self.run_script(at, command[3:6], command[6:], apply=self.state != "paused")
+        if write is not None:
+            self.writes.append(write)
+        if reply.startswith(b"*2\r\n$4\r\nHELD"):
+            write = None
+        if self.state != "paused":  # a paused Redis never answers
+            self.answers.append(
+                (write, reply.startswith(b"*4\r\n+OK") or reply.startswith(b"*4\r\n$2\r\nOK"))
+            )
+        return reply
+
+    def run_script(
+        self, at: float, keys: list[bytes], argv: list[bytes], *, apply: bool = True
+    ) -> tuple[Write | None, bytes]:
+        """The script's answer, and the write as Redis received it (None: refused for its
+        fence). `apply`: False for a Redis that receives without running (paused)."""
+        lease_key, term_key, published_key = keys
+        token, term, _ttl, targets, _maxlen, channel, count = argv[:7]
+        if token and (self.data.get(lease_key) != token or self.data.get(term_key) != term):
+            holder = self.data.get(lease_key)
+            self.fenced.append(at)
+            tail = b"$%d\r\n%s\r\n" % (len(holder), holder) if holder else b""
+            return None, b"*%d\r\n$6\r\nFENCED\r\n%s" % (1 + bool(holder), tail)
+        n = int(count)
+        items = [(channel, *argv[7 + 3 * k : 10 + 3 * k]) for k in range(n)]
+        rest = argv[7 + 3 * n :]
+        if rest:
+            items.append((rest[0], rest[1], rest[2], rest[3]))
+        seen = self.published.setdefault(published_key, {})
+        newest: dict[bytes, int] = {}
+        go: list[bool] = []
+        for _, field, ts, _ in items:
+            last = newest.get(field, seen.get(field, -1))
+            go.append(int(ts) > last)
+            if go[-1]:
+                newest[field] = int(ts)
+        mode = {b"p": "pubsub", b"s": "stream", b"ps": "both"}[targets]
+        commands = [
+            [name, ch, doc]
+            for (ch, _, _, doc), sent in zip(items, go)
+            if sent
+            for name in ((b"PUBLISH",) if b"p" in targets else ())
+            + ((b"XADD",) if b"s" in targets else ())
+        ]
         for command in commands:
             why = self.refuse(command)
-            refused = refused or why is not None
-            ok = b":0\r\n" if command[0] == b"PUBLISH" else b"$3\r\n1-0\r\n"
-            replies.append(ok if why is None else b"-%s\r\n" % why.encode())
-        if self.state != "paused":  # a paused Redis never answers
-            self.answers.append((write, not refused))
-        return b"".join(replies)
+            if why is not None and is_held(why):
+                self.held_writes.append(at)
+                received = Write(
+                    at,
+                    mode,
+                    [event_of(doc) for (_, _, _, doc), sent in zip(items[:n], go) if sent],
+                    None,
+                )
+                return received, b"*2\r\n$4\r\nHELD\r\n$%d\r\n%s\r\n" % (len(why), why.encode())
+        if apply:
+            seen.update(newest)
+        mode = {b"p": "pubsub", b"s": "stream", b"ps": "both"}[targets]
+        events: list[MarketData] = []
+        ranking: dict[str, Any] | None = None
+        refusals: list[bytes] = []
+        index = [k for k, sent in enumerate(go) if sent]
+        for k, (ch, _, _, doc) in enumerate(items):
+            if not go[k]:
+                continue
+            for target, name in ((b"p", b"PUBLISH"), (b"s", b"XADD")):
+                if target not in targets:
+                    continue
+                why = self.refuse([name, ch, doc])
+                if why is not None:
+                    refusals += [
+                        b":%d\r\n" % k,
+                        b"$1\r\n%s\r\n" % target,
+                        b"$%d\r\n%s\r\n" % (len(why), why.encode()),
+                    ]
+            if rest and k == len(items) - 1:
+                ranking = orjson.loads(doc)
+            else:
+                events.append(event_of(doc))
+        skipped = sum(
+            1 for k, sent in enumerate(go) if not sent and not (rest and k == len(items) - 1)
+        )
+        ranking_state = 0 if not rest else (1 if go[-1] else 2)
+        head = b"*%d\r\n$2\r\nOK\r\n:%d\r\n:%d\r\n:%d\r\n" % (
+            4 + len(refusals),
+            len(index),
+            skipped,
+            ranking_state,
+        )
+        return Write(at, mode, events, ranking), head + b"".join(refusals)
 
     def replied(self) -> None:
         """The replies of the writes received so far reached the publisher."""
         for write, whole in self.answers:
+            if write is None:
+                continue
             if whole:
                 self.delivered.append(write)
             self._sent.send_nowait(write)

@@ -1,0 +1,149 @@
+"""The publish script: every write of the publisher is one Lua script that Redis runs whole.
+
+Why a script and not a pipeline of PUBLISHes: only Redis can tell, at the moment a write
+runs, whether its writer still leads and whether its events went out already. So each slice
+is one EVALSHA that
+
+1. checks the writer's fence (`Fence`: the shard's lease key holds the writer's token and
+   the term key its term), and does nothing else when it fails (answer `FENCED`): a deposed,
+   frozen or partitioned leader's late write is refused by Redis, whenever it arrives;
+2. per event, compares its push time with the newest push time already published for its
+   symbol on this channel (`RedisSettings.published_key`, a hash): an event not newer is
+   skipped, so a slice sent again after a timeout is never delivered twice, a standby that
+   takes over sends what it held and only the pushes nobody published go out, and a
+   symbol's events never go back in time;
+3. records the new newest times (the script's first write: under Redis's memory limit or on
+   a replica it fails before anything was published, answer `HELD`), then PUBLISHes (and,
+   by PUBLISH_MODE, XADDs) each event that passed, and the ranking, if any, the same way.
+
+The answer: `{"OK", published, skipped, [message, target, error]...}` (errors of single
+commands, such as WRONGTYPE on the stream key: those messages are dropped), `{"FENCED",
+holder}` or `{"HELD", error}`. No script flags (Redis 6.2 runs it too): Redis checks its
+memory limit at the first write of a script, which is why the record comes first.
+
+The hash expires PUBLISHED_TTL_S after the last write: its times must outlive every resend
+(REDIS_TIMEOUT_S, backoffs) and the standby's hold window (a few leases). A limit, written
+down: an exchange whose push times go back further than the newest published for a symbol
+sees those pushes skipped (counted) until they pass it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Final, NamedTuple
+
+PUBLISHED_TTL_S: Final = 3600
+"""How long the newest published push time per symbol is kept after the last write."""
+
+RANKING_FIELD: Final = b"#top_movers"
+"""The ranking's entry in the hash (no symbol starts with '#'): a ranking is published once
+per ranking time too."""
+
+SOURCE: Final = """
+if ARGV[1] ~= '' then
+  local holder = redis.call('GET', KEYS[1])
+  if holder ~= ARGV[1] or redis.call('GET', KEYS[2]) ~= ARGV[2] then
+    return {'FENCED', holder}
+  end
+end
+local newest, fields, messages = {}, {}, {}
+local skipped, ranking = 0, 0
+local function admit(field, ts)
+  local last = newest[field]
+  if last == nil then
+    last = tonumber(redis.call('HGET', KEYS[3], field) or '-1')
+  end
+  if ts <= last then return false end
+  if newest[field] == nil then fields[#fields + 1] = field end
+  newest[field] = ts
+  return true
+end
+local n = tonumber(ARGV[7])
+local i = 8
+for index = 0, n - 1 do
+  if admit(ARGV[i], tonumber(ARGV[i + 1])) then
+    messages[#messages + 1] = {ARGV[6], ARGV[i + 2], index}
+  else
+    skipped = skipped + 1
+  end
+  i = i + 3
+end
+if i <= #ARGV then
+  ranking = 2
+  if admit(ARGV[i + 1], tonumber(ARGV[i + 2])) then
+    ranking = 1
+    messages[#messages + 1] = {ARGV[i], ARGV[i + 3], n}
+  end
+end
+if #fields > 0 then
+  local record = {}
+  for _, field in ipairs(fields) do
+    record[#record + 1] = field
+    record[#record + 1] = string.format('%d', newest[field])
+  end
+  local ok = redis.pcall('HSET', KEYS[3], unpack(record))
+  if type(ok) == 'table' and ok.err then return {'HELD', ok.err} end
+  redis.call('PEXPIRE', KEYS[3], ARGV[3])
+end
+local answer = {'OK', #messages, skipped, ranking}
+local function note(r, m, target)
+  if type(r) == 'table' and r.err then
+    answer[#answer + 1] = m[3]
+    answer[#answer + 1] = target
+    answer[#answer + 1] = r.err
+  end
+end
+local to_pubsub = string.find(ARGV[4], 'p', 1, true) ~= nil
+local to_stream = string.find(ARGV[4], 's', 1, true) ~= nil
+for _, m in ipairs(messages) do
+  if to_pubsub then note(redis.pcall('PUBLISH', m[1], m[2]), m, 'p') end
+  if to_stream then
+    note(redis.pcall('XADD', m[1], 'MAXLEN', '~', ARGV[5], '*', 'data', m[2]), m, 's')
+  end
+end
+return answer
+"""
+# KEYS: the lease, the term, the published hash. ARGV: the token ('' : no fence), the term,
+# the hash's TTL in ms, the targets ('p', 's' or 'ps'), the stream MAXLEN, the events'
+# channel, their count n, n x (symbol, push time ms, document), then optionally the
+# ranking: its channel, field, time ms, document. Messages are numbered from 0: the events,
+# then the ranking. `ranking` in the answer: 0 none sent, 1 published, 2 skipped.
+
+SHA: Final = hashlib.sha1(SOURCE.encode()).hexdigest().encode()
+
+
+class Answer(NamedTuple):
+    """What the script did with a slice."""
+
+    status: str  # "OK", "FENCED" or "HELD"
+    published: int = 0  # messages that went out (not skipped)
+    skipped: int = 0  # events already published before (by this or another writer)
+    ranking_skipped: bool = False
+    refusals: tuple[tuple[int, str, str], ...] = ()  # (message, "p" or "s", Redis's words)
+    why: str | None = None  # FENCED: the lease's holder (None: nobody); HELD: Redis's words
+
+
+def read_answer(reply: object) -> Answer:
+    """The script's reply as hiredis parsed it; raises ValueError on any other shape (a
+    script of another version under the same SHA cannot exist, so that is a broken link)."""
+    if not isinstance(reply, list) or not reply or not isinstance(reply[0], bytes):
+        raise ValueError(f"unexpected reply to the publish script: {reply!r:.200}")
+    status = reply[0].decode()
+    if status == "OK":
+        rest = reply[4:]
+        refusals = tuple(
+            (int(rest[k]), rest[k + 1].decode(), _text(rest[k + 2]) or "")
+            for k in range(0, len(rest) - 2, 3)
+        )
+        return Answer(status, int(reply[1]), int(reply[2]), reply[3] == 2, refusals)
+    if status in ("FENCED", "HELD"):
+        return Answer(status, why=_text(reply[1]) if len(reply) > 1 else None)
+    raise ValueError(f"unexpected reply to the publish script: {reply!r:.200}")
+
+
+def _text(value: object) -> str | None:
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    if isinstance(value, Exception):
+        return str(value)
+    return None
