@@ -134,7 +134,7 @@ class Lease:
 
     def answered(self, grant: Grant, *, sent_at: float) -> Leadership:
         """Record a grant (or a refusal: another holder) and say what the publisher may do."""
-        was_leader = self.role == "leader"
+        was_leader, known_term = self.role == "leader", self.term
         self.error = None
         self.refusal = None
         self.heard = True
@@ -149,7 +149,10 @@ class Lease:
         self.role = "leader"
         if grant.renewed:
             self.valid_until = sent_at + self.lease_s * (1 - FENCE_MARGIN)
-        fresh = grant.previous is None or grant.previous == self.token
+        # Another replica led in between when the last acquisition was another's, or when
+        # the term moved by more than the one acquisition this answer can be (answers missed).
+        skipped = known_term > 0 and grant.term > known_term + 1
+        fresh = (grant.previous is None or grant.previous == self.token) and not skipped
         self.took_over = not was_leader and not fresh
         fence = Fence(*self.keys, token=self.token, term=self.term)
         return Leadership("leader", self.valid_until, self.term, drop_held=not fresh, fence=fence)

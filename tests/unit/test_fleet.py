@@ -11,7 +11,8 @@ import pytest
 
 from actors.ranking import rank
 from screener.core.config import load_settings
-from screener.core.models import SymbolStat
+from screener.core.models import FeedStatus, FleetStatus, RedisStatus, SymbolStat, UniverseStatus
+from screener.core.snapshot import Views
 from screener.fleet.agreement import Agreement, clash, disagreement
 from screener.fleet.shards import (
     FENCE_MARGIN,
@@ -25,6 +26,7 @@ from screener.fleet.shards import (
     replica_of,
     shard_of,
 )
+from screener.http.health import health_report
 
 SYMBOLS = [f"{a}{b}{c}_USDT" for a in "ABCDEFGH" for b in "XYZW" for c in string.ascii_uppercase]
 
@@ -167,6 +169,19 @@ def test_an_unconfirmed_answer_keeps_the_role_but_extends_nothing() -> None:
     assert lease.may_publish(6.0 + 4.7)
 
 
+def test_a_leader_that_missed_the_answers_of_another_term_drops_what_it_held() -> None:
+    """a led term 1, then heard nothing while b led term 2 and a took term 3 (answer
+    missed too): the next answer says a holds it and a held it last, but the term moved by
+    two, so b published in between and what a held is dropped."""
+    lease = Lease("a", lease_s=6.0, token="a#1")
+    lease.answered(Grant("a#1", term=1, previous=None), sent_at=0.0)
+    lease.failed("no answer in time", refused=False, now=2.0, heard=False)
+    fence = lease.answered(Grant("a#1", term=3, previous="a#1", renewed=False), sent_at=30.0)
+    assert fence.drop_held
+    again = lease.answered(Grant("a#1", term=3, previous="a#1"), sent_at=32.0)
+    assert not again.drop_held
+
+
 def test_a_refused_replica_stands_by_until_an_answer_grants_again() -> None:
     lease = Lease("a", lease_s=5.0, token="a#1")
     lease.answered(Grant("a#1", term=1, previous=None), sent_at=0.0)
@@ -273,3 +288,49 @@ def test_shard_ranking_round_trip() -> None:
     assert decode_shard_ranking(encode_shard_ranking(own, 3)) == own
     with pytest.raises(KeyError):
         decode_shard_ranking({"shard": 1})
+
+
+def fleet_status(**changes: object) -> FleetStatus:
+    base = FleetStatus(
+        shard=0,
+        shards=2,
+        replica="a",
+        lease_s=5.0,
+        role="standby",
+        leader="b",
+        term=3,
+        error=None,
+        leaderless_since=None,
+    )
+    return base._replace(**changes)
+
+
+def health(
+    fleet: FleetStatus, *, now: float = 100.0, last_push_at: float = 99.0
+) -> tuple[int, str]:
+    views = Views.empty()
+    views.feed.set(FeedStatus(last_push_at=last_push_at, conns_up=1, conns_total=1))
+    views.universe.set(UniverseStatus(symbols=3, chunks=1, error=None))
+    views.redis.set(RedisStatus(up=True, error=None))
+    views.fleet.set(fleet)
+    code, body = health_report(views, now, 60.0)
+    return code, body["status"]
+
+
+def test_health_names_a_refusal_and_only_a_stale_feed_is_worse() -> None:
+    refused = fleet_status(refused="FLEET_SHARDS=3 here, but ...", leaderless_since=0.0)
+    assert health(refused) == (503, "refused")
+    assert health(refused, last_push_at=0.0) == (503, "stale")
+    assert health(fleet_status(leaderless_since=0.0)) == (503, "leaderless")
+
+
+def test_health_shows_a_leader_publishing_only_within_its_lease() -> None:
+    views = Views.empty()
+    views.feed.set(FeedStatus(last_push_at=99.0, conns_up=1, conns_total=1))
+    views.universe.set(UniverseStatus(symbols=3, chunks=1, error=None))
+    views.redis.set(RedisStatus(up=True, error=None))
+    views.fleet.set(fleet_status(role="leader", leader="a", valid_until=100.5))
+    assert health_report(views, 100.0, 60.0)[1]["fleet"]["publishing"] is True
+    code, body = health_report(views, 100.5, 60.0)
+    assert (code, body["status"], body["fleet"]["publishing"]) == (200, "ok", False)
+    assert body["problems"] == ["fleet: lease of shard 0 not confirmed; publishing held"]
