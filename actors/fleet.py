@@ -105,7 +105,8 @@ class Fleet:
         lease, metrics = self.lease, self.metrics
         was = (lease.role, lease.leader, lease.error, lease.refusal)
         sent_at = trio.current_time()
-        deadline_ms = round((self.wall() + lease.timeout_s) * 1000)
+        sent_ms = round(self.wall() * 1000)
+        deadline_ms = sent_ms + round(lease.timeout_s * 1000)
         heard = lease.heard
         done = self.renewing = threading.Event()
 
@@ -116,6 +117,7 @@ class Fleet:
                     self.settings,
                     self.agreement,
                     token=lease.token,
+                    sent_ms=sent_ms,
                     deadline_ms=deadline_ms,
                     heard=heard,
                 )

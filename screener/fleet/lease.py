@@ -7,7 +7,9 @@ and deleted only by its holder (compare-and-delete). Before the lease, the scrip
 
 - the deadline: a request that reaches Redis after its sender's deadline (wall-clock ms,
   compared with Redis's `TIME`) changes nothing and answers "late": its sender has given
-  up on it, and a lease extended by it would be held by a replica that does not know;
+  up on it, and a lease extended by it would be held by a replica that does not know. A
+  lease taken or extended ends one lease after the request was sent (wall clock), so a
+  request delayed on its way extends it no further than its sender's own reckoning;
 - the configuration: the fleet on this channel (and under this prefix) registered the same
   document (screener/fleet/agreement.py), else "config";
 - the identity: no other live process registered this replica id, else "clash";
@@ -76,15 +78,16 @@ local term = tonumber(redis.call('GET', KEYS[2]) or '0')
 if ARGV[4] ~= '1' then
   return {'ok', holder or '', term, holder or '', 0}
 end
+local px = math.max(1, tonumber(ARGV[7]) - now)
 if holder == token then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], px)
   return {'ok', holder, term, holder, 1}
 end
 if holder then
   return {'ok', holder, term, holder, 0}
 end
 local previous = redis.call('GET', KEYS[3])
-redis.call('SET', KEYS[1], token, 'PX', ARGV[2])
+redis.call('SET', KEYS[1], token, 'PX', px)
 redis.call('SET', KEYS[3], token)
 return {'ok', token, redis.call('INCR', KEYS[2]), previous or '', 1}
 """
@@ -124,11 +127,14 @@ def acquire_or_renew(
     agreement: Agreement,
     *,
     token: str,
+    sent_ms: int,
     deadline_ms: int,
     heard: bool,
 ) -> Answer:
     """Take the shard's lease if free, extend it if ours; either way say who holds it. Or:
-    late (reached Redis after `deadline_ms`, Unix ms), or refused (see the module doc)."""
+    late (reached Redis after `deadline_ms`, Unix ms), or refused (see the module doc).
+    A lease taken or extended ends one lease after `sent_ms` (Unix ms: when the request
+    left), not after it arrived, as the sender's own validity counts from the sending."""
     keys = [
         *(fleet.key(fleet.shard, name) for name in ("lease", "term", "last")),
         replica_key(fleet),
@@ -137,7 +143,7 @@ def acquire_or_renew(
     ]
     lease_ms = round(fleet.lease_s * 1000)
     argv: list[bytes | str | int] = [token, lease_ms, deadline_ms, int(heard)]
-    argv += [agreement.document(), CONFIG_TTL_LEASES * lease_ms]
+    argv += [agreement.document(), CONFIG_TTL_LEASES * lease_ms, sent_ms + lease_ms]
     answer = cast(list[object], client.eval(ACQUIRE_OR_RENEW, len(keys), *keys, *argv))
     kind = _text(answer[0])
     if kind == "late":

@@ -78,7 +78,7 @@ class LeaseRedis:
     def acquire(self, replica: str, keys: list[str], argv: list[bytes]) -> list[object]:
         """ACQUIRE_OR_RENEW, step by step as the Lua script does it."""
         lease, term_key, last, identity, by_channel, by_prefix = keys
-        token, lease_ms, deadline_ms, heard, doc, config_ms = argv
+        token, lease_ms, deadline_ms, heard, doc, config_ms, until_ms = argv
         now_ms = (WALL + self.clock.current_time() + self.late_by.get(replica, 0.0)) * 1000
         if now_ms > int(deadline_ms):
             return [b"late", int(now_ms)]
@@ -101,13 +101,14 @@ class LeaseRedis:
         holder, term = self.get(lease), int(self.get(term_key) or b"0")
         if heard != b"1":
             return [b"ok", holder or b"", term, holder or b"", 0]
+        px = max(1.0, int(until_ms) - now_ms)  # a lease from the sending, not the arrival
         if holder == token:
-            self.set(lease, token, float(lease_ms))
+            self.set(lease, token, px)
             return [b"ok", holder, term, holder, 1]
         if holder is not None:
             return [b"ok", holder, term, holder, 0]
         previous = self.get(last)
-        self.set(lease, token, float(lease_ms))
+        self.set(lease, token, px)
         self.set(last, token)
         self.set(term_key, str(term + 1).encode())
         return [b"ok", token, term + 1, previous or b"", 1]

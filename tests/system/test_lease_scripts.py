@@ -53,9 +53,15 @@ def ask(
     env: dict[str, str] | None = None,
 ) -> Answer:
     settings, agreement = fleet(replica, env)
-    deadline_ms = round((time.time() + (-60 if late else 60)) * 1000)
+    sent_ms = round((time.time() - (62 if late else 0)) * 1000)
     return acquire_or_renew(
-        client, settings, agreement, token=token, deadline_ms=deadline_ms, heard=heard
+        client,
+        settings,
+        agreement,
+        token=token,
+        sent_ms=sent_ms,
+        deadline_ms=sent_ms + 2000,
+        heard=heard,
     )
 
 
@@ -159,6 +165,26 @@ def test_a_request_that_reaches_redis_after_its_deadline_changes_nothing(
     client.pexpire(LEASE_KEY, 1000)
     assert isinstance(ask(client, "a", "a#1", late=True), Late)
     assert client.pttl(LEASE_KEY) <= 1000  # not extended
+
+
+def test_a_lease_ends_one_lease_after_the_request_was_sent_not_after_it_arrived(
+    client: redis.Redis,
+) -> None:
+    """Sent 1.5 s ago (within its 2 s deadline): the lease it takes ends 4.5 s from now,
+    as its sender reckons it, not 6 s."""
+    settings, agreement = fleet("a")
+    sent_ms = round(time.time() * 1000) - 1500
+    answer = acquire_or_renew(
+        client,
+        settings,
+        agreement,
+        token="a#1",
+        sent_ms=sent_ms,
+        deadline_ms=sent_ms + 2000,
+        heard=True,
+    )
+    assert answer == Grant("a#1", term=1, previous=None)
+    assert 4000 < client.pttl(LEASE_KEY) <= 4500
 
 
 def test_a_replica_that_missed_its_previous_answer_neither_takes_nor_extends(
