@@ -7,15 +7,23 @@ ranking actor, writes it to Redis while this replica leads, reads the other shar
 rankings, and replaces the snapshot /top5 reads with the merge; on shard 0 it also sends the
 merge to the publisher as the `top_movers` document (published by shard 0's leader only).
 
+The lease key holds this process's token (`<FLEET_REPLICA_ID>#<nonce>`), which no other
+process shares. Each request carries its deadline (wall clock) and whether the previous
+answer came in time; Redis refuses a late request, and refuses to let this replica lead
+while another live process holds its replica id or the fleet on its channel runs another
+configuration: then it stands by, says why once in the log, in /health and in
+`screener_fleet_refused`.
+
 With one shard the merge is this shard's ranking and no ranking key is written or read.
 Redis unreachable: the lease is not confirmed, so the publisher holds; /top5 serves this
 shard alone, naming the others missing; the fleet re-forms at the first answer. On shutdown
-the lease is released, so a standby takes over at its next request.
+the lease and the replica id are released, so a standby takes over at its next request.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Mapping
 
 import redis
@@ -24,10 +32,11 @@ from loguru import logger
 
 from screener.core.config import FleetSettings
 from screener.core.metrics import Metrics
-from screener.core.models import FleetStatus, PublisherInbox, Ranking
+from screener.core.models import FleetStatus, Leadership, PublisherInbox, Ranking
 from screener.core.periodic import Ticker
 from screener.core.snapshot import Latest
 from screener.core.supervise import failure_text
+from screener.fleet.agreement import Agreement
 from screener.fleet.lease import (
     RANKING_TTL_INTERVALS,
     acquire_or_renew,
@@ -35,7 +44,16 @@ from screener.fleet.lease import (
     release,
     write_shard_ranking,
 )
-from screener.fleet.shards import Grant, Lease, merge_rankings
+from screener.fleet.shards import (
+    REFUSAL_REASONS,
+    Answer,
+    Grant,
+    Late,
+    Lease,
+    Refusal,
+    merge_rankings,
+    new_token,
+)
 from screener.redis.client import REDIS_ERRORS
 
 RELEASE_S = 1.0
@@ -43,64 +61,112 @@ RELEASE_S = 1.0
 
 
 class Fleet:
-    """The actor's state: the lease, the last shard rankings read, and the log."""
+    """The actor's state: the lease, the last shard rankings read, and the log. `wall`:
+    Unix time, for the deadline each request carries (Redis compares it with its own)."""
 
     def __init__(
         self,
         settings: FleetSettings,
         client: redis.Redis,
         *,
+        agreement: Agreement,
         status: Latest[FleetStatus | None],
         metrics: Metrics,
+        token: str | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.client = client
+        self.agreement = agreement
         self.lease = Lease(
             settings.replica_id,
             settings.lease_s,
             keys=(settings.key(settings.shard, "lease"), settings.key(settings.shard, "term")),
+            token=new_token(settings.replica_id) if token is None else token,
         )
         self.status = status
         self.metrics = metrics
+        self.wall = wall
         self.log = logger.bind(actor="fleet")
         self.renewing: threading.Event | None = None  # set once the last request ended
+        # Read at each scrape: 1 only while this replica may publish now, by its own clock.
+        metrics.fleet_leader.labels(str(settings.shard)).set_function(self._leads_now)
         self._publish_status()
+
+    def _leads_now(self) -> float:
+        try:
+            now = trio.current_time()
+        except RuntimeError:  # scraped outside the service's trio run: it has ended
+            return 0.0
+        return 1.0 if self.lease.may_publish(now) else 0.0
 
     async def renew(self, outbox: trio.MemorySendChannel[PublisherInbox]) -> None:
         """One acquire-or-renew; the answer goes to the publisher as the fence."""
         lease, metrics = self.lease, self.metrics
-        was = (lease.role, lease.leader, lease.error)
+        was = (lease.role, lease.leader, lease.error, lease.refusal)
         sent_at = trio.current_time()
+        sent_ms = round(self.wall() * 1000)
+        deadline_ms = sent_ms + round(lease.timeout_s * 1000)
+        heard = lease.heard
         done = self.renewing = threading.Event()
 
-        def request() -> Grant:
+        def request() -> Answer:
             try:
-                return acquire_or_renew(self.client, self.settings)
+                answer = acquire_or_renew(
+                    self.client,
+                    self.settings,
+                    self.agreement,
+                    token=lease.token,
+                    sent_ms=sent_ms,
+                    deadline_ms=deadline_ms,
+                    heard=heard,
+                )
             finally:
                 done.set()
+            if isinstance(answer, Late):  # counted here: its sender has usually given up
+                metrics.fleet_renewals.labels("late").inc()
+            return answer
 
         try:
-            with trio.fail_after(lease.renew_every_s):
-                grant = await trio.to_thread.run_sync(request, abandon_on_cancel=True)
+            with trio.fail_after(lease.timeout_s):
+                answer = await trio.to_thread.run_sync(request, abandon_on_cancel=True)
         except trio.TooSlowError:
-            self._failed("no answer in time", refused=False, was_error=was[2])
+            self._failed("no answer in time", refused=False, heard=False, was_error=was[2])
             return
         except REDIS_ERRORS as exc:
             refused = isinstance(exc, redis.ResponseError)
-            self._failed(failure_text(exc), refused=refused, was_error=was[2])
+            # A socket timeout may come after Redis ran the script: the answer was missed.
+            heard = not isinstance(exc, redis.TimeoutError)
+            self._failed(failure_text(exc), refused=refused, heard=heard, was_error=was[2])
             return
-        fence = lease.answered(grant, sent_at=sent_at)
-        metrics.fleet_renewals.labels("granted" if lease.role == "leader" else "standby").inc()
-        if lease.took_over:
-            metrics.fleet_takeovers.inc()
-        if (lease.role, lease.leader, lease.error) != was:
-            self._log_change()
+        if isinstance(answer, Late):
+            self._failed("reached redis after its deadline", refused=False, was_error=was[2])
+            return
+        fence = self._record(answer, sent_at)
+        if (lease.role, lease.leader, lease.error, lease.refusal) != was:
+            self._log_change(was[3])
         self._publish_status()
         await outbox.send(fence)
 
-    def _failed(self, reason: str, *, refused: bool, was_error: str | None) -> None:
+    def _record(self, answer: Grant | Refusal, sent_at: float) -> Leadership:
+        lease, renewals = self.lease, self.metrics.fleet_renewals
+        if isinstance(answer, Refusal):
+            renewals.labels("refused").inc()
+            return lease.refused(answer)
+        fence = lease.answered(answer, sent_at=sent_at)
+        if lease.role != "leader":
+            renewals.labels("standby").inc()
+        else:
+            renewals.labels("granted" if answer.renewed else "unconfirmed").inc()
+        if lease.took_over:
+            self.metrics.fleet_takeovers.inc()
+        return fence
+
+    def _failed(
+        self, reason: str, *, refused: bool, was_error: str | None, heard: bool = True
+    ) -> None:
         """No grant; one warning when the failures begin (the fence simply runs out)."""
-        self.lease.failed(reason, refused=refused, now=trio.current_time())
+        self.lease.failed(reason, refused=refused, now=trio.current_time(), heard=heard)
         self.metrics.fleet_renewals.labels("failed").inc()
         if was_error is None:
             self.log.warning(
@@ -110,8 +176,19 @@ class Fleet:
             )
         self._publish_status()
 
-    def _log_change(self) -> None:
+    def _log_change(self, was_refused: Refusal | None) -> None:
         lease = self.lease
+        refusal = lease.refusal
+        if refusal is not None:
+            if was_refused is None or was_refused.problem != refusal.problem:
+                self.log.error(
+                    "fleet: refused to lead shard {shard}: {problem}",
+                    shard=self.settings.shard,
+                    problem=refusal.problem,
+                )
+            return
+        if was_refused is not None:
+            self.log.info("fleet: no longer refused ({problem})", problem=was_refused.problem)
         if lease.role == "leader":
             self.log.info(
                 "fleet: leader of shard {shard}/{shards} (term {term}{how})",
@@ -131,6 +208,7 @@ class Fleet:
 
     def _publish_status(self) -> None:
         lease = self.lease
+        refusal = lease.refusal
         self.status.set(
             FleetStatus(
                 shard=self.settings.shard,
@@ -142,31 +220,38 @@ class Fleet:
                 term=lease.term,
                 error=lease.error,
                 leaderless_since=lease.leaderless_since,
+                valid_until=lease.valid_until,
+                refused=None if refusal is None else refusal.problem,
             )
         )
-        shard = str(self.settings.shard)
-        self.metrics.fleet_leader.labels(shard).set(1 if lease.role == "leader" else 0)
-        self.metrics.fleet_term.labels(shard).set(lease.term)
+        self.metrics.fleet_term.labels(str(self.settings.shard)).set(lease.term)
+        for reason in REFUSAL_REASONS:
+            on = refusal is not None and refusal.reason == reason
+            self.metrics.fleet_refused.labels(reason).set(1 if on else 0)
 
     async def give_up(self) -> None:
-        """Release the lease if held, within RELEASE_S whatever Redis does. A request still
-        in flight (abandoned by the cancel, its thread runs on) may take or extend the lease
-        after a release, so it is waited for first; a standby stays one if it ends first."""
+        """Release the lease and the replica id, within RELEASE_S whatever Redis does. A
+        request still in flight (abandoned by the cancel, its thread runs on) may take or
+        extend the lease after a release, so it is waited for first."""
         renewing = self.renewing
-        if self.lease.role != "leader" and (renewing is None or renewing.is_set()):
-            return
+        if renewing is None:
+            return  # never asked: nothing registered
         with trio.move_on_after(RELEASE_S) as scope:
             scope.shield = True
-            if renewing is not None and not renewing.is_set():
+            if not renewing.is_set():
                 await trio.to_thread.run_sync(renewing.wait, RELEASE_S, abandon_on_cancel=True)
             try:
-                await trio.to_thread.run_sync(
-                    release, self.client, self.settings, abandon_on_cancel=True
+                released = await trio.to_thread.run_sync(
+                    release, self.client, self.settings, self.lease.token, abandon_on_cancel=True
                 )
             except REDIS_ERRORS as exc:
                 self.log.warning("fleet: lease not released ({why})", why=failure_text(exc))
                 return
-        if not scope.cancelled_caught:
+        if scope.cancelled_caught:
+            return
+        self.lease.role, self.lease.valid_until = "standby", float("-inf")
+        self._publish_status()
+        if released:
             self.log.info("fleet: lease of shard {shard} released", shard=self.settings.shard)
 
     async def others(self, own: Ranking, rank_interval_s: float) -> Mapping[int, Ranking]:
@@ -195,18 +280,23 @@ async def run_fleet(
     outbox: trio.MemorySendChannel[PublisherInbox],
     *,
     settings: FleetSettings,
+    agreement: Agreement,
     client: Callable[[], redis.Redis],
     snapshot: Latest[Ranking | None],
     status: Latest[FleetStatus | None],
     metrics: Metrics,
     top_n: int,
     rank_interval_s: float,
+    wall: Callable[[], float] = time.time,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """`rankings`: this shard's, from the ranking actor; `outbox`: the publisher's inbox
-    (fences, and the global ranking on shard 0). Owns and closes both."""
+    (fences, and the global ranking on shard 0). Owns and closes both. `agreement`: what
+    every replica on this channel must share (`Agreement.of(settings)`)."""
     redis_client = client()
-    fleet = Fleet(settings, redis_client, status=status, metrics=metrics)
+    fleet = Fleet(
+        settings, redis_client, agreement=agreement, status=status, metrics=metrics, wall=wall
+    )
 
     async def hold_lease() -> None:
         ticker = Ticker(fleet.lease.renew_every_s)

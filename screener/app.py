@@ -45,6 +45,7 @@ from screener.core.metrics import Metrics
 from screener.core.models import ChunkPlan, PublisherInbox, Ranking, SymbolSet, WindowInbox
 from screener.core.snapshot import Views
 from screener.core.supervise import Reachability, supervise_pool
+from screener.fleet.agreement import Agreement
 from screener.http.routes import create_app, serve_http
 from screener.http.stream import Streams
 from screener.mexc.client import fetch_contracts, fetch_klines, fetch_tickers, open_rest_client
@@ -177,6 +178,7 @@ async def run_service(
                 rank_recv,
                 events_send.clone(),
                 settings=settings.fleet,
+                agreement=Agreement.of(settings),
                 client=partial(make_client, settings.redis, announce_moves=False),
                 snapshot=views.ranking,
                 status=views.fleet,

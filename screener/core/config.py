@@ -293,11 +293,16 @@ class FleetSettings:
     replica_id: str = env(
         "FLEET_REPLICA_ID",
         "",
-        "this replica's name in Redis and /health (empty: <hostname>-<pid>)",
+        "this replica's name in Redis and /health, one live process each (a second is "
+        "refused the lease; empty: <hostname>-<pid>)",
         replica_name,
     )
     key_prefix: str = env(
-        "FLEET_KEY_PREFIX", "screener", "prefix of every Redis key the fleet writes", key_part
+        "FLEET_KEY_PREFIX",
+        "screener",
+        "prefix of the Redis keys the fleet writes; one per MARKET_DATA_CHANNEL (a replica "
+        "unlike its fleet is refused the lease)",
+        key_part,
     )
 
     def key(self, *parts: object) -> str:

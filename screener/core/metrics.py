@@ -201,7 +201,8 @@ METRICS: Final = (
         "fleet_leader",
         Gauge,
         "screener_fleet_leader",
-        "1 while this replica leads its shard (FLEET_SHARD)",
+        "1 while this replica may publish for its shard (FLEET_SHARD): it holds the lease "
+        "and the lease is still valid by its own clock (read at each scrape)",
         ("shard",),
     ),
     Spec(
@@ -216,9 +217,23 @@ METRICS: Final = (
         Counter,
         "screener_fleet_lease_requests",
         "Lease acquire-or-renew requests by outcome: granted (held by this replica), "
-        "standby (held by another), failed (no answer or refused)",
+        "standby (held by another), unconfirmed (held by this replica but not extended: its "
+        "previous answer came too late), refused (FLEET_REPLICA_ID in use by another "
+        "process, or a configuration that differs from the fleet's), failed (no answer in "
+        "time, or an error), late (reached Redis after its deadline, which then changed "
+        "nothing; each also counts as failed)",
         ("outcome",),
-        _each("granted", "standby", "failed"),
+        _each("granted", "standby", "unconfirmed", "refused", "failed", "late"),
+    ),
+    Spec(
+        "fleet_refused",
+        Gauge,
+        "screener_fleet_refused",
+        "1 while Redis refuses to let this replica lead, by reason: replica_id (another live "
+        "process has its FLEET_REPLICA_ID), config (the fleet on its channel runs other "
+        "settings); /health's problems say which",
+        ("reason",),
+        _each("replica_id", "config"),
     ),
     Spec(
         "fleet_takeovers",
@@ -290,6 +305,7 @@ class Metrics:
     fleet_leader: Gauge
     fleet_term: Gauge
     fleet_renewals: Counter
+    fleet_refused: Gauge
     fleet_takeovers: Counter
     fleet_standby_events: Counter
     fleet_fenced_writes: Counter

@@ -193,6 +193,8 @@ class FleetStatus(NamedTuple):
     term: int
     error: str | None  # why this replica holds no lease answer (Redis unreachable, refused)
     leaderless_since: float | None  # trio time since when Redis refuses every lease
+    valid_until: float = float("-inf")  # trio time: a leader publishes until then
+    refused: str | None = None  # why Redis refuses to let this replica lead
 
 
 class FeedStatus(NamedTuple):

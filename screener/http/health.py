@@ -1,9 +1,12 @@
 """/health's verdict, a pure function of the snapshots and the time: which feed serves the
 windows, whether it is fresh, and the problems to report.
 
-Four verdicts, the worst one wins: "stale" (503: nothing trustworthy is being followed: no
-fresh feed, or no symbol tracked at all), "leaderless" (503: Redis has refused this shard's
-lease to every request for more than two leases, so its events reach nobody), "degraded" (200:
+Five verdicts, the worst one wins: "stale" (503: nothing trustworthy is being followed: no
+fresh feed, or no symbol tracked at all), "refused" (503: Redis refuses to let this replica
+lead: another live process has its FLEET_REPLICA_ID, or the fleet on its channel runs other
+settings; the problem line names the variable and both values), "leaderless" (503: Redis
+has refused this shard's lease to every request for more than two leases, so its events
+reach nobody), "degraded" (200:
 the market is followed, but not the way it should be: the REST failover feeds the windows, a
 connection has been down for `CONN_DOWN_GRACE_S`, or Redis refuses writes), "ok". Each reason
 is a line in `problems`."""
@@ -79,22 +82,30 @@ def redis_state(red: RedisStatus) -> tuple[str, str | None]:
     return "up", None
 
 
-def fleet_report(fleet: FleetStatus, now: float) -> tuple[dict[str, Any], str | None, bool]:
-    """(the `fleet` block, a problem line or None, leaderless for more than two leases)."""
+def fleet_report(fleet: FleetStatus, now: float) -> tuple[dict[str, Any], str | None, str]:
+    """(the `fleet` block, a problem line or None, the verdict: "refused", "leaderless"
+    (for more than two leases) or ""). `publishing`: a leader whose lease is still valid by
+    its own clock; a leader that cannot confirm its lease is not publishing."""
+    publishing = fleet.role == "leader" and now < fleet.valid_until
     block = {
         "shard": fleet.shard,
         "shards": fleet.shards,
         "role": fleet.role,
+        "publishing": publishing,
         "leader": fleet.leader,
         "term": fleet.term,
         "replica": fleet.replica,
     }
+    if fleet.refused is not None:
+        return block, f"fleet: refused to lead: {fleet.refused}", "refused"
     leaderless = _age(fleet.leaderless_since, now)
     if leaderless is not None and leaderless > 2 * fleet.lease_s:
-        return block, f"shard {fleet.shard} has had no leader for {leaderless:.0f}s", True
+        return block, f"shard {fleet.shard} has had no leader for {leaderless:.0f}s", "leaderless"
     if fleet.error is not None:
-        return block, f"fleet: no lease answer ({fleet.error}); publishing held", False
-    return block, None, False
+        return block, f"fleet: no lease answer ({fleet.error}); publishing held", ""
+    if fleet.role == "leader" and not publishing:
+        return block, f"fleet: lease of shard {fleet.shard} not confirmed; publishing held", ""
+    return block, None, ""
 
 
 def health_report(
@@ -134,18 +145,18 @@ def health_report(
         problems.append("no symbols tracked")
     if redis_problem is not None:
         problems.append(redis_problem)
-    leaderless = False
+    verdict = ""
     if (fleet := views.fleet.value) is not None:
-        body["fleet"], fleet_problem, leaderless = fleet_report(fleet, now)
+        body["fleet"], fleet_problem, verdict = fleet_report(fleet, now)
         if fleet_problem is not None:
             problems.append(fleet_problem)
     if status == "ok" and (conns_problem is not None or redis == "degraded"):
         body["status"] = "degraded"
-    if leaderless and status != "stale":
-        body["status"] = status = "leaderless"
+    if verdict and status != "stale":
+        body["status"] = status = verdict
     if problems:
         body["problems"] = problems
-    return (503 if status in ("stale", "leaderless") else 200), body
+    return (503 if status in ("stale", "refused", "leaderless") else 200), body
 
 
 def top5_report(

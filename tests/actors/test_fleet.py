@@ -14,13 +14,16 @@ import pytest
 import redis
 import trio
 import trio.testing
+from loguru import logger
 
 from actors.fleet import Fleet, run_fleet
 from actors.publisher import FencedOut, Publisher, run_publisher
 from actors.ranking import rank
-from screener.core.config import FleetSettings, load_settings
+from screener.core.config import load_settings
 from screener.core.metrics import Metrics
 from screener.core.models import (
+    FeedStatus,
+    Fence,
     FleetStatus,
     Leadership,
     MarketData,
@@ -28,23 +31,31 @@ from screener.core.models import (
     Ranking,
     RedisStatus,
     SymbolStat,
+    UniverseStatus,
 )
-from screener.core.snapshot import Latest
+from screener.core.snapshot import Latest, Views
+from screener.fleet.agreement import Agreement
 from screener.fleet.lease import ACQUIRE_OR_RENEW, RELEASE
+from screener.http.health import health_report
 from tests.actors.fakes import M, MemoryRedis, Write, market_data, threads_hold_clock
 
 LEASE_S = 6.0  # renewals every 2 s, fenced end 4.8 s after a request
+WALL = 1_700_000_000.0  # Unix time at virtual time 0: the replicas' wall clock and Redis's
 
 
 class LeaseRedis:
     """One Redis shared by every replica of a test: keys with expiry on the MockClock, the
     two lease scripts answered by the rules of screener/fleet/lease.py, SET PX and MGET.
-    `cut` holds the replicas that cannot reach it (a partition, or a killed process)."""
+    `cut` holds the replicas that cannot reach it (a partition, or a killed process);
+    `lost`, those whose requests reach it but whose answers never come back in time (a
+    slow link back); `late_by`, how much later than sent each replica's requests arrive."""
 
     def __init__(self, clock: trio.testing.MockClock) -> None:
         self.clock = clock
         self.keys: dict[str, tuple[bytes, float]] = {}
         self.cut: set[str] = set()
+        self.lost: set[str] = set()
+        self.late_by: dict[str, float] = {}
         self.requests: list[tuple[str, float]] = []  # (replica, virtual time)
 
     def client(self, replica: str) -> Callable[[], redis.Redis]:
@@ -61,6 +72,61 @@ class LeaseRedis:
         until = math.inf if px is None else self.clock.current_time() + px / 1000
         self.keys[key] = (value, until)
 
+    def ttl(self, key: str) -> float:
+        return self.keys[key][1] - self.clock.current_time() if self.get(key) else 0.0
+
+    def acquire(self, replica: str, keys: list[str], argv: list[bytes]) -> list[object]:
+        """ACQUIRE_OR_RENEW, step by step as the Lua script does it."""
+        lease, term_key, last, identity, by_channel, by_prefix = keys
+        token, lease_ms, deadline_ms, heard, doc, config_ms, until_ms = argv
+        now_ms = (WALL + self.clock.current_time() + self.late_by.get(replica, 0.0)) * 1000
+        if now_ms > int(deadline_ms):
+            return [b"late", int(now_ms)]
+
+        def refuse(answer: list[object]) -> list[object]:
+            if self.get(lease) == token:
+                del self.keys[lease]
+            return answer
+
+        for key, where in ((by_channel, b"channel"), (by_prefix, b"prefix")):
+            stored = self.get(key)
+            if stored is not None and stored != doc:
+                return refuse([b"config", where, stored])
+        other = self.get(identity)
+        if other is not None and other != token:
+            return refuse([b"clash", other])
+        self.set(by_channel, doc, float(config_ms))
+        self.set(by_prefix, doc, float(config_ms))
+        self.set(identity, token, float(lease_ms))
+        holder, term = self.get(lease), int(self.get(term_key) or b"0")
+        if heard != b"1":
+            return [b"ok", holder or b"", term, holder or b"", 0]
+        # A lease from the sending, not the arrival: the same end whenever the request lands
+        # (this fake applies it at the sending, on the clock the keys expire by).
+        px = max(1.0, int(until_ms) - (WALL + self.clock.current_time()) * 1000)
+        if holder == token:
+            self.set(lease, token, px)
+            return [b"ok", holder, term, holder, 1]
+        if holder is not None:
+            return [b"ok", holder, term, holder, 0]
+        previous = self.get(last)
+        self.set(lease, token, px)
+        self.set(last, token)
+        self.set(term_key, str(term + 1).encode())
+        return [b"ok", token, term + 1, previous or b"", 1]
+
+    def release(self, keys: list[str], token: bytes) -> int:
+        released = 0
+        for i, key in enumerate(keys):
+            if self.get(key) == token:
+                del self.keys[key]
+                released = released or int(i == 0)
+        return released
+
+
+def raw(value: object) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
 
 class Client:
     def __init__(self, server: LeaseRedis, replica: str) -> None:
@@ -74,28 +140,15 @@ class Client:
 
     def eval(self, script: str, numkeys: int, *args: Any) -> Any:
         r = self._reach()
-        keys, argv = [str(k) for k in args[:numkeys]], [str(a) for a in args[numkeys:]]
-        me = argv[0].encode()
+        keys, argv = [str(k) for k in args[:numkeys]], [raw(a) for a in args[numkeys:]]
         if script == RELEASE:
-            if r.get(keys[0]) == me:
-                del r.keys[keys[0]]
-                return 1
-            return 0
+            return r.release(keys, argv[0])
         assert script == ACQUIRE_OR_RENEW
         r.requests.append((self.replica, r.clock.current_time()))
-        lease, term_key, last_key = keys
-        holder = r.get(lease)
-        term = int(r.get(term_key) or b"0")
-        if holder == me:
-            r.set(lease, me, px=float(argv[1]))
-            return [holder, term, holder]
-        if holder is not None:
-            return [holder, term, holder]
-        previous = r.get(last_key)
-        r.set(lease, me, px=float(argv[1]))
-        r.set(last_key, me)
-        r.set(term_key, str(term + 1).encode())
-        return [me, term + 1] + ([previous] if previous is not None else [])
+        answer = r.acquire(self.replica, keys, argv)
+        if self.replica in r.lost:
+            raise redis.TimeoutError("Timeout reading from socket")
+        return answer
 
     def set(self, key: str, value: bytes, px: int) -> None:
         self._reach().set(key, value, px=px)
@@ -108,14 +161,38 @@ class Client:
         pass
 
 
-class Replica:
-    """`run_fleet` for one replica in its own cancel scope, its fences collected."""
+def virtual_wall() -> float:
+    return WALL + trio.current_time()
 
-    def __init__(self, server: LeaseRedis, name: str, *, shard: int = 0, shards: int = 1):
+
+class Replica:
+    """`run_fleet` for one replica in its own cancel scope, its fences collected. `name`
+    is its Redis client's (the process); `replica_id` its FLEET_REPLICA_ID (the name by
+    default)."""
+
+    def __init__(
+        self,
+        server: LeaseRedis,
+        name: str,
+        *,
+        shard: int = 0,
+        shards: int = 1,
+        replica_id: str | None = None,
+        env: dict[str, str] | None = None,
+    ):
         self.name = name
-        self.settings = FleetSettings(
-            shards=shards, shard=shard, lease_s=LEASE_S, replica_id=name, key_prefix="t"
+        settings = load_settings(
+            {
+                "FLEET_SHARDS": str(shards),
+                "FLEET_SHARD": str(shard),
+                "FLEET_LEASE_S": f"{LEASE_S:g}",
+                "FLEET_REPLICA_ID": replica_id or name,
+                "FLEET_KEY_PREFIX": "t",
+                **(env or {}),
+            }
         )
+        self.settings = settings.fleet
+        self.agreement = Agreement.of(settings)
         self.server = server
         self.scope = trio.CancelScope()
         self.metrics = Metrics()
@@ -134,12 +211,14 @@ class Replica:
                     self._rankings,
                     out_send,
                     settings=self.settings,
+                    agreement=self.agreement,
                     client=self.server.client(self.name),
                     snapshot=self.snapshot,
                     status=self.status,
                     metrics=self.metrics,
                     top_n=2,
                     rank_interval_s=15.0,
+                    wall=virtual_wall,
                 )
 
     async def _collect(self, inbox: trio.MemoryReceiveChannel[PublisherInbox]) -> None:
@@ -152,6 +231,17 @@ class Replica:
     def last_fence(self) -> Leadership:
         return self.fences[-1][1]
 
+    def fleet(self) -> FleetStatus:
+        status = self.status.value
+        assert status is not None
+        return status
+
+    def sample(self, name: str, **labels: str) -> float | None:
+        return self.metrics.registry.get_sample_value(name, labels)
+
+    def leads(self) -> float | None:
+        return self.sample("screener_fleet_leader", shard=str(self.settings.shard))
+
 
 async def test_the_lease_is_renewed_every_third_of_it(
     autojump_clock: trio.testing.MockClock,
@@ -161,16 +251,25 @@ async def test_the_lease_is_renewed_every_third_of_it(
     async with threads_hold_clock(autojump_clock), trio.open_nursery() as nursery:
         nursery.start_soon(a.run)
         await trio.sleep(9.0)
+        status = a.fleet()
+        assert (status.role, status.leader, status.term, status.refused) == ("leader", "a", 1, None)
+        token = server.get("t:fleet:1:0:lease")
+        assert token is not None
+        assert token.startswith(b"a#")  # the process's token: the replica id and a nonce
+        assert server.get("t:fleet:replica:a") == token
         a.scope.cancel()
     assert [t for _, t in server.requests] == [0.0, 2.0, 4.0, 6.0, 8.0]
     assert [(at, f.role, f.term) for at, f in a.fences] == [
         (t, "leader", 1) for t in (0.0, 2.0, 4.0, 6.0, 8.0)
     ]
     assert a.fences[-1][1].valid_until == pytest.approx(8.0 + LEASE_S * 0.8)
-    assert server.get("t:fleet:1:0:lease") is None  # released on the way out
-    status = a.status.value
-    assert status is not None
-    assert (status.role, status.leader, status.term) == ("leader", "a", 1)
+    assert a.fences[-1][1].fence == Fence(
+        "t:fleet:1:0:lease", "t:fleet:1:0:term", token.decode(), 1
+    )
+    # Released on the way out: the lease and the replica id, and it no longer leads.
+    assert server.get("t:fleet:1:0:lease") is None
+    assert server.get("t:fleet:replica:a") is None
+    assert a.fleet().role == "standby"
 
 
 async def a_then_b(nursery: trio.Nursery, a: Replica, b: Replica) -> None:
@@ -254,6 +353,230 @@ async def test_the_global_ranking_merges_every_shard_and_names_the_missing(
         assert one.published == []  # other shards never do
         zero.scope.cancel()
         one.scope.cancel()
+
+
+# --- lease truth: what Redis holds is what the leader knows ------------------------------
+
+
+def health_of(replica: Replica) -> tuple[int, dict[str, Any]]:
+    """/health of a replica whose feed is fresh, as the route computes it now."""
+    views = Views.empty()
+    views.feed.set(FeedStatus(last_push_at=trio.current_time(), conns_up=1, conns_total=1))
+    views.universe.set(UniverseStatus(symbols=3, chunks=1, error=None))
+    views.redis.set(RedisStatus(up=True, error=None))
+    views.fleet.set(replica.fleet())
+    return health_report(views, trio.current_time(), 60.0)
+
+
+async def test_the_leader_gauge_is_1_only_while_the_lease_is_valid_by_this_clock(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """No answer comes after 0.0 (Redis cut off): the gauge, /health and the publisher's
+    fence all stop at the lease's fenced end, 4.8, not at the next lease answer."""
+    server = LeaseRedis(autojump_clock)
+    a = Replica(server, "a")
+    async with threads_hold_clock(autojump_clock), trio.open_nursery() as nursery:
+        nursery.start_soon(a.run)
+        await trio.sleep(1.0)
+        server.cut.add("a")
+        assert a.leads() == 1
+        assert health_of(a)[1]["fleet"]["publishing"] is True
+        until = a.last_fence().valid_until
+        assert until == pytest.approx(4.8)
+        await trio.sleep_until(until - 0.01)
+        assert a.leads() == 1
+        await trio.sleep_until(until)  # requests at 2.0 and 4.0 failed; the next is at 6.0
+        assert a.leads() == 0
+        code, doc = health_of(a)
+        assert (code, doc["fleet"]["role"], doc["fleet"]["publishing"]) == (200, "leader", False)
+        assert doc["problems"] == [
+            "fleet: no lease answer (ConnectionError: Connection refused); publishing held"
+        ]
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("there_s", [0.0, 1.5])
+async def test_a_leader_whose_answers_come_back_late_loses_its_lease_in_redis_too(
+    autojump_clock: trio.testing.MockClock, there_s: float
+) -> None:
+    """From 9.0 a's requests reach Redis (at once, or 1.5 s later: within their deadline)
+    but their answers never reach a in time. The one sent at 10.0 still extends the lease,
+    to 16.0 (a lease after its sending, wherever it arrived); from 12.0 a says it missed its
+    answer, so Redis extends nothing more, and b takes the lease at its first request after
+    16.0: within a lease and a renewal period of a's first missed answer. (Before, a renewed
+    a lease it never knew it held: the shard had no publisher for as long as the link was
+    slow.)"""
+    server = LeaseRedis(autojump_clock)
+    a, b = Replica(server, "a"), Replica(server, "b")
+    async with threads_hold_clock(autojump_clock), trio.open_nursery() as nursery:
+        await a_then_b(nursery, a, b)
+        await trio.sleep_until(9.0)
+        server.lost.add("a")
+        server.late_by["a"] = there_s
+        await trio.sleep_until(13.0)
+        assert a.leads() == 0  # fenced at 8.0 + 4.8 by its own clock
+        assert server.ttl("t:fleet:1:0:lease") == pytest.approx(3.0)  # 16.0: not extended
+        await trio.sleep_until(17.0)
+        taken = next(at for at, f in b.fences if f.role == "leader")
+        assert taken == 16.5
+        assert taken <= 10.0 + LEASE_S + LEASE_S / 3
+        assert (b.last_fence().term, b.leads()) == (2, 1)
+        assert a.leads() == 0
+        server.lost.discard("a")  # the link heals: a's next answer makes it a standby
+        await trio.sleep_until(21.0)
+        assert (a.fleet().role, a.fleet().leader) == ("standby", "b")
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_request_that_reaches_redis_after_its_deadline_extends_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """From 9.0 a's requests take 3 s to reach Redis, past their 2 s deadline: Redis
+    refuses each ("late", counted), the lease extended at 8.0 runs out at 14.0 and b takes
+    it at 14.5."""
+    server = LeaseRedis(autojump_clock)
+    a, b = Replica(server, "a"), Replica(server, "b")
+    async with threads_hold_clock(autojump_clock), trio.open_nursery() as nursery:
+        await a_then_b(nursery, a, b)
+        await trio.sleep_until(9.0)
+        server.late_by["a"] = 3.0
+        await trio.sleep_until(15.0)
+        taken = next(at for at, f in b.fences if f.role == "leader")
+        assert taken == 14.5
+        assert a.last_fence().valid_until == pytest.approx(8.0 + LEASE_S * 0.8)
+        assert a.last_fence().valid_until < taken
+        late = a.sample("screener_fleet_lease_requests_total", outcome="late")
+        assert late == 3  # 10.0, 12.0, 14.0
+        assert a.fleet().error == "reached redis after its deadline"
+        nursery.cancel_scope.cancel()
+
+
+# --- refusals: one process per replica id, one configuration per channel ----------------
+
+
+class FleetLines:
+    """The fleet actor's log lines as (level, message)."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
+    def __enter__(self) -> list[tuple[str, str]]:
+        def sink(message: Any) -> None:
+            record = message.record
+            if record["extra"].get("actor") == "fleet":
+                self.lines.append((record["level"].name, record["message"]))
+
+        self.sink = logger.add(sink, level="DEBUG", format="{message}")
+        return self.lines
+
+    def __exit__(self, *_: object) -> None:
+        logger.remove(self.sink)
+
+
+async def test_a_second_process_with_the_same_replica_id_never_leads_and_says_why(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Two live processes named "a" (two containers given one FLEET_REPLICA_ID): before,
+    both led (one key, one value) and published every event twice. Now the second is
+    refused, says so once, and leads when the first stops."""
+    server = LeaseRedis(autojump_clock)
+    first, second = Replica(server, "p1", replica_id="a"), Replica(server, "p2", replica_id="a")
+    with FleetLines() as lines:
+        async with threads_hold_clock(autojump_clock), trio.open_nursery() as nursery:
+            await a_then_b(nursery, first, second)
+            await trio.sleep_until(10.0)
+            assert first.last_fence().role == "leader"
+            assert {f.role for _, f in second.fences} == {"standby"}
+            assert second.leads() == 0
+            code, doc = health_of(second)
+            assert (code, doc["status"]) == (503, "refused")
+            [problem] = doc["problems"]
+            assert problem.startswith(
+                "fleet: refused to lead: FLEET_REPLICA_ID=a is in use by another live process"
+            )
+            assert second.sample("screener_fleet_refused", reason="replica_id") == 1
+            assert second.sample("screener_fleet_refused", reason="config") == 0
+            refusals = [line for line in lines if "refused" in line[1]]
+            assert len(refusals) == 1  # five requests refused, one line
+            assert refusals[0][0] == "ERROR"
+            first.scope.cancel()  # a clean stop releases the lease and the id at 10.0
+            await trio.sleep_until(11.0)
+            assert (second.last_fence().role, second.last_fence().term) == ("leader", 2)
+            assert second.fleet().refused is None
+            assert second.sample("screener_fleet_refused", reason="replica_id") == 0
+            assert health_of(second)[0] == 200
+            nursery.cancel_scope.cancel()
+    assert ("INFO", "fleet: leader of shard 0/1 (term 2, took over)") in lines
+
+
+async def test_a_restarted_process_waits_at_most_a_lease_for_its_old_registration(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """ "a" is killed at 9.0 (no release) and restarted at 9.5 under the same name: its
+    previous run's registration (and lease) were last extended at 8.0, so the new process is
+    refused at 9.5, 11.5 and 13.5 and leads at 15.5, its first request after 14.0."""
+    server = LeaseRedis(autojump_clock)
+    old, new = Replica(server, "old", replica_id="a"), Replica(server, "new", replica_id="a")
+    async with threads_hold_clock(autojump_clock), trio.open_nursery() as nursery:
+        nursery.start_soon(old.run)
+        await trio.sleep_until(9.0)
+        server.cut.add("old")
+        await trio.sleep_until(9.5)
+        nursery.start_soon(new.run)
+        await trio.sleep_until(16.0)
+        assert [(at, f.role) for at, f in new.fences] == [
+            (9.5, "standby"),
+            (11.5, "standby"),
+            (13.5, "standby"),
+            (15.5, "leader"),
+        ]
+        assert new.fleet().refused is None
+        assert LEASE_S + LEASE_S / 3 >= 15.5 - 9.5
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("env", "problem"),
+    [
+        (
+            {"FLEET_SHARDS": "2"},
+            "FLEET_SHARDS=2 here, but the fleet on channel market_data runs FLEET_SHARDS=1",
+        ),
+        (
+            {"FLEET_KEY_PREFIX": "u"},
+            "FLEET_KEY_PREFIX=u here, but the fleet on channel market_data runs FLEET_KEY_PREFIX=t",
+        ),
+        (
+            {"SYMBOL_WHITELIST": "BTC_USDT"},
+            "SYMBOL_WHITELIST=BTC_USDT here, but the fleet on channel market_data runs "
+            "SYMBOL_WHITELIST=(empty)",
+        ),
+    ],
+)
+async def test_a_replica_configured_unlike_its_fleet_never_leads_and_says_why(
+    autojump_clock: trio.testing.MockClock, env: dict[str, str], problem: str
+) -> None:
+    """Its keys differ (another shard count, another prefix) or its universe does, so
+    before it led a fleet of its own on the same channel and published a second time."""
+    server = LeaseRedis(autojump_clock)
+    a, odd = Replica(server, "a"), Replica(server, "odd", env=env)
+    with FleetLines() as lines:
+        async with threads_hold_clock(autojump_clock), trio.open_nursery() as nursery:
+            await a_then_b(nursery, a, odd)
+            await trio.sleep_until(10.0)
+            assert a.leads() == 1
+            assert {f.role for _, f in odd.fences} == {"standby"}
+            code, doc = health_of(odd)
+            assert (code, doc["status"], doc["problems"]) == (
+                503,
+                "refused",
+                [f"fleet: refused to lead: {problem}"],
+            )
+            assert odd.sample("screener_fleet_refused", reason="config") == 1
+            nursery.cancel_scope.cancel()
+    assert [line for line in lines if "refused" in line[1]] == [
+        ("ERROR", f"fleet: refused to lead shard 0: {problem}")
+    ]
 
 
 # --- the publisher obeys its fence ------------------------------------------------------
@@ -412,9 +735,11 @@ async def test_a_request_in_flight_at_shutdown_ends_before_the_release() -> None
             order.append("release")
             return 1
 
+    settings = load_settings({"FLEET_REPLICA_ID": "a"})
     fleet = Fleet(
-        FleetSettings(replica_id="a"),
+        settings.fleet,
         cast(redis.Redis, Client()),
+        agreement=Agreement.of(settings),
         status=Latest(None),
         metrics=Metrics(),
     )
