@@ -27,7 +27,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Final
 
-import hiredis
 import redis
 import trio
 from loguru import logger
@@ -40,11 +39,11 @@ from screener.core.models import Leadership, PublisherInbox, Ranking, RedisStatu
 from screener.core.periodic import Pulse
 from screener.core.snapshot import Latest
 from screener.core.supervise import failure_text
-from screener.redis.batch import BatchResult, prepare_batch
+from screener.redis.batch import BatchResult, prepare_batch, send
 from screener.redis.client import REDIS_ERRORS, REDIS_TIMEOUT_S, make_client
 from screener.redis.lanes import PIPELINE_EVENTS, Lanes, PublishBuffer, Slice
 from screener.redis.link import RedisLink
-from screener.redis.script import Answer, read_answer
+from screener.redis.script import Answer
 from screener.redis.status import RedisHealth
 
 __all__ = ("FINAL_FLUSH_S", "PIPELINE_EVENTS", "PublishBuffer", "Publisher", "run_publisher")
@@ -129,8 +128,7 @@ class Publisher:
             kept = lanes.held.size - before
             if kept and was is not None and was.role == "leader":
                 self.log.info(
-                    "not leader of this shard any more: {n} unpublished events kept for "
-                    "a takeover",
+                    "not leader of this shard any more: {n} unpublished events kept for a takeover",
                     n=kept,
                 )
         elif was is not None and was.role == "standby" and before:
@@ -212,19 +210,10 @@ class Publisher:
         if not batch.messages:
             return batch.result(Answer("OK"))
         try:
-            reply = await self.link.request(batch.payload)
-            if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
-                reply = await self.link.request(batch.with_source())  # it did not run: safe
+            return await send(self.link, batch)
         except trio.Cancelled:
             self._put_back(sent)
             raise
-        if isinstance(reply, hiredis.ReplyError):
-            return batch.refused_whole(str(reply))
-        try:
-            return batch.result(read_answer(reply))
-        except ValueError as exc:
-            await self.link.close()
-            raise redis.InvalidResponse(str(exc)) from None
 
     async def finish(self) -> None:
         """On shutdown: account for everything pending in one line, within FINAL_FLUSH_S

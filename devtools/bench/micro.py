@@ -9,10 +9,12 @@ without the machine's other load mattering much (each figure is the best of thre
 - WebSocket read: one message trio-websocket's reader has already queued, taken by
   `compat.pending_messages` against the public `get_message` (a checkpoint each);
 - writes: a write of 20 events over the publisher's link on the event loop (encoding, one
-  round trip to a private redis-server, replies parsed by hiredis), one write at a time as
-  the publisher does; CPU (user + system, all threads) and wall time per write. Beside it
-  the same write with coredis (a pipeline of as many PUBLISH on trio, in its own environment,
-  `side_env`): the public client weighed against the link (docs/architecture.md).
+  call of the publish script under a fence, to a private redis-server, its reply parsed by
+  hiredis), one write at a time as the publisher does; CPU (user + system, all threads),
+  wall time and redis-server's own CPU per write. Beside it the write as it was before the
+  script (a pipeline of 20 PUBLISH on a bare stream, no fence, no check) and the same write
+  with coredis (a pipeline of as many PUBLISH on trio, in its own environment, `side_env`):
+  the public client weighed against the link (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import cast
 
+import hiredis
 import orjson
 import redis
 import trio
@@ -36,13 +39,14 @@ from devtools.devredis import RedisServer
 from screener.core.compat import observe_many, pending_messages
 from screener.core.config import RedisSettings, load_settings
 from screener.core.metrics import Metrics
-from screener.core.models import Kline, MarketData
+from screener.core.models import Fence, Kline, MarketData
 from screener.mexc.frames import _kline, decode
-from screener.redis.batch import BatchResult, encode_event, prepare_batch
+from screener.redis.batch import BatchResult, encode_event, prepare_batch, send
 from screener.redis.client import make_client
 from screener.redis.link import RedisLink
 
 WRITES = 3000
+WARM_UP = 200
 BATCH = 20
 PUSH = (
     '{"symbol":"BTC_USDT","data":{"symbol":"BTC_USDT","interval":"Min1","t":1770330480,'
@@ -162,14 +166,50 @@ async def _ws_read(from_queue: bool) -> float:
 def _redis_rows(port: int, event: MarketData) -> None:
     settings = load_settings({"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(port)}).redis
     client = make_client(settings)
-    events = [event] * BATCH
+    batches = _fresh_batches(event)
     print()
-    print("| write | way | CPU per write | wall per write |")
-    print("| --- | --- | ---: | ---: |")
-    cpu_us, wall_us = trio.run(_measure_link, client, settings, events)
-    print(f"| publish {BATCH} events | socket link | {cpu_us:.1f} us | {wall_us:.1f} us |")
+    print("| write | way | CPU per write | wall per write | Redis's CPU per write |")
+    print("| --- | --- | ---: | ---: | ---: |")
+    figures = _with_redis_cpu(client, lambda: trio.run(_measure_link, client, settings, batches))
+    print(f"| publish {BATCH} events | publish script, fenced | {_cells(figures)} |")
+    figures = _with_redis_cpu(client, lambda: trio.run(_measure_pipeline, port, batches))
+    print(
+        f"| publish {BATCH} events | pipeline of PUBLISH (before the script) | {_cells(figures)} |"
+    )
     client.close()
     print(_coredis_row(port, event))
+
+
+def _fresh_batches(event: MarketData) -> list[list[MarketData]]:
+    """A batch per write (the warm-up's too), each push later than the last: the script
+    skips a push it published already, so resending one batch would time a write that
+    publishes nothing."""
+    k = event.kline
+    return [
+        [
+            event._replace(kline=k._replace(symbol=f"S{i:02}_USDT", ts_ms=k.ts_ms + n))
+            for i in range(BATCH)
+        ]
+        for n in range(WARM_UP + WRITES)
+    ]
+
+
+def _with_redis_cpu(
+    client: redis.Redis, measure: Callable[[], tuple[float, float]]
+) -> tuple[float, float, float]:
+    """`measure`'s figures, and redis-server's own CPU per write meanwhile (microseconds)."""
+
+    def used() -> float:
+        info = client.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+    before = used()
+    cpu_us, wall_us = measure()
+    return cpu_us, wall_us, (used() - before) / (WARM_UP + WRITES) * 1e6
+
+
+def _cells(figures: tuple[float, float, float]) -> str:
+    return " | ".join(f"{v:.1f} us" for v in figures)
 
 
 def _coredis_row(port: int, event: MarketData) -> str:
@@ -198,7 +238,7 @@ def _coredis_row(port: int, event: MarketData) -> str:
 async def _timed(write: Callable[[], Awaitable[object]]) -> tuple[float, float]:
     """CPU and wall microseconds per awaited `write()`, after a warm-up (thread cache,
     connection)."""
-    for _ in range(200):
+    for _ in range(WARM_UP):
         await write()
     cpu, wall = time.process_time(), time.perf_counter()
     for _ in range(WRITES):
@@ -210,18 +250,48 @@ async def _timed(write: Callable[[], Awaitable[object]]) -> tuple[float, float]:
 
 
 async def _measure_link(
-    client: redis.Redis, settings: RedisSettings, events: list[MarketData]
+    client: redis.Redis, settings: RedisSettings, batches: list[list[MarketData]]
 ) -> tuple[float, float]:
+    """The publisher's write: one call of the publish script per batch, under a fence."""
+    fence = Fence("bench:lease", "bench:term", "bench#1", 1)
+    client.set(fence.lease_key, fence.token)
+    client.set(fence.term_key, fence.term)
     link = RedisLink.of(client)
+    todo = iter(batches)
 
     async def write() -> BatchResult:
-        batch = prepare_batch(settings, events, None)
-        return batch.result(await link.request(batch.payload, batch.commands))
+        return await send(link, prepare_batch(settings, next(todo), None, fence))
 
     try:
         return await _timed(write)
     finally:
         await link.close()
+
+
+async def _measure_pipeline(port: int, batches: list[list[MarketData]]) -> tuple[float, float]:
+    """The write as it was before the publish script: a pipeline of one PUBLISH per event,
+    its replies read by hiredis (no fence, no check for pushes already published)."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    reader = hiredis.Reader()
+    todo = iter(batches)
+    head = b"*3\r\n$7\r\nPUBLISH\r\n$11\r\nmarket_data\r\n"
+
+    async def write() -> None:
+        payload = b"".join(
+            b"%s$%d\r\n%s\r\n" % (head, len(doc), doc) for doc in map(encode_event, next(todo))
+        )
+        await stream.send_all(payload)
+        replies = 0
+        while replies < BATCH:
+            if reader.gets() is False:
+                reader.feed(await stream.receive_some(65536))
+            else:
+                replies += 1
+
+    try:
+        return await _timed(write)
+    finally:
+        await stream.aclose()
 
 
 if __name__ == "__main__":

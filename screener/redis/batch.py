@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from typing import Final, NamedTuple
 
+import hiredis
 import msgspec
 import orjson
+import redis
 
 from screener.core.config import RedisSettings
 from screener.core.models import Fence, MarketData, Ranking
 from screener.redis import script
+from screener.redis.link import RedisLink
 
 
 class _MarketDataDoc(msgspec.Struct, tag_field="type", tag="market_data", gc=False):
@@ -260,6 +263,23 @@ def prepare_batch(
 
 
 TARGETS: Final = {"pubsub": b"p", "stream": b"s", "both": b"ps"}
+
+
+async def send(link: RedisLink, batch: Prepared) -> BatchResult:
+    """Write a prepared slice over `link`: EVALSHA, or after NOSCRIPT (a restarted or
+    flushed Redis; the script did not run, so sending again is safe) EVAL with the
+    source. Raises what `RedisLink.request` raises, and InvalidResponse for a reply of
+    another shape (the link is closed)."""
+    reply = await link.request(batch.payload)
+    if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
+        reply = await link.request(batch.with_source())
+    if isinstance(reply, hiredis.ReplyError):
+        return batch.refused_whole(str(reply))
+    try:
+        return batch.result(script.read_answer(reply))
+    except ValueError as exc:
+        await link.close()
+        raise redis.InvalidResponse(str(exc)) from None
 
 
 def sort_refusals(

@@ -5,8 +5,9 @@ events one target took and the other held, by the target still owed (older, so s
 Each lane is a bounded `PublishBuffer`. `Lanes` says what to send next (a slice of at most
 PIPELINE_EVENTS of the first lane due, while the shard lease, if any, is valid by the caller's
 clock), takes a failed slice back in front, files what Redis held in the lane of the targets
-that still owe it, and keeps a standby's copy of the pushes (`StandbyHold`) for a takeover. Time is passed in
-(`now`: trio's clock in the actor, any number in a test). Nothing here does I/O or logs.
+that still owe it, and keeps a standby's copy of the pushes (`StandbyHold`) for a takeover.
+Time is passed in (`now`: trio's clock in the actor, any number in a test). Nothing here does
+I/O or logs.
 """
 
 from __future__ import annotations

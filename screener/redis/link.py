@@ -1,13 +1,13 @@
 """The one way the publisher writes to Redis: a trio stream of its own, on the event loop.
 
 A prepared slice (screener/redis/batch.py: one call of the publish script) goes out in one
-`send_all` and its reply is parsed by a `hiredis.Reader`, so a write costs no thread, no GIL hand-off and no
-pass through redis-py's pool (docs/architecture.md, "How the publisher writes"). The stream
-is opened by screener/redis/connect.py (TCP, Unix socket or TLS; AUTH, SELECT; the master
-the Sentinels name); redis-py keeps the control path only. A resource of the publisher
-actor, not an actor.
+`send_all` and its reply is parsed by a `hiredis.Reader`, so a write costs no thread, no GIL
+hand-off and no pass through redis-py's pool (docs/architecture.md, "How the publisher
+writes"). The stream is opened by screener/redis/connect.py (TCP, Unix socket or TLS;
+AUTH, SELECT; the master the Sentinels name); redis-py keeps the control path only. A
+resource of the publisher actor, not an actor.
 
-A write is never cut in half: `request` shields the send and the reading of its replies
+A write is never cut in half: `request` shields the send and the reading of its reply
 from cancellation under a deadline of `REDIS_TIMEOUT_S` (and never past the caller's own),
 so the publisher knows how a slice went before its final flush. A link that fails, times
 out or answers garbage is closed, and the next write opens a new one. Under Sentinel the
@@ -92,9 +92,9 @@ class RedisLink:
             except BaseException:
                 await self.close()
                 raise
-            if isinstance(reply, hiredis.ReplyError) and self.masters is not None:
-                if str(reply).startswith("READONLY"):
-                    demoted(self.masters)
+            readonly = isinstance(reply, hiredis.ReplyError) and str(reply).startswith("READONLY")
+            if readonly and self.masters is not None:
+                demoted(self.masters)
             return reply
         await self.close()  # `cut`: the deadline passed; a half-read reply stream is useless
         assert cut.cancelled_caught

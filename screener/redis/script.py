@@ -30,6 +30,7 @@ sees those pushes skipped (counted) until they pass it again.
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Final, NamedTuple
 
 PUBLISHED_TTL_S: Final = 3600
@@ -141,9 +142,12 @@ def read_answer(reply: object) -> Answer:
     raise ValueError(f"unexpected reply to the publish script: {reply!r:.200}")
 
 
+_SCRIPT_PLACE: Final = re.compile(r"^@user_script: ?\d+: ?-?")
+"""Redis 6.2 names the script's line before some errors ("@user_script: 43: -OOM ..."):
+the code that decides what becomes of a message must come first."""
+
+
 def _text(value: object) -> str | None:
     if isinstance(value, bytes):
-        return value.decode(errors="replace")
-    if isinstance(value, Exception):
-        return str(value)
+        return _SCRIPT_PLACE.sub("", value.decode(errors="replace"))
     return None

@@ -23,7 +23,6 @@ from screener.core.snapshot import Latest
 from screener.core.supervise import Backoff, failure_text
 from screener.redis.batch import BatchResult
 
-
 HELD_RETRY_CAP_S: Final = 2.0
 
 

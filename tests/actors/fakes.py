@@ -263,7 +263,8 @@ class MemoryRedis:
         reader = hiredis.Reader()
         reader.feed(payload)
         command = reader.gets()
-        assert command is not False and reader.gets() is False, "one call per write"
+        assert command is not False
+        assert reader.gets() is False, "one call per write"
         if command[0] == b"EVALSHA" and not self.scripts_loaded:
             return b"-NOSCRIPT No matching script. Please use EVAL.\r\n"
         self.scripts_loaded = True
@@ -271,12 +272,9 @@ class MemoryRedis:
         write, reply = self.run_script(at, command[3:6], command[6:], apply=self.state != "paused")
         if write is not None:
             self.writes.append(write)
-        if reply.startswith(b"*2\r\n$4\r\nHELD"):
-            write = None
-        if self.state != "paused":  # a paused Redis never answers
-            self.answers.append(
-                (write, reply.startswith(b"*4\r\n+OK") or reply.startswith(b"*4\r\n$2\r\nOK"))
-            )
+        if self.state != "paused" and not reply.startswith(b"*2\r\n$4\r\nHELD"):
+            # A paused Redis never answers; what it held never reaches `sent`.
+            self.answers.append((write, reply.startswith(b"*4\r\n$2\r\nOK\r\n")))
         return reply
 
     def run_script(
@@ -287,77 +285,43 @@ class MemoryRedis:
         lease_key, term_key, published_key = keys
         token, term, _ttl, targets, _maxlen, channel, count = argv[:7]
         if token and (self.data.get(lease_key) != token or self.data.get(term_key) != term):
-            holder = self.data.get(lease_key)
             self.fenced.append(at)
-            tail = b"$%d\r\n%s\r\n" % (len(holder), holder) if holder else b""
-            return None, b"*%d\r\n$6\r\nFENCED\r\n%s" % (1 + bool(holder), tail)
+            holder = self.data.get(lease_key)
+            return None, _resp([b"FENCED"] + ([holder] if holder else []))
         n = int(count)
         items = [(channel, *argv[7 + 3 * k : 10 + 3 * k]) for k in range(n)]
-        rest = argv[7 + 3 * n :]
-        if rest:
-            items.append((rest[0], rest[1], rest[2], rest[3]))
+        if len(argv) > 7 + 3 * n:
+            items.append(tuple(argv[7 + 3 * n : 11 + 3 * n]))
         seen = self.published.setdefault(published_key, {})
         newest: dict[bytes, int] = {}
-        go: list[bool] = []
-        for _, field, ts, _ in items:
-            last = newest.get(field, seen.get(field, -1))
-            go.append(int(ts) > last)
-            if go[-1]:
+        passed: list[int] = []  # message indexes, in order
+        for index, (_, field, ts, _) in enumerate(items):
+            if int(ts) > newest.get(field, seen.get(field, -1)):
                 newest[field] = int(ts)
+                passed.append(index)
+        names = [name for t, name in ((b"p", b"PUBLISH"), (b"s", b"XADD")) if t in targets]
         mode = {b"p": "pubsub", b"s": "stream", b"ps": "both"}[targets]
-        commands = [
-            [name, ch, doc]
-            for (ch, _, _, doc), sent in zip(items, go)
-            if sent
-            for name in ((b"PUBLISH",) if b"p" in targets else ())
-            + ((b"XADD",) if b"s" in targets else ())
+        events = [event_of(items[i][3]) for i in passed if i < n]
+        ranking = orjson.loads(items[n][3]) if n in passed else None
+        write = Write(at, mode, events, ranking)
+        refusals = [
+            (i, name, why)
+            for i in passed
+            for name in names
+            if (why := self.refuse([name, items[i][0], items[i][3]])) is not None
         ]
-        for command in commands:
-            why = self.refuse(command)
-            if why is not None and is_held(why):
-                self.held_writes.append(at)
-                received = Write(
-                    at,
-                    mode,
-                    [event_of(doc) for (_, _, _, doc), sent in zip(items[:n], go) if sent],
-                    None,
-                )
-                return received, b"*2\r\n$4\r\nHELD\r\n$%d\r\n%s\r\n" % (len(why), why.encode())
+        held = next((why for _, _, why in refusals if is_held(why)), None)
+        if held is not None:  # Redis's memory limit (or a replica): the record fails first
+            self.held_writes.append(at)
+            return write, _resp([b"HELD", held.encode()])
         if apply:
             seen.update(newest)
-        mode = {b"p": "pubsub", b"s": "stream", b"ps": "both"}[targets]
-        events: list[MarketData] = []
-        ranking: dict[str, Any] | None = None
-        refusals: list[bytes] = []
-        index = [k for k, sent in enumerate(go) if sent]
-        for k, (ch, _, _, doc) in enumerate(items):
-            if not go[k]:
-                continue
-            for target, name in ((b"p", b"PUBLISH"), (b"s", b"XADD")):
-                if target not in targets:
-                    continue
-                why = self.refuse([name, ch, doc])
-                if why is not None:
-                    refusals += [
-                        b":%d\r\n" % k,
-                        b"$1\r\n%s\r\n" % target,
-                        b"$%d\r\n%s\r\n" % (len(why), why.encode()),
-                    ]
-            if rest and k == len(items) - 1:
-                ranking = orjson.loads(doc)
-            else:
-                events.append(event_of(doc))
-        skipped = sum(
-            1 for k, sent in enumerate(go) if not sent and not (rest and k == len(items) - 1)
-        )
-        ranking_state = 0 if not rest else (1 if go[-1] else 2)
-        head = b"*%d\r\n$2\r\nOK\r\n:%d\r\n:%d\r\n:%d\r\n" % (
-            4 + len(refusals),
-            len(index),
-            skipped,
-            ranking_state,
-        )
-        return Write(at, mode, events, ranking), head + b"".join(refusals)
+        ranking_state = 0 if len(items) == n else 1 if n in passed else 2
+        answer: list[bytes | int] = [b"OK", len(passed), n - len([i for i in passed if i < n])]
+        answer.append(ranking_state)
+        for i, name, why in refusals:
+            answer += [i, b"p" if name == b"PUBLISH" else b"s", why.encode()]
+        return write, _resp(answer)
 
     def replied(self) -> None:
         """The replies of the writes received so far reached the publisher."""
@@ -368,6 +332,14 @@ class MemoryRedis:
                 self.delivered.append(write)
             self._sent.send_nowait(write)
         self.answers.clear()
+
+
+def _resp(values: list[bytes | int]) -> bytes:
+    """A RESP array of bulk strings and integers."""
+    parts = [b"*%d\r\n" % len(values)]
+    for v in values:
+        parts.append(b":%d\r\n" % v if isinstance(v, int) else b"$%d\r\n%s\r\n" % (len(v), v))
+    return b"".join(parts)
 
 
 class _MemoryConnection(trio.abc.Stream):

@@ -1,7 +1,8 @@
 """The fleet on MockClock: the lease schedule, takeover and fencing between two replicas
-sharing one (fake) Redis, the release on shutdown, the ranking merge, and the publisher
-obeying its fence. The Lua scripts themselves run against a real redis-server in
-tests/system/test_fleet.py; here a fake answers them with the same rules on virtual time."""
+sharing one (fake) Redis, the release on shutdown and the ranking merge (the publisher's
+side of the fence: tests/actors/test_publisher_fence.py). The Lua scripts themselves run
+against a real redis-server in tests/system/test_lease_scripts.py; here a fake answers them
+with the same rules on virtual time."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import trio.testing
 from loguru import logger
 
 from actors.fleet import Fleet, run_fleet
-from actors.publisher import FencedOut, Publisher, run_publisher
 from actors.ranking import rank
 from screener.core.config import load_settings
 from screener.core.metrics import Metrics
@@ -26,7 +26,6 @@ from screener.core.models import (
     Fence,
     FleetStatus,
     Leadership,
-    MarketData,
     PublisherInbox,
     Ranking,
     RedisStatus,
@@ -37,7 +36,7 @@ from screener.core.snapshot import Latest, Views
 from screener.fleet.agreement import Agreement
 from screener.fleet.lease import ACQUIRE_OR_RENEW, RELEASE
 from screener.http.health import health_report
-from tests.actors.fakes import M, MemoryRedis, Write, market_data, threads_hold_clock
+from tests.actors.fakes import M, threads_hold_clock
 
 LEASE_S = 6.0  # renewals every 2 s, fenced end 4.8 s after a request
 WALL = 1_700_000_000.0  # Unix time at virtual time 0: the replicas' wall clock and Redis's
@@ -579,148 +578,7 @@ async def test_a_replica_configured_unlike_its_fleet_never_leads_and_says_why(
     ]
 
 
-# --- the publisher obeys its fence ------------------------------------------------------
-
-
-class Writes(MemoryRedis):
-    """Every write the publisher makes, at its virtual time."""
-
-    @property
-    def batches(self) -> list[tuple[float, list[str]]]:
-        return [(w.at, [e.kline.symbol for e in w.events]) for w in self.writes]
-
-
-async def fenced_publisher(
-    inbox: trio.MemoryReceiveChannel[PublisherInbox], writes: Writes, metrics: Metrics
-) -> None:
-    """A fleet replica's publisher over `writes`, Redis up, its thread visible to the clock."""
-    await run_publisher(
-        inbox,
-        settings=load_settings({}).redis,
-        status=Latest(RedisStatus(up=True, error=None)),
-        metrics=metrics,
-        link=writes.link(),
-        ping=writes.ping,
-        fenced=True,
-    )
-
-
-def ev(symbol: str) -> list[MarketData]:
-    return [market_data(symbol, 1.0, M * 1000)]
-
-
-async def test_a_fenced_publisher_writes_only_within_its_lease(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    writes = Writes(autojump_clock)
-    metrics = Metrics()
-    inbox_send, inbox_recv = trio.open_memory_channel[PublisherInbox](16)
-    async with threads_hold_clock(autojump_clock), trio.open_nursery() as nursery:
-        nursery.start_soon(fenced_publisher, inbox_recv, writes, metrics)
-        await inbox_send.send(ev("A"))  # before any lease answer: held
-        await trio.sleep(1.0)
-        assert writes.batches == []
-        await inbox_send.send(Leadership("leader", 5.0, 1, drop_held=False))
-        await trio.sleep(1.0)  # t=2
-        assert writes.batches == [(1.0, ["A"])]
-        await trio.sleep(4.0)  # t=6: the lease ran out by this clock, no renewal came
-        await inbox_send.send(ev("B"))
-        await trio.sleep(1.0)
-        assert writes.batches == [(1.0, ["A"])]
-        await inbox_send.send(Leadership("leader", 12.0, 2, drop_held=False))  # renewed
-        await trio.sleep(1.0)
-        assert writes.batches[-1] == (7.0, ["B"])
-        await inbox_send.send(Leadership("standby", -math.inf, 3, drop_held=True))
-        await inbox_send.send(ev("C"))
-        await trio.sleep(1.0)
-        assert writes.batches[-1] == (7.0, ["B"])  # a standby leaves C to its leader
-        standby = metrics.registry.get_sample_value("screener_fleet_standby_events_total")
-        assert standby == 1
-        await inbox_send.send(Leadership("leader", 30.0, 3, drop_held=True))  # took over
-        await inbox_send.send(ev("D"))
-        await trio.sleep(1.0)
-        assert writes.batches[-1] == (9.0, ["D"])
-        nursery.cancel_scope.cancel()
-
-
-async def test_a_leader_that_took_over_drops_what_it_held_from_before(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    writes = Writes(autojump_clock)
-    metrics = Metrics()
-    inbox_send, inbox_recv = trio.open_memory_channel[PublisherInbox](16)
-    async with threads_hold_clock(autojump_clock), trio.open_nursery() as nursery:
-        nursery.start_soon(fenced_publisher, inbox_recv, writes, metrics)
-        await inbox_send.send(ev("A"))
-        await inbox_send.send(ev("B"))
-        await trio.sleep(1.0)
-        await inbox_send.send(Leadership("leader", 10.0, 4, drop_held=True))
-        await inbox_send.send(ev("C"))
-        await trio.sleep(1.0)
-        assert writes.batches == [(1.0, ["C"])]
-        standby = metrics.registry.get_sample_value("screener_fleet_standby_events_total")
-        assert standby == 2
-        nursery.cancel_scope.cancel()
-
-
-async def test_a_lease_answer_ends_the_publishers_backoff_after_a_redis_outage(
-    autojump_clock: trio.testing.MockClock, fake: MemoryRedis
-) -> None:
-    """The fleet actor's lease answer proves Redis answers: the publisher's retry goes then,
-    not at the end of a backoff grown through the outage (it once waited up to 30 s after a
-    Redis restart). An answer while the publisher still cannot reach Redis costs one PING,
-    and the backoff grows on."""
-    publisher = Publisher(
-        load_settings({}).redis,
-        fake.link(),
-        status=Latest(RedisStatus(up=True, error=None)),
-        metrics=Metrics(),
-        rand=lambda: 0.5,  # delays 0.25, 0.5, 1, 2, 4, 8, ...
-        fenced=True,
-    )
-    lease = Leadership("leader", 1000.0, 1, drop_held=False)
-    inbox_send, inbox_recv = trio.open_memory_channel[PublisherInbox](16)
-    with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(publisher.collect, inbox_recv)
-            nursery.start_soon(publisher.flush, fake.ping)
-            await inbox_send.send(lease)
-            await trio.sleep_until(1.0)
-            fake.state = "down"
-            await inbox_send.send(ev("A"))  # fails at 1.0; PINGs at 1.25, 1.75, 2.75, 4.75
-            await trio.sleep_until(6.0)
-            await inbox_send.send(lease)  # answered, but this link still fails: one PING
-            await trio.sleep_until(10.0)
-            fake.state = "up"  # the next PING by the backoff alone: 6.0 + 8 = 14.0
-            await trio.sleep_until(10.5)
-            await inbox_send.send(lease)
-            await trio.sleep_until(11.0)
-            nursery.cancel_scope.cancel()
-    assert fake.pings == [1.25, 1.75, 2.75, 4.75, 6.0, 10.5]
-    assert fake.delivered == [Write(10.5, "pubsub", ev("A"), None)]
-
-
-async def test_a_slice_whose_lease_ran_out_while_it_was_encoded_is_not_written(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    """The last check, right before the send: a slice taken while the lease was valid
-    but sent after it ran out (encoding, or a frozen process) writes nothing and goes back."""
-    writes = Writes(autojump_clock)
-    publisher = Publisher(
-        load_settings({}).redis,
-        writes.link(),
-        status=Latest(RedisStatus(up=True, error=None)),
-        metrics=Metrics(),
-        fenced=True,
-    )
-    publisher.lanes.refence(Leadership("leader", 1.0, 1, drop_held=False))
-    publisher.lanes.buffer.add(ev("A"))
-    sent = publisher.lanes.next_slice(0.5)
-    assert sent is not None
-    await trio.sleep_until(1.0)
-    with pytest.raises(FencedOut):
-        await publisher._send(sent)
-    assert writes.writes == []
+# --- the release waits for the request in flight ----------------------------------------
 
 
 async def test_a_request_in_flight_at_shutdown_ends_before_the_release() -> None:

@@ -23,7 +23,6 @@ from tests.actors.fakes import (
     PublisherActor,
     Write,
     doc,
-    event_of,
     market_data,
     threads_hold_clock,
 )

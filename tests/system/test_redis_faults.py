@@ -26,7 +26,7 @@ from devtools.devredis import RedisServer, free_port
 from devtools.simulator import SimAddress, SimConfig
 from screener.core.config import RedisSettings, load_settings
 from screener.core.models import MarketData, Ranking, RedisStatus
-from screener.redis.batch import BatchResult, Held, prepare_batch
+from screener.redis.batch import BatchResult, Held, prepare_batch, send
 from screener.redis.client import make_client
 from screener.redis.link import RedisLink
 from tests.actors.fakes import market_data, publisher_lines
@@ -95,7 +95,7 @@ async def _write(
     batch = prepare_batch(settings, events, rank)
     link = RedisLink.of(client)
     try:
-        return batch.result(await link.request(batch.payload, batch.commands))
+        return await send(link, batch)
     finally:
         await link.close()
 

@@ -29,7 +29,7 @@ from devtools.devredis import RedisServer, SentinelGroup, wait_for
 from devtools.simulator import SimConfig
 from screener.core.config import RedisSettings, load_settings
 from screener.core.supervise import failure_text
-from screener.redis.batch import BatchResult, prepare_batch
+from screener.redis.batch import BatchResult, prepare_batch, send
 from screener.redis.client import MASTER_CHECK_FAILED_S, MASTER_CHECK_S, make_client
 from screener.redis.link import RedisLink
 from tests.actors.fakes import market_data
@@ -162,7 +162,7 @@ async def test_a_killed_master_is_an_outage_until_sentinel_promotes_the_replica(
 
 async def _publish(link: RedisLink, settings: RedisSettings, symbol: str) -> BatchResult:
     batch = prepare_batch(settings, [market_data(symbol, 1.0, 60_000)], None)
-    return batch.result(await link.request(batch.payload, batch.commands))
+    return await send(link, batch)
 
 
 async def test_readonly_from_a_demoted_master_is_a_broken_link_and_the_retry_finds_the_new_one(
