@@ -128,8 +128,8 @@ class FaultProxy:
                 ):
                     nursery.start_soon(self._pipe, link, client, upstream)
                     nursery.start_soon(self._pipe, link, upstream, client)
-        except (trio.BrokenResourceError, OSError):
-            pass  # either end went away: the other is closed with it
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass  # either end went away (or Redis is down): the other is closed with it
         finally:
             self.stats.open -= 1
             self._links.discard(link)

@@ -233,19 +233,26 @@ async def open_fleet(redis_port: int, tmp: Path, shape: Shape) -> AsyncIterator[
                 print(f"--- {r.name}\n{r.log.read_text(errors='replace')[-3000:]}")
             raise
         finally:
-            for r in f.started:
-                if r.proxy is not None:
-                    r.proxy.forward()  # let a held shutdown through
-                if r.proc is not None and r.proc.returncode is None:
-                    r.proc.send_signal(signal.SIGCONT)
-                    r.proc.send_signal(signal.SIGTERM)
-            with trio.move_on_after(10):
-                for r in f.started:
-                    if r.proc is not None:
-                        await r.proc.wait()
-            for r in f.started:
-                if r.proc is not None and r.proc.returncode is None:
-                    r.proc.kill()
-                    await r.proc.wait()
+            # Shielded (with a deadline): a failure may have cancelled the test already.
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + 20):
+                await stop_all(f)
             f.sub.close()
             nursery.cancel_scope.cancel()
+
+
+async def stop_all(f: Fleet) -> None:
+    """SIGTERM every replica (continued first, its link healed), then SIGKILL the late."""
+    for r in f.started:
+        if r.proxy is not None:
+            r.proxy.forward()  # let a held shutdown through
+        if r.proc is not None and r.proc.returncode is None:
+            r.proc.send_signal(signal.SIGCONT)
+            r.proc.send_signal(signal.SIGTERM)
+    with trio.move_on_after(10):
+        for r in f.started:
+            if r.proc is not None:
+                await r.proc.wait()
+    for r in f.started:
+        if r.proc is not None and r.proc.returncode is None:
+            r.proc.kill()
+            await r.proc.wait()
