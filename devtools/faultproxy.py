@@ -50,6 +50,15 @@ class Stats:
 
 
 @dataclass(eq=False)
+class _Pipe:
+    """One direction of a link: the chunks held (delivery time, bytes; b"" ends the
+    stream) and the event its writer waits on, set on new data or a change of mode."""
+
+    held: deque[tuple[float, bytes]] = field(default_factory=deque)
+    wake: trio.Event = field(default_factory=trio.Event)
+
+
+@dataclass(eq=False)
 class _Link:
     """One client connection and its upstream one; closing its scope closes both."""
 
@@ -67,7 +76,7 @@ class FaultProxy:
         self.delay_s = 0.0
         self.stats = Stats()
         self._links: set[_Link] = set()
-        self._changed = trio.lowlevel.ParkingLot()  # writers wait here for a mode change
+        self._pipes: set[_Pipe] = set()
 
     # --- control ---------------------------------------------------------------------------
 
@@ -96,7 +105,8 @@ class FaultProxy:
                 if link.damaged:
                     self._close(link)
         self.mode, self.delay_s = mode, delay_s
-        self._changed.unpark_all()
+        for pipe in self._pipes:
+            pipe.wake.set()
 
     def _close(self, link: _Link) -> None:
         if link in self._links:
@@ -138,46 +148,37 @@ class FaultProxy:
         """One direction: a reader stamps each chunk with its delivery time, a writer sends
         them in order when the mode allows. An end of stream is passed on after the bytes
         before it; when both directions ended, the link closes."""
-        held: deque[tuple[float, bytes]] = deque()
-        arrived = trio.lowlevel.ParkingLot()
+        pipe = _Pipe()
+        self._pipes.add(pipe)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._read, link, pipe, src)
+                while True:
+                    pipe.wake = trio.Event()  # before looking: no wake-up can be missed
+                    if not pipe.held or self.mode in (Mode.STALL, Mode.BLACKHOLE):
+                        await pipe.wake.wait()
+                        continue
+                    due, chunk = pipe.held[0]
+                    if due > trio.current_time():
+                        with trio.move_on_at(due):
+                            await pipe.wake.wait()  # a new mode may free it earlier
+                        continue
+                    pipe.held.popleft()
+                    if not chunk:
+                        await dst.send_eof()
+                        return
+                    await dst.send_all(chunk)
+                    self.stats.forwarded += len(chunk)
+        finally:
+            self._pipes.discard(pipe)
 
-        async def read() -> None:
-            while chunk := await src.receive_some(CHUNK):
-                if self.mode is Mode.BLACKHOLE:
-                    self.stats.dropped += len(chunk)
-                    link.damaged = True
-                    continue
-                held.append((trio.current_time() + self.delay_s, chunk))
-                arrived.unpark_all()
-            held.append((-math.inf, b""))  # end of stream, delivered in its turn
-            arrived.unpark_all()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(read)
-            while True:
-                if not held or self.mode in (Mode.STALL, Mode.BLACKHOLE):
-                    await _park_any(arrived, self._changed)
-                    continue
-                due, chunk = held[0]
-                if due > trio.current_time():
-                    with trio.move_on_at(due):
-                        await self._changed.park()  # a new mode may free it earlier
-                    continue
-                held.popleft()
-                if not chunk:
-                    await dst.send_eof()
-                    return
-                await dst.send_all(chunk)
-                self.stats.forwarded += len(chunk)
-
-
-async def _park_any(*lots: trio.lowlevel.ParkingLot) -> None:
-    """Wait until any of `lots` is unparked."""
-    async with trio.open_nursery() as nursery:
-
-        async def park(lot: trio.lowlevel.ParkingLot) -> None:
-            await lot.park()
-            nursery.cancel_scope.cancel()
-
-        for lot in lots:
-            nursery.start_soon(park, lot)
+    async def _read(self, link: _Link, pipe: _Pipe, src: trio.SocketStream) -> None:
+        while chunk := await src.receive_some(CHUNK):
+            if self.mode is Mode.BLACKHOLE:
+                self.stats.dropped += len(chunk)
+                link.damaged = True
+                continue
+            pipe.held.append((trio.current_time() + self.delay_s, chunk))
+            pipe.wake.set()
+        pipe.held.append((-math.inf, b""))  # end of stream, delivered in its turn
+        pipe.wake.set()
