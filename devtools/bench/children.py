@@ -31,12 +31,14 @@ def add_role_parsers(parser: argparse.ArgumentParser) -> None:
     sim.add_argument("--rate", type=float, default=0.0)
     sim.add_argument("--warp", type=float, default=1.0)
     sim.add_argument("--ctl", required=True)
+    sim.add_argument("--pushes", help="append `SYMBOL TS` of every push to this file")
     bare = roles.add_parser("bare")
     bare.add_argument("--rest", required=True)
     bare.add_argument("--ws", required=True)
     bare.add_argument("--per-conn", type=int, required=True)
     sub = roles.add_parser("sub")
     sub.add_argument("--port", type=int, required=True)
+    sub.add_argument("--events", help="append `SYMBOL TS` of every market_data event here")
     for role in (sim, bare, sub):
         role.add_argument("--stats", required=True)
         role.add_argument("--max-s", type=float, required=True)
@@ -66,10 +68,12 @@ def child_sim(args: argparse.Namespace) -> int:
         clock=clock if warp != 1.0 else time.time,
     )
     sent = 0
+    keys = KeyLog(args.pushes)
 
-    def count(_payload: dict[str, Any]) -> None:
+    def count(payload: dict[str, Any]) -> None:
         nonlocal sent
         sent += 1
+        keys.add(payload["symbol"], payload["ts"])
 
     exchange.on_push = count
     stats, ctl = Path(args.stats), Path(args.ctl)
@@ -78,6 +82,7 @@ def child_sim(args: argparse.Namespace) -> int:
         start = trio.current_time()
         for k in range(1, int(args.max_s / REPORT_S) + 1):
             exchange.rate_per_s = float(read_stats(ctl).get("rate", exchange.rate_per_s))
+            keys.flush()  # before the count that says how many it holds
             write_stats(
                 stats,
                 {
@@ -97,7 +102,43 @@ def child_sim(args: argparse.Namespace) -> int:
                 nursery.start_soon(report, address.rest_url, address.ws_url)
 
     trio.run(serve)
+    keys.close()
     return 0
+
+
+class KeyLog:
+    """`SYMBOL TS` lines, one per push or event, for the delivery checker
+    (devtools/delivery.py); flushed at each report, so a count read from the stats file is
+    never ahead of the lines. No path: nothing is written."""
+
+    def __init__(self, path: str | None) -> None:
+        self._file = open(path, "a", buffering=1 << 20) if path else None  # noqa: SIM115
+
+    def add(self, symbol: str, ts: int) -> None:
+        if self._file is not None:
+            self._file.write(f"{symbol} {ts}\n")
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+def read_keys(path: Path) -> list[tuple[str, int]]:
+    """The (symbol, ts) lines a `KeyLog` wrote, in order (a last partial line left out)."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in text.splitlines(keepends=True):
+        if line.endswith("\n"):
+            symbol, _, ts = line.rstrip("\n").partition(" ")
+            out.append((symbol, int(ts)))
+    return out
 
 
 def _live_symbols(rest_url: str) -> list[str]:
@@ -183,6 +224,7 @@ def child_sub(args: argparse.Namespace) -> int:
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe("market_data", "top_movers")
     stats = Path(args.stats)
+    keys = KeyLog(args.events)
     events = rankings = 0
     hist: dict[int, int] = {}
     window_min: dict[str, int] = {}
@@ -197,15 +239,18 @@ def child_sub(args: argparse.Namespace) -> int:
                 b = bucket(time.time() * 1000 - event["ts"])
                 hist[b] = hist.get(b, 0) + 1
                 window_min[event["symbol"]] = event["window_min"]
+                keys.add(event["symbol"], event["ts"])
             else:
                 rankings += 1
         if now >= next_report:
+            keys.flush()
             full = sum(1 for w in window_min.values() if w >= LOOKBACK_MIN)
             write_stats(
                 stats,
                 {"events": events, "rankings": rankings, "hist": hist, "full": full},
             )
             next_report = now + REPORT_S
+    keys.close()
     pubsub.close()
     client.close()
     return 0

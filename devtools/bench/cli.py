@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from devtools.bench.children import add_role_parsers, run_child
-from devtools.bench.fleet import FleetPlan, fleet_section, run_fleet_bench
+from devtools.bench.fleet import QUICK_FLEET, FleetPlan, fleet_section, run_fleet_bench
 from devtools.bench.plan import DEFAULT_OUT, QUICK, BenchError, Plan, say
 from devtools.bench.report import check_quick, clients_table, render_table, write_report
 from devtools.bench.run import run
@@ -57,9 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--fleet",
         action="store_true",
-        help="instead: 2 shards x 2 replicas at 2,000 pushes/s (CPU and events/s per replica) "
-        f"and the takeover gap after SIGKILL (median of 5); writes the Fleet section of "
-        f"--out [{DEFAULT_OUT}]",
+        help="instead: 2 shards x 2 replicas at 2,000 pushes/s (CPU and events/s per replica), "
+        "5 takeovers after SIGKILL and 5 after SIGSTOP of a leader (the gap, and every push "
+        "counted: lost, duplicated, back in time); writes the Fleet section of "
+        f"--out [{DEFAULT_OUT}; with --quick, a smoke run, none unless given]",
     )
     add_role_parsers(parser)  # the bench's own children
     return parser
@@ -128,14 +129,15 @@ def soak_main(args: argparse.Namespace, command: str) -> int:
 
 def fleet_main(args: argparse.Namespace, command: str) -> int:
     """`--fleet`: run it, print its section, write it into --out."""
-    out: Path = args.out or DEFAULT_OUT
+    out: Path | None = args.out or (None if args.quick else DEFAULT_OUT)
     try:
-        res = run_fleet_bench(FleetPlan())
+        res = run_fleet_bench(QUICK_FLEET if args.quick else FleetPlan())
     except BenchError as exc:
         print(f"screener bench: {exc}", file=sys.stderr)
         return 1
     section = fleet_section(res, command)
     print("\n".join(section), flush=True)
-    write_section(out, section, "Performance")
-    say(f"wrote the Fleet section of {out}")
+    if out is not None:
+        write_section(out, section, "Performance")
+        say(f"wrote the Fleet section of {out}")
     return 0

@@ -1,8 +1,12 @@
 """`screener bench --fleet`: the fleet's figures. Two shards of two replicas (four real
 `python -m screener` processes) against one simulator and one redis-server: CPU and events/s
-per replica at the benchmark's fixed rate, then the takeover gap after SIGKILL of a shard's
-leader (median of `takeovers`), measured from the kill to the first event the standby
-publishes. `write_section` puts the figures into docs/performance.md's Fleet section."""
+per replica at the benchmark's fixed rate, then takeovers of a shard's leader, after SIGKILL
+(`takeovers` rounds) and after SIGSTOP (`stops` rounds, SIGCONT a lease after the standby
+leads): the gap from the fault to the first event the standby publishes, and, for each
+round's pushes, the delivery checker's counts (devtools/delivery.py: lost, duplicated, back
+in time; the promise is 0/0/0). The simulator and the subscriber write every push and every
+event as `SYMBOL TS` lines for it. `write_section` puts the figures into
+docs/performance.md's Fleet section; `--fleet --quick` is a seconds-long smoke run."""
 
 from __future__ import annotations
 
@@ -10,13 +14,16 @@ import os
 import signal
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
+from devtools.bench.children import read_keys
 from devtools.bench.lab import Child, Lab, Sim, cpu_seconds, open_lab, rss_mb, service_env
 from devtools.bench.plan import say
+from devtools.delivery import Key, check, settle_sync
 from devtools.devredis import free_port
 
 PUBLISHED = 'screener_events_published_total{channel="market_data"}'
@@ -32,7 +39,39 @@ class FleetPlan:
     lease_s: float = 5.0
     warmup_s: float = 10.0
     measure_s: float = 30.0
-    takeovers: int = 5
+    takeovers: int = 5  # SIGKILL rounds
+    stops: int = 5  # SIGSTOP rounds
+    quick: bool = False
+
+
+QUICK_FLEET = FleetPlan(
+    symbols=60,
+    per_conn=30,
+    rate=300.0,
+    lease_s=2.0,
+    warmup_s=1.0,
+    measure_s=3.0,
+    takeovers=1,
+    stops=1,
+    quick=True,
+)
+"""`--fleet --quick`: every step once, in well under a minute; its figures mean nothing."""
+
+KINDS = ("SIGKILL", "SIGSTOP")
+
+
+@dataclass
+class Round:
+    """One takeover: the fault, the gap, and the window of pushes the checker counts."""
+
+    kind: str
+    gap_s: float
+    start_ms: int  # a second before the fault: what the leader had not yet published
+    end_ms: int  # when the fleet had settled again
+    pushes: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    back_in_time: int = 0
 
 
 @dataclass
@@ -50,7 +89,7 @@ class FleetResult:
     sent_per_s: float = 0.0
     delivered_per_s: float = 0.0
     replicas: list[ReplicaFigures] = field(default_factory=list)
-    gaps_s: list[float] = field(default_factory=list)
+    rounds: list[Round] = field(default_factory=list)
     sent: int = 0  # pushes from the first (warm-up included) until drained
     delivered: int = 0  # events the subscriber received over the same span
     load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average before and after
@@ -111,14 +150,18 @@ class Replica:
         self.child.proc.wait(5)
         self.lab.children.remove(self.child)
 
+    def signal(self, sig: signal.Signals) -> None:
+        self.child.proc.send_signal(sig)
+
 
 def run_fleet_bench(plan: FleetPlan) -> FleetResult:
     res = FleetResult(plan)
     load_before = os.getloadavg()[0]
     with open_lab() as lab:
-        life = plan.warmup_s + plan.measure_s + plan.takeovers * 60 + 120
-        sub = lab.start_subscriber(life)
-        sim = Sim(lab, plan.symbols, max_s=life)
+        life = plan.warmup_s + plan.measure_s + (plan.takeovers + plan.stops) * 60 + 120
+        pushes, events = lab.dir / "pushes.txt", lab.dir / "events.txt"
+        sub = lab.start_subscriber(life, events=events)
+        sim = Sim(lab, plan.symbols, max_s=life, pushes=pushes)
         reps = [
             Replica(lab, sim, plan, shard, i)
             for shard in range(plan.shards)
@@ -170,12 +213,43 @@ def run_fleet_bench(plan: FleetPlan) -> FleetResult:
         res.delivered = int(sub.read().get("events", 0)) - base_events
         sim.set_rate(plan.rate)
         lab.sleep(2.0)
-        for n in range(plan.takeovers):
-            gap = _takeover(lab, reps, shard=n % plan.shards)
-            res.gaps_s.append(gap)
-            say(f"fleet: takeover {n + 1}/{plan.takeovers}: {gap:.2f} s from SIGKILL")
+        kinds = ["SIGKILL"] * plan.takeovers + ["SIGSTOP"] * plan.stops
+        for n, kind in enumerate(kinds):
+            done = _takeover(lab, reps, plan, kind, shard=n % plan.shards)
+            res.rounds.append(done)
+            say(f"fleet: takeover {n + 1}/{len(kinds)}: {done.gap_s:.2f} s from {kind}")
+        if res.rounds:
+            sim.set_rate(0)
+            _count(lab, res.rounds, read_keys(pushes), lambda: read_keys(events), plan)
     res.load = (load_before, os.getloadavg()[0])
     return res
+
+
+def _count(
+    lab: Lab,
+    rounds: list[Round],
+    pushes: list[Key],
+    events: Callable[[], list[Key]],
+    plan: FleetPlan,
+) -> None:
+    """Once every push of the rounds arrived (or none came for longer than a lease), the
+    checker's counts for each round's window of pushes."""
+    first = rounds[0].start_ms
+    settle_sync(
+        [k for k in pushes if k[1] >= first],
+        events,
+        quiet_s=plan.lease_s + 2,
+        within_s=60,
+        sleep=lambda _s: lab.sleep(0.5),
+    )
+    received = events()
+    for r in rounds:
+        window = [k for k in pushes if r.start_ms <= k[1] <= r.end_ms]
+        seen = [k for k in received if r.start_ms <= k[1] <= r.end_ms]
+        verdict = check(window, seen, since_ms=r.start_ms)
+        r.pushes = verdict.pushed
+        r.lost, r.duplicated, r.back_in_time = verdict.counts
+        say(f"fleet: {r.kind} round: {verdict.summary()}")
 
 
 def _snapshot(lab: Lab, sim: Sim, sub: Child, reps: list[Replica]) -> dict[str, Any]:
@@ -188,31 +262,42 @@ def _snapshot(lab: Lab, sim: Sim, sub: Child, reps: list[Replica]) -> dict[str, 
     }
 
 
-def _takeover(lab: Lab, reps: list[Replica], *, shard: int) -> float:
-    """SIGKILL the shard's leader; seconds until its standby publishes an event. The killed
-    replica is restarted (it joins as a standby) before the next round."""
+def _takeover(lab: Lab, reps: list[Replica], plan: FleetPlan, kind: str, *, shard: int) -> Round:
+    """SIGKILL or SIGSTOP the shard's leader; seconds until its standby publishes an event.
+    A killed replica is restarted, a stopped one continued a lease after the standby leads;
+    either is a standby again before the next round."""
     group = [r for r in reps if r.shard == shard]
     leader = next(r for r in group if r.role() == "leader")
     standby = next(r for r in group if r is not leader)
     published = standby.metric(PUBLISHED)
-    killed_at = time.monotonic()
-    leader.kill()
-    lab.wait_for(
-        lambda: standby.metric(PUBLISHED) > published,
-        within_s=60,
-        what="the standby's first event",
-        every_s=0.02,
-    )
-    gap = time.monotonic() - killed_at
-    leader.start()
-    lab.wait_for(lambda: leader.role() == "standby", within_s=60, what="the restarted standby")
+    start_ms = int(time.time() * 1000) - 1000
+    faulted_at = time.monotonic()
+    if kind == "SIGKILL":
+        leader.kill()
+    else:
+        leader.signal(signal.SIGSTOP)
+    try:
+        lab.wait_for(
+            lambda: standby.metric(PUBLISHED) > published,
+            within_s=60,
+            what="the standby's first event",
+            every_s=0.02,
+        )
+        gap = time.monotonic() - faulted_at
+        if kind == "SIGKILL":
+            leader.start()
+        else:
+            lab.sleep(plan.lease_s)
+    finally:
+        if kind == "SIGSTOP":
+            leader.signal(signal.SIGCONT)
+    lab.wait_for(lambda: leader.role() == "standby", within_s=60, what=f"{leader.name} standby")
     lab.sleep(2.0)
-    return gap
+    return Round(kind, gap, start_ms, int(time.time() * 1000))
 
 
 def fleet_section(res: FleetResult, command: str) -> list[str]:
     plan = res.plan
-    gaps = sorted(res.gaps_s)
     lines = [
         "## Fleet",
         "",
@@ -237,19 +322,41 @@ def fleet_section(res: FleetResult, command: str) -> list[str]:
         lines.append(
             f"| {r.name} | {r.role} | {r.cpu_pct:.1f} | {r.published_per_s:,.0f} | {r.rss_mb:.1f} |"
         )
-    if gaps:
-        lines += [
-            "",
-            f"Takeover gap after SIGKILL of a shard leader, from the kill to the standby's "
-            f"first published event, {len(gaps)} rounds: median "
-            f"**{statistics.median(gaps):.2f} s** (min {gaps[0]:.2f}, max {gaps[-1]:.2f}); "
-            f"the bound is the lease plus one renewal period "
-            f"({plan.lease_s * 4 / 3:.2f} s). The gap is shorter than the lease when the "
-            f"kill comes late in a renewal period: the lease runs from the last renewal.",
-        ]
+    if res.rounds:
+        lines += ["", *takeover_table(res)]
     lines += [
         "",
         "A standby pays for ingest, windows and ranking like its leader and saves only the "
         "Redis writes; it is what a takeover within seconds costs.",
     ]
+    return lines
+
+
+def takeover_table(res: FleetResult) -> list[str]:
+    """The takeovers by fault: the gap, and what the checker counted of their pushes."""
+    plan = res.plan
+    lines = [
+        "Takeovers of a shard's leader: the gap from the fault to the standby's first "
+        "published event, and every push of each round (from a second before the fault "
+        "until the fleet settled again) held against every event received "
+        "(devtools/delivery.py; the promise is 0 lost, 0 duplicated, 0 back in time). "
+        f"The bound on the gap is the lease plus one renewal period "
+        f"({plan.lease_s * 4 / 3:.2f} s); it is shorter than the lease when the fault comes "
+        f"late in a renewal period: the lease runs from the last renewal. A stopped leader "
+        f"is continued a lease after its standby leads.",
+        "",
+        "| fault | rounds | gap median (min-max) | pushes | lost | duplicated | back in time |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for kind in KINDS:
+        rounds = [r for r in res.rounds if r.kind == kind]
+        if not rounds:
+            continue
+        gaps = sorted(r.gap_s for r in rounds)
+        lines.append(
+            f"| {kind} of the leader | {len(rounds)} | **{statistics.median(gaps):.2f} s** "
+            f"({gaps[0]:.2f}-{gaps[-1]:.2f}) | {sum(r.pushes for r in rounds):,} "
+            f"| {sum(r.lost for r in rounds):,} | {sum(r.duplicated for r in rounds):,} "
+            f"| {sum(r.back_in_time for r in rounds):,} |"
+        )
     return lines

@@ -133,10 +133,14 @@ class Lab:
         stats.unlink(missing_ok=True)  # a previous child of that name left its last report
         return self.spawn(name, ["-m", "devtools.bench", role, "--stats", str(stats), *args])
 
-    def start_subscriber(self, life_s: float) -> Child:
-        """Start the private redis-server and the redis-py subscriber (child `sub`) on it."""
+    def start_subscriber(self, life_s: float, *, events: Path | None = None) -> Child:
+        """Start the private redis-server and the redis-py subscriber (child `sub`) on it;
+        with `events`, it writes every market_data event's (symbol, ts) there."""
         self.redis.start()
-        sub = self.spawn_role("sub", "sub", f"--port={self.redis.port}", f"--max-s={life_s}")
+        extra = [f"--events={events}"] if events is not None else []
+        sub = self.spawn_role(
+            "sub", "sub", f"--port={self.redis.port}", f"--max-s={life_s}", *extra
+        )
         self.wait_for(lambda: "events" in sub.read(), within_s=20, what="the Redis subscriber")
         return sub
 
@@ -196,7 +200,16 @@ def open_lab() -> Iterator[Lab]:
 class Sim:
     """The simulator child and its controls."""
 
-    def __init__(self, lab: Lab, symbols: int, *, warp: float = 1.0, max_s: float) -> None:
+    def __init__(
+        self,
+        lab: Lab,
+        symbols: int,
+        *,
+        warp: float = 1.0,
+        max_s: float,
+        pushes: Path | None = None,
+    ) -> None:
+        """With `pushes`, the simulator writes every push's (symbol, ts) there."""
         self.lab = lab
         name = f"sim-{next(lab.serial)}"
         self.ctl = lab.dir / f"{name}.ctl.json"
@@ -209,6 +222,7 @@ class Sim:
             f"--warp={warp}",
             f"--ctl={self.ctl}",
             f"--max-s={max_s}",
+            *([f"--pushes={pushes}"] if pushes is not None else []),
         )
         lab.wait_for(lambda: "ws" in self.child.read(), within_s=20, what="the simulator")
         info = self.child.read()

@@ -1,192 +1,35 @@
 """A fleet of real processes: 2 shards x 2 replicas against one real redis-server and the
-simulator over loopback. Real processes because what is tested is what happens to a
-process: SIGKILL, SIGSTOP/SIGCONT, and a Redis restart under it.
-
-Every push the simulator sends is recorded (`on_push`, once per push whatever the number of
-subscribers); an event is identified by (symbol, push time in ms), which the window actor
-carries over unchanged."""
+simulator over loopback (tests/system/fleet_harness.py). Real processes because what is
+tested is what happens to a process: SIGKILL, SIGSTOP/SIGCONT, and a Redis restart under it.
+The faults of the network and the exact counts of every push: test_fleet_faults.py."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import trio
 
 from actors.ranking import rank
-from devtools.devredis import RedisServer, free_port
-from devtools.simulator import FakeExchange, SimConfig
+from devtools.devredis import RedisServer
+from devtools.simulator import FakeExchange
 from screener.core.models import SymbolStat
 from screener.fleet.shards import shard_of
-from tests.system.service_harness import Subscriber, eventually, simulator
+from tests.system.fleet_harness import SETTLE_S, Fleet, Shape, open_fleet
+from tests.system.service_harness import Subscriber, eventually
 
-ROOT = Path(__file__).resolve().parents[2]
 LEASE_S = 2.0
 SHARDS = 2
-SYMBOLS = 24
 TOP_N = 3
-# Ceilings on waits for state the processes report, far above what a quiet machine needs
-# (a second or two): four Python processes starting on a loaded machine took over 30 s.
-START_S = 120.0
-SETTLE_S = 30.0
+SHAPE = Shape(shards=SHARDS, replicas=2, lease_s=LEASE_S)
 
 
-class Replica:
-    def __init__(self, shard: int, index: int, log: Path) -> None:
-        self.shard = shard
-        self.name = f"s{shard}r{index}"
-        self.port = free_port()
-        self.log = log
-        self.proc: trio.Process | None = None
-
-    async def health(self, http: httpx.AsyncClient) -> dict[str, Any] | None:
-        try:
-            r = await http.get(f"http://127.0.0.1:{self.port}/health", timeout=2)
-        except httpx.TransportError:
-            return None
-        doc: dict[str, Any] = r.json()
-        return doc
-
-    async def top5(self, http: httpx.AsyncClient) -> dict[str, Any]:
-        r = await http.get(f"http://127.0.0.1:{self.port}/top5", timeout=2)
-        doc: dict[str, Any] = r.json()
-        return doc
-
-
-class Fleet:
-    """The replicas, their HTTP client, and what each pushed and published."""
-
-    def __init__(self, ex: FakeExchange, sub: Subscriber, http: httpx.AsyncClient) -> None:
-        self.ex = ex
-        self.sub = sub
-        self.http = http
-        self.replicas: list[Replica] = []  # the ones a test expects to answer
-        self.started: list[Replica] = []  # every one, for the clean-up
-        self.pushes: list[tuple[str, int]] = []
-        ex.on_push = lambda payload: self.pushes.append((payload["symbol"], payload["ts"]))
-
-    async def roles(self) -> dict[str, str | None]:
-        roles: dict[str, str | None] = {}
-        for r in self.replicas:
-            doc = await r.health(self.http)
-            roles[r.name] = None if doc is None else doc["fleet"]["role"]
-        return roles
-
-    async def leader_of(self, shard: int) -> Replica:
-        """The one replica of `shard` that says it leads, once exactly one does."""
-        with trio.fail_after(SETTLE_S):
-            while True:
-                roles = await self.roles()
-                leaders = [
-                    r for r in self.replicas if r.shard == shard and roles[r.name] == "leader"
-                ]
-                if len(leaders) == 1:
-                    return leaders[0]
-                await trio.sleep(0.1)
-
-    def events(self) -> list[tuple[str, int]]:
-        return [(e["symbol"], e["ts"]) for e in self.sub.get("market_data")]
-
-    async def exactly_once(self, seconds: float) -> None:
-        """Pushes over `seconds` each yield exactly one event, and no event comes twice. A
-        simulator catching up after a stall can push one symbol twice within a millisecond,
-        so keys are counted: as many events as pushes, for every key."""
-        start = len(self.pushes)
-        await trio.sleep(seconds)
-        window = self.pushes[start:]
-        assert len(window) > 20, "the simulator pushed too little to tell"
-        await eventually(
-            lambda: set(window) <= set(self.events()),
-            within_s=SETTLE_S,
-            what="every push published",
-        )
-        pushed, published = Counter(self.pushes), Counter(self.events())
-        assert [k for k in window if published[k] != pushed[k]] == []
-        assert [k for k, n in published.items() if n > pushed[k]] == []
-
-
-@asynccontextmanager
-async def fleet(redis_port: int, tmp: Path) -> AsyncIterator[Fleet]:
-    config = SimConfig(symbols=SYMBOLS, rate_per_s=200, extra_contracts=False)
-    sub = Subscriber(redis_port, "market_data", "top_movers")
-    async with (
-        simulator(config) as (ex, sim),
-        httpx.AsyncClient() as http,
-        trio.open_nursery() as nursery,
-    ):
-        f = Fleet(ex, sub, http)
-        f.replicas = [Replica(s, i, tmp / f"s{s}r{i}.log") for s in range(SHARDS) for i in (0, 1)]
-        f.started = list(f.replicas)
-        for r in f.replicas:
-            env = {
-                **{k: v for k, v in os.environ.items() if not k.startswith(("MEXC_", "FLEET_"))},
-                "MEXC_BASE": sim.rest_url,
-                "MEXC_WS_URL": sim.ws_url,
-                "REDIS_HOST": "127.0.0.1",
-                "REDIS_PORT": str(redis_port),
-                "HTTP_HOST": "127.0.0.1",
-                "WS_SCREENER_PORT": str(r.port),
-                "LOG_FORMAT": "text",
-                "BACKFILL": "off",
-                "RANK_INTERVAL_S": "0.5",
-                "TOP_N": str(TOP_N),
-                "SUBSCRIBE_PAUSE_S": "0.001",
-                "FLEET_SHARDS": str(SHARDS),
-                "FLEET_SHARD": str(r.shard),
-                "FLEET_REPLICA_ID": r.name,
-                "FLEET_LEASE_S": str(LEASE_S),
-            }
-            with r.log.open("wb") as log:  # the child keeps its own descriptor
-                r.proc = await trio.lowlevel.open_process(
-                    [sys.executable, "-m", "screener"],
-                    cwd=ROOT,
-                    env=env,
-                    stderr=log,
-                    stdout=subprocess.DEVNULL,
-                )
-        try:
-            for r in f.replicas:
-                await eventually(
-                    lambda r=r: r.proc is not None and r.proc.returncode is None,
-                    what=f"{r.name} running",
-                )
-
-            async def all_ok() -> bool:
-                docs = [await r.health(http) for r in f.replicas]
-                return all(d is not None and d["status"] == "ok" for d in docs)
-
-            await eventually(all_ok, within_s=START_S, what="every replica ok")
-            for shard in range(SHARDS):
-                await f.leader_of(shard)
-            yield f
-        except BaseException:
-            for r in f.started:  # what each replica logged, for the failure report
-                print(f"--- {r.name}\n{r.log.read_text(errors='replace')[-3000:]}")
-            raise
-        finally:
-            for r in f.started:
-                if r.proc is not None and r.proc.returncode is None:
-                    r.proc.send_signal(signal.SIGCONT)
-                    r.proc.send_signal(signal.SIGTERM)
-            with trio.move_on_after(10):
-                for r in f.started:
-                    if r.proc is not None:
-                        await r.proc.wait()
-            for r in f.started:
-                if r.proc is not None and r.proc.returncode is None:
-                    r.proc.kill()
-                    await r.proc.wait()
-            f.sub.close()
-            nursery.cancel_scope.cancel()
+def fleet(redis_port: int, tmp: Path) -> AbstractAsyncContextManager[Fleet]:
+    return open_fleet(redis_port, tmp, SHAPE)
 
 
 def whole_ranking(ex: FakeExchange, events: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
