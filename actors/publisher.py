@@ -116,27 +116,13 @@ class Publisher:
     def _refence(self, fence: Leadership) -> None:
         """A lease answer: a leader that became a standby keeps its unpublished events for a
         takeover, a standby that became leader sends what it held first (Redis skips what
-        the last leader published). The answer also proves Redis answers: a standby, which
-        never writes, takes its Redis status from it."""
-        lanes = self.lanes
-        was = lanes.fence
-        before = lanes.held.size
-        self._dropped(lanes.refence(fence, trio.current_time()))
+        the last leader published; the fleet actor's log line says who leads). The answer
+        also proves Redis answers: a standby, which never writes, takes its Redis status
+        from it."""
+        self._dropped(self.lanes.refence(fence, trio.current_time()))
         self.lease_answered.set()
         if fence.role == "standby":
             self.health.lease_answered()
-            kept = lanes.held.size - before
-            if kept and was is not None and was.role == "leader":
-                self.log.info(
-                    "not leader of this shard any more: {n} unpublished events kept for a takeover",
-                    n=kept,
-                )
-        elif was is not None and was.role == "standby" and before:
-            self.log.info(
-                "leader of this shard: {n} events received as a standby go first "
-                "(redis skips those already published)",
-                n=before,
-            )
 
     def may_publish_now(self) -> bool:
         return self.lanes.may_publish(trio.current_time())

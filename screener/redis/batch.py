@@ -276,10 +276,13 @@ async def send(link: RedisLink, batch: Prepared) -> BatchResult:
     if isinstance(reply, hiredis.ReplyError):
         return batch.refused_whole(str(reply))
     try:
-        return batch.result(script.read_answer(reply))
+        answer = script.read_answer(reply)
     except ValueError as exc:
         await link.close()
         raise redis.InvalidResponse(str(exc)) from None
+    if answer.status == "HELD" and (answer.why or "").startswith("READONLY"):
+        await link.refused_readonly()
+    return batch.result(answer)
 
 
 def sort_refusals(

@@ -100,6 +100,14 @@ class RedisLink:
         assert cut.cancelled_caught
         raise redis.TimeoutError(f"no answer from {self.address} within {REDIS_TIMEOUT_S:g}s")
 
+    async def refused_readonly(self) -> None:
+        """Redis answered READONLY inside a script (the publish script's first write): from
+        the master the Sentinels named, a broken link, as a READONLY reply is; elsewhere (a
+        replica by configuration) a refusal for now, which the caller holds."""
+        if self.masters is not None:
+            await self.close()
+            demoted(self.masters)
+
     async def _round_trip(self, stream: trio.abc.Stream, payload: bytes) -> object:
         await stream.send_all(payload)
         reader = self.reader

@@ -149,5 +149,5 @@ the code that decides what becomes of a message must come first."""
 
 def _text(value: object) -> str | None:
     if isinstance(value, bytes):
-        return _SCRIPT_PLACE.sub("", value.decode(errors="replace"))
+        return _SCRIPT_PLACE.sub("", value.decode(errors="replace")).strip()
     return None

@@ -26,7 +26,7 @@ from devtools.devredis import RedisServer, free_port
 from devtools.simulator import SimAddress, SimConfig
 from screener.core.config import RedisSettings, load_settings
 from screener.core.models import MarketData, Ranking, RedisStatus
-from screener.redis.batch import BatchResult, Held, prepare_batch, send
+from screener.redis.batch import BatchResult, prepare_batch, send
 from screener.redis.client import make_client
 from screener.redis.link import RedisLink
 from tests.actors.fakes import market_data, publisher_lines
@@ -100,15 +100,13 @@ async def _write(
         await link.close()
 
 
-@pytest.mark.parametrize("fault", ["oom", "wrongtype"])
-async def test_refusals_for_now_are_held_for_the_target_that_refused_content_ones_dropped_once(
-    redis_server: RedisServer, fault: str
+async def test_content_refusals_drop_each_event_once_and_an_unencodable_one_shifts_nothing(
+    redis_server: RedisServer,
 ) -> None:
-    """PUBLISH_MODE=both: PUBLISH goes through under OOM, XADD does not, so the held events
-    owe the stream only; a WRONGTYPE stream key drops each event once, not once per command.
-    An event that cannot be serialized (a 70-bit integer) is skipped without shifting which
-    reply belongs to which event. The same over the socket link (hiredis's own error
-    replies) as through redis-py (its exceptions, the code put back)."""
+    """PUBLISH_MODE=both with a WRONGTYPE stream key: each event is dropped once, not once
+    per command, and pub/sub still gets it. An event that cannot be serialized (a 70-bit
+    integer) is skipped without shifting which answer belongs to which event. (Refusals
+    for now, such as OOM, hold the whole slice: tests/system/test_publish_script.py.)"""
     settings = load_settings(
         {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(redis_server.port), "PUBLISH_MODE": "both"}
     ).redis
@@ -117,28 +115,22 @@ async def test_refusals_for_now_are_held_for_the_target_that_refused_content_one
     sub = Subscriber(redis_server.port, "market_data")
     client = make_client(settings)
     try:
-        if fault == "oom":
-            out_of_memory(redis_server)
-        else:
-            admin = redis_server.client()
-            admin.set("market_data", "not a stream")
-            admin.close()
+        admin = redis_server.client()
+        admin.set("market_data", "not a stream")
+        admin.close()
         result = await _write(client, settings, events, rank)
         with trio.fail_after(10):
             await eventually(lambda: len(sub.get("market_data")) == 2, what="both PUBLISHes")
+        got = [e["symbol"] for e in sub.get("market_data")]
     finally:
         client.close()
         sub.close()
+    assert got == ["A_USDT", "B_USDT"]
     assert result.unencodable == 1
-    if fault == "oom":
-        held = Held(mode="stream", events=[events[0], events[2]], ranking=rank, reason=OOM)
-        assert result.held == (held,)
-        assert (result.refused, result.refusal) == (0, None)
-    else:
-        assert result.held == ()
-        assert (result.refused, result.ranking_refused) == (2, False)
-        assert result.refusal is not None
-        assert result.refusal.startswith("WRONGTYPE ")
+    assert result.held == ()
+    assert (result.refused, result.ranking_refused) == (2, False)
+    assert result.refusal is not None
+    assert result.refusal.startswith("WRONGTYPE ")
 
 
 # --- fault 3: Redis out of memory -------------------------------------------------------------
@@ -149,9 +141,9 @@ async def test_out_of_memory_degrades_redis_and_delivers_the_held_events_once_it
     redis_server: RedisServer, mode: str
 ) -> None:
     """For a second of refused writes: degraded with Redis's reason, `screener_redis_up` 0,
-    nothing reaches the stream and nothing counts as published (or as dropped); pub/sub goes
-    on under PUBLISH_MODE=both. Once memory returns every event pushed reaches the stream,
-    once."""
+    nothing reaches the stream or pub/sub (the publish script's record of what went out is
+    refused first) and nothing counts as published (or as dropped). Once memory returns
+    every event pushed reaches each target, once."""
     pushed: list[Key] = []
     sub = Subscriber(redis_server.port, "market_data")
     try:
@@ -199,8 +191,8 @@ async def test_out_of_memory_degrades_redis_and_delivers_the_held_events_once_it
     assert any(OOM in problem for problem in health["problems"]), health
     keys = stream_keys(redis_server)
     assert len(keys) == len(set(keys)) == len(pushed)  # each event once, none lost
+    assert pubsub_during == 0
     if mode == "both":
-        assert pubsub_during > 0  # pub/sub did not wait for the stream
         assert sorted(event_key(e) for e in sub.get("market_data")) == sorted(pushed)
     else:
         assert sub.get("market_data") == []
