@@ -58,6 +58,9 @@ from screener.redis.client import REDIS_ERRORS
 
 RELEASE_S = 1.0
 """Most time spent giving the lease up on shutdown; a standby otherwise waits one lease."""
+FLUSH_WAIT_S = 2.5
+"""Most time the release waits for the publisher's final flush (FINAL_FLUSH_S, 2 s, and a
+margin)."""
 
 
 class Fleet:
@@ -288,11 +291,14 @@ async def run_fleet(
     top_n: int,
     rank_interval_s: float,
     wall: Callable[[], float] = time.time,
+    flushed: trio.Event | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """`rankings`: this shard's, from the ranking actor; `outbox`: the publisher's inbox
     (fences, and the global ranking on shard 0). Owns and closes both. `agreement`: what
-    every replica on this channel must share (`Agreement.of(settings)`)."""
+    every replica on this channel must share (`Agreement.of(settings)`). `flushed`: set by
+    the publisher once its final flush ended; on shutdown the lease is released only then
+    (at most FLUSH_WAIT_S later), as Redis refuses the flush of a replica that released it."""
     redis_client = client()
     fleet = Fleet(
         settings, redis_client, agreement=agreement, status=status, metrics=metrics, wall=wall
@@ -323,6 +329,10 @@ async def run_fleet(
             nursery.start_soon(merge)
     finally:
         try:
+            if flushed is not None:
+                with trio.move_on_after(FLUSH_WAIT_S) as waiting:
+                    waiting.shield = True
+                    await flushed.wait()
             await fleet.give_up()
         finally:
             redis_client.close()

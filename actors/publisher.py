@@ -361,12 +361,14 @@ async def run_publisher(
     ping: Ping | None = None,
     fenced: bool = False,
     hold_s: float = 0.0,
+    flushed: trio.Event | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Writes go over `link` (by default the service's own link to the Redis of `settings`),
     PINGs through redis-py (`ping`: tests pass their own). `fenced`: a fleet replica,
     publishing only while its shard lease says so (the `Leadership` items of the inbox);
-    as a standby it keeps what it receives for `hold_s` seconds, for a takeover."""
+    as a standby it keeps what it receives for `hold_s` seconds, for a takeover. `flushed`
+    is set once the final flush ended (the fleet actor releases the lease only then)."""
     client = make_client(settings)
     if link is None:
         link = RedisLink.of(client)
@@ -384,5 +386,7 @@ async def run_publisher(
         try:
             await publisher.finish()
         finally:
+            if flushed is not None:
+                flushed.set()
             await link.close()
             client.close()

@@ -150,6 +150,7 @@ async def run_service(
         plan_send.close()
         plan_recv.close()
     rest_settings = settings.rest
+    flushed = trio.Event()  # the publisher's final flush ended: the lease may go
     async with (
         open_rest_client(
             settings.exchange.rest_base,
@@ -170,6 +171,7 @@ async def run_service(
                 rand=rand,
                 fenced=True,
                 hold_s=TAKEOVER_HOLD_LEASES * settings.fleet.lease_s,
+                flushed=flushed,
             )
         )
         await nursery.start(
@@ -185,6 +187,7 @@ async def run_service(
                 metrics=metrics,
                 top_n=settings.top_n,
                 rank_interval_s=settings.rank_interval_s,
+                flushed=flushed,
             )
         )
         await nursery.start(

@@ -268,6 +268,46 @@ async def _measure_link(
         await link.close()
 
 
+async def _bare_write(
+    stream: trio.abc.Stream, reader: hiredis.Reader, payload: bytes, n: int
+) -> None:
+    """`payload` on a bare stream, then its `n` replies: no shield, no deadline, no checks."""
+    await stream.send_all(payload)
+    replies = 0
+    while replies < n:
+        if reader.gets() is False:
+            reader.feed(bytes(await stream.receive_some(65536)))
+        else:
+            replies += 1
+
+
+async def _measure_bare(
+    port: int, settings: RedisSettings, batches: list[list[MarketData]]
+) -> tuple[float, float]:
+    """The publish script as `_measure_link` sends it, on a bare stream: the script against
+    the pipeline on equal terms (the link's own cost is the difference to its row)."""
+    fence = Fence("bench:lease", "bench:term", "bench#1", 1)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    reader = hiredis.Reader()
+    step = len(batches)  # push times after every one the link's run published
+    todo = iter(
+        [
+            [e._replace(kline=e.kline._replace(ts_ms=e.kline.ts_ms + step)) for e in b]
+            for b in batches
+        ]
+    )
+
+    async def write() -> None:
+        await _bare_write(
+            stream, reader, prepare_batch(settings, next(todo), None, fence).payload, 1
+        )
+
+    try:
+        return await _timed(write)
+    finally:
+        await stream.aclose()
+
+
 async def _measure_pipeline(port: int, batches: list[list[MarketData]]) -> tuple[float, float]:
     """The write as it was before the publish script: a pipeline of one PUBLISH per event,
     its replies read by hiredis (no fence, no check for pushes already published)."""
@@ -280,13 +320,7 @@ async def _measure_pipeline(port: int, batches: list[list[MarketData]]) -> tuple
         payload = b"".join(
             b"%s$%d\r\n%s\r\n" % (head, len(doc), doc) for doc in map(encode_event, next(todo))
         )
-        await stream.send_all(payload)
-        replies = 0
-        while replies < BATCH:
-            if reader.gets() is False:
-                reader.feed(await stream.receive_some(65536))
-            else:
-                replies += 1
+        await _bare_write(stream, reader, payload, BATCH)
 
     try:
         return await _timed(write)

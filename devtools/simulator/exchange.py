@@ -193,6 +193,7 @@ class Market:
         self.contracts: list[dict[str, Any]] = []
         self._specs: dict[str, _Spec] = {}
         self._books: dict[str, _Book] = {}
+        self._last_push_ms: dict[str, int] = {}
         self._build_contracts(now)
 
     # --- contracts -------------------------------------------------------------------------
@@ -365,14 +366,24 @@ class Market:
         book.price = price
         return candle
 
+    def push_time(self, symbol: str, now: float) -> int:
+        """The time a push of `symbol` carries: the clock's, but never a millisecond already
+        used for that symbol. The exchange pushes a symbol's candle at most every few
+        hundred ms; a burst here (tests push in a loop) must not give two pushes one `ts`,
+        which with the symbol identifies a push downstream (each is published once)."""
+        ms = max(int(now * 1000), self._last_push_ms.get(symbol, -1) + 1)
+        self._last_push_ms[symbol] = ms
+        return ms
+
     def current(self, symbol: str) -> Candle | None:
         """The open live candle of ``symbol`` (None before its first push)."""
         book = self._books.get(symbol)
         return book.candle if book else None
 
     @staticmethod
-    def kline_push(symbol: str, candle: Candle, now: float) -> dict[str, Any]:
-        """A ``push.kline`` payload with the key order of the 2026 capture."""
+    def kline_push(symbol: str, candle: Candle, ts_ms: int) -> dict[str, Any]:
+        """A ``push.kline`` payload with the key order of the 2026 capture, sent at
+        ``ts_ms``."""
         return {
             "symbol": symbol,
             "data": {
@@ -391,7 +402,7 @@ class Market:
                 "rl": candle.rl,
             },
             "channel": "push.kline",
-            "ts": int(now * 1000),
+            "ts": ts_ms,
         }
 
     # --- REST bodies -----------------------------------------------------------------------

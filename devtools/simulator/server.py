@@ -126,7 +126,7 @@ class FakeExchange:
         current = self._market.current(symbol)
         if current is None:
             return None
-        data: dict[str, Any] = Market.kline_push(symbol, current, self.clock())["data"]
+        data: dict[str, Any] = Market.kline_push(symbol, current, int(self.clock() * 1000))["data"]
         return data
 
 

@@ -299,7 +299,8 @@ class WsHub:
         payload when at least one connection is subscribed and the hub is not silent.
         """
         now = self.clock()
-        payload = self.market.kline_push(symbol, self.market.trade(symbol, now, price), now)
+        candle = self.market.trade(symbol, now, price)
+        payload = self.market.kline_push(symbol, candle, self.market.push_time(symbol, now))
         if overrides:
             payload["data"].update(overrides)
         subs = self._subscribers.get(symbol)
