@@ -5,8 +5,8 @@ its `market_data` event. Given every push the simulator sent and every event a s
 received, in the order received, `check` reports:
 
 - lost: a push never published (a key pushed and not received);
-- duplicated: a key received more often than it was pushed (the simulator may push a symbol
-  twice within one ms when it catches up, so keys are counted, not merely seen);
+- duplicated: a key received more often than it was pushed (keys are counted, not merely
+  seen; the simulator never gives two pushes of a symbol one ts, as the exchange does not);
 - back in time: an event whose push ts is lower than that of an earlier event of the same
   symbol (a consumer would move that symbol backwards).
 

@@ -367,10 +367,11 @@ class Market:
         return candle
 
     def push_time(self, symbol: str, now: float) -> int:
-        """The time a push of `symbol` carries: the clock's, but never a millisecond already
-        used for that symbol. The exchange pushes a symbol's candle at most every few
-        hundred ms; a burst here (tests push in a loop) must not give two pushes one `ts`,
-        which with the symbol identifies a push downstream (each is published once)."""
+        """The time a push (or a ticker row) of `symbol` carries: the clock's, but never a
+        millisecond already used for that symbol. The exchange pushes a symbol's candle at
+        most every few hundred ms; a burst here (tests push in a loop, some on a frozen
+        clock) must not give two pushes one `ts`, which with the symbol identifies a push
+        downstream (each is published once)."""
         ms = max(int(now * 1000), self._last_push_ms.get(symbol, -1) + 1)
         self._last_push_ms[symbol] = ms
         return ms
@@ -546,7 +547,7 @@ class Market:
             "fundingRate": 0.0001,
             "maxBidPrice": spec.px(last * 1.1),
             "minAskPrice": spec.px(last * 0.9),
-            "timestamp": int(now * 1000),
+            "timestamp": self.push_time(symbol, now),  # the venue's clock never repeats
             "riseFallRates": {"zone": "UTC+8", "r": rise, "v": round(last - day_ago, 8), **rates},
             "riseFallRatesOfTimezone": [rise, rise, rise],
         }
