@@ -174,7 +174,7 @@ class Publisher:
 
     async def _wait(self) -> None:
         """Until something arrives, or a held lane's backoff ends."""
-        retry_at = self.lanes.first_retry()
+        retry_at = self.lanes.retry_at
         if retry_at is None:
             await self.arrived.wait()
             return
@@ -190,7 +190,7 @@ class Publisher:
         token = fence.fence if fence is not None else None
         if fence is not None and token is None:
             raise FencedOut()  # no lease answer made this replica a leader yet
-        batch = prepare_batch(self.lanes.targets[sent.mode], sent.events, sent.ranking, token)
+        batch = prepare_batch(self.settings, sent.events, sent.ranking, token)
         if check and not self.may_publish_now():
             raise FencedOut()
         if not batch.messages:
@@ -278,11 +278,11 @@ class Publisher:
                     why=result.refusal,
                     n=n,
                 )
-        now = trio.current_time()
-        for group in result.held:
-            self._dropped(self.lanes.hold(sent, group))
-            if group.mode not in self.lanes.retry_at:
-                self.lanes.retry_at[group.mode] = now + self.health.held_backoff.next_delay()
+        if result.held is not None:  # in front again, without what could not be encoded
+            self._dropped(self.lanes.put_back(Slice(result.held.events, result.held.ranking)))
+            if self.lanes.retry_at is None:
+                delay = self.health.held_backoff.next_delay()
+                self.lanes.retry_at = trio.current_time() + delay
         refused_events = result.refused - result.ranking_refused
         published = (
             len(sent.events)
@@ -300,12 +300,12 @@ class Publisher:
                 metrics.publish_latency,
                 (max(0.0, written_ms - event.kline.ts_ms) / 1000 for event in sent.events),
             )
-        ranking_held = any(group.ranking is not None for group in result.held)
+        ranking_held = result.held is not None and result.held.ranking is not None
         ranking_out = not (result.ranking_refused or ranking_held or result.ranking_skipped)
         if sent.ranking is not None and ranking_out:
             metrics.published.labels(self.settings.top_movers_channel).inc()
         if not final and self.health.answered(result):  # on shutdown the final line says it
-            self.lanes.retry_at.clear()  # what was held goes now, not after its backoff
+            self.lanes.retry_at = None  # what was held goes now, not after its backoff
         self._gauge_backlog()
 
     def _fenced(self, sent: Slice, holder: str | None) -> None:

@@ -1,8 +1,9 @@
-"""One batch of events (and the ranking) written to Redis in one round trip.
+"""One slice of events (and the ranking) written to Redis in one round trip.
 
-A resource of the publisher actor, not an actor. `prepare_batch` encodes a batch once; it is
-written over the publisher's link (screener/redis/link.py), whose replies are read in bulk
-and sorted by `Prepared.result`: published, refused for now (held), or refused for good.
+A resource of the publisher actor, not an actor. `prepare_batch` encodes a slice once, as one
+call of the publish script (screener/redis/script.py); `send` writes it over the publisher's
+link (screener/redis/link.py), and `Prepared.result` sorts the answer: published, skipped
+(published before), refused for now (held), refused for good (dropped), or fenced.
 """
 
 from __future__ import annotations
@@ -96,24 +97,22 @@ the same command forever, so it is dropped."""
 
 
 class Held(NamedTuple):
-    """What Redis refused for now, to send again to the targets of `mode` only (with
-    PUBLISH_MODE=both, an event whose PUBLISH went out but whose XADD was refused owes the
-    stream only: sending it again to both would duplicate it on pub/sub)."""
+    """What Redis refused for now, to send again: always a whole slice, as the publish
+    script publishes nothing once its first write (the record) is refused."""
 
-    mode: str  # "pubsub", "stream" or "both"
     events: list[MarketData]
     ranking: Ranking | None
     reason: str  # Redis's words for the first of them, e.g. "OOM command not allowed ..."
 
 
 class BatchResult(NamedTuple):
-    """How one pipeline went, message by message (a message: an event or the ranking, sent
+    """How one write went, message by message (a message: an event or the ranking, sent
     to one or both targets). A message is published when every target accepted it."""
 
     unencodable: int
     refused: int  # messages refused for their own content (e.g. WRONGTYPE): dropped
     refusal: str | None  # the first of those refusals, for the log and /health
-    held: tuple[Held, ...] = ()  # messages refused for now (OOM, READONLY, ...): kept
+    held: Held | None = None  # the slice, refused for now (OOM, READONLY, ...): kept
     ranking_refused: bool = False  # the ranking is one of the `refused`
     skipped: int = 0  # events Redis had published already (a resend, another replica's)
     ranking_skipped: bool = False
@@ -122,21 +121,16 @@ class BatchResult(NamedTuple):
 
     @property
     def held_events(self) -> int:
-        return sum(len(group.events) for group in self.held)
+        return len(self.held.events) if self.held is not None else 0
 
     @property
     def hold(self) -> str | None:
         """Why Redis refused for now, None when it did not."""
-        return self.held[0].reason if self.held else None
+        return self.held.reason if self.held is not None else None
 
 
 def is_held(refusal: str) -> bool:
     return refusal.split(" ", 1)[0] in HELD_CODES
-
-
-def _resp(*parts: bytes) -> bytes:
-    """One command in the Redis protocol (RESP): an array of bulk strings."""
-    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
 
 
 def _bulk(value: bytes) -> bytes:
@@ -165,43 +159,38 @@ class Prepared(NamedTuple):
         return b"%s$4\r\nEVAL\r\n%s%s" % (self.head, _bulk(script.SOURCE.encode()), self.args)
 
     def result(self, answer: script.Answer) -> BatchResult:
-        """How the slice went, given the script's answer."""
+        """How the slice went, given the script's answer. A message refused by one of its
+        commands (WRONGTYPE on the stream key) is dropped: the script recorded it as
+        published, so sending it again would be skipped anyway."""
         unencodable = len(self.skipped)
         if answer.status == "FENCED":
             return BatchResult(unencodable, 0, None, fenced=True, holder=answer.why)
-        sources = self._sources()
         if answer.status == "HELD":
-            held = Held(self.settings.mode, sources_events(sources), self.ranking, answer.why or "")
-            return BatchResult(unencodable, 0, None, held=(held,))
-        skipped = answer.skipped
-        if not answer.refusals:
-            return BatchResult(
-                unencodable, 0, None, skipped=skipped, ranking_skipped=answer.ranking_skipped
-            )
-        targets = "ps" if self.settings.mode == "both" else self.settings.mode[0]
-        n = len(sources)
-        refusals = [(targets.index(t) * n + m, why) for m, t, why in answer.refusals]
-        return sort_refusals(self.settings, sources, refusals, unencodable)._replace(
-            skipped=skipped, ranking_skipped=answer.ranking_skipped
+            return self._held(answer.why or "")
+        messages = {m: why for m, _, why in reversed(answer.refusals)}  # the first words win
+        ranking_index = self.messages - 1 if self.ranking is not None else None
+        return BatchResult(
+            unencodable,
+            len(messages),
+            answer.refusals[0][2] if answer.refusals else None,
+            ranking_refused=ranking_index in messages,
+            skipped=answer.skipped,
+            ranking_skipped=answer.ranking_skipped,
         )
 
     def refused_whole(self, why: str) -> BatchResult:
-        """Redis refused the call itself (NOPERM, BUSY, ...): every message alike."""
-        sources = self._sources()
-        targets = 2 if self.settings.mode == "both" else 1
-        refusals = [(i, why) for i in range(len(sources) * targets)]
-        return sort_refusals(self.settings, sources, refusals, len(self.skipped))
+        """Redis refused the call itself: for now (BUSY, LOADING, ...: held), or for good
+        (NOPERM, ...: every message dropped)."""
+        if is_held(why):
+            return self._held(why)
+        return BatchResult(
+            len(self.skipped), self.messages, why, ranking_refused=self.ranking is not None
+        )
 
-    def _sources(self) -> list[MarketData | Ranking]:
+    def _held(self, why: str) -> BatchResult:
         gone = {id(event) for event in self.skipped}
-        sources: list[MarketData | Ranking] = [e for e in self.events if id(e) not in gone]
-        if self.ranking is not None:
-            sources.append(self.ranking)
-        return sources
-
-
-def sources_events(sources: list[MarketData | Ranking]) -> list[MarketData]:
-    return [s for s in sources if type(s) is MarketData]
+        events = [e for e in self.events if id(e) not in gone]
+        return BatchResult(len(self.skipped), 0, None, held=Held(events, self.ranking, why))
 
 
 def prepare_batch(
@@ -283,45 +272,3 @@ async def send(link: RedisLink, batch: Prepared) -> BatchResult:
     if answer.status == "HELD" and (answer.why or "").startswith("READONLY"):
         await link.refused_readonly()
     return batch.result(answer)
-
-
-def sort_refusals(
-    settings: RedisSettings,
-    sources: list[MarketData | Ranking],
-    refusals: list[tuple[int, str]],
-    unencodable: int,
-) -> BatchResult:
-    """Which messages (`sources`: the records sent, in order) are dropped, refused for their
-    content on some target, and which are held, by the targets that still owe them. Commands
-    come target by target (`packed_commands`: every PUBLISH, then every XADD), so command `i`
-    is message `i % len(sources)`."""
-    targets = [
-        mode for mode, on in (("pubsub", settings.to_pubsub), ("stream", settings.to_stream)) if on
-    ]
-    n = len(sources)
-    owed: dict[int, tuple[list[str], str]] = {}  # message -> (targets that held it, why)
-    dropped: dict[int, str] = {}  # message -> why it was refused for its content
-    for index, why in refusals:
-        message, target = index % n, targets[index // n]
-        if is_held(why):
-            owed.setdefault(message, ([], why))[0].append(target)
-        else:
-            dropped.setdefault(message, why)
-    groups: dict[str, Held] = {}
-    for message in sorted(owed.keys() - dropped.keys()):
-        held_by, why = owed[message]
-        mode = settings.mode if len(held_by) == len(targets) else held_by[0]
-        group = groups.setdefault(mode, Held(mode=mode, events=[], ranking=None, reason=why))
-        source = sources[message]
-        if isinstance(source, Ranking):
-            groups[mode] = group._replace(ranking=source)
-        else:
-            group.events.append(source)
-    refusal = next(iter(dropped.values()), None)
-    return BatchResult(
-        unencodable=unencodable,
-        refused=len(dropped),
-        refusal=refusal,
-        held=tuple(groups.values()),
-        ranking_refused=type(sources[-1]) is Ranking and (n - 1) in dropped,
-    )

@@ -1,25 +1,21 @@
 """What the publisher owes Redis, as plain synchronous state: testable without trio.
 
-The lanes: `buffer`, owed to every target of PUBLISH_MODE, and under PUBLISH_MODE=both the
-events one target took and the other held, by the target still owed (older, so sent first).
-Each lane is a bounded `PublishBuffer`. `Lanes` says what to send next (a slice of at most
-PIPELINE_EVENTS of the first lane due, while the shard lease, if any, is valid by the caller's
-clock), takes a failed slice back in front, files what Redis held in the lane of the targets
-that still owe it, and keeps a standby's copy of the pushes (`StandbyHold`) for a takeover.
-Time is passed in (`now`: trio's clock in the actor, any number in a test). Nothing here does
-I/O or logs.
+`Lanes` holds the bounded `PublishBuffer` of what is pending and says what to send next (a
+slice of at most PIPELINE_EVENTS, while the shard lease is valid by the caller's clock and
+no backoff of a held slice runs), takes a failed or held slice back in front, and keeps a
+standby's copy of the pushes (`StandbyHold`) for a takeover. (One lane for every target of
+PUBLISH_MODE: the publish script takes a slice whole or holds it whole.) Time is passed in
+(`now`: trio's clock in the actor, any number in a test). Nothing here does I/O or logs.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections import deque
 from collections.abc import Iterator
 from typing import Final, NamedTuple
 
 from screener.core.config import RedisSettings
 from screener.core.models import Leadership, MarketData, Ranking
-from screener.redis.batch import Held
 
 PIPELINE_EVENTS: Final = 500
 """Most events in one pipeline, so what one round trip holds encoded is bounded. Sending a
@@ -105,48 +101,32 @@ class PublishBuffer:
 
 
 class Slice(NamedTuple):
-    """One slice on its way to the targets of `mode` (its lane)."""
+    """One slice on its way to Redis."""
 
-    mode: str
     events: list[MarketData]
     ranking: Ranking | None
 
 
 class Lanes:
-    """Every lane, the fence, and each held lane's time of retry. Methods that may drop
-    events return how many (the actor counts them)."""
+    """The pending events, the fence, a held slice's time of retry and the standby's hold.
+    Methods that may drop events return how many (the actor counts them)."""
 
     def __init__(
         self, settings: RedisSettings, *, fenced: bool = False, hold_s: float = 0.0
     ) -> None:
         self.settings = settings
         self.buffer = PublishBuffer(settings.buffer)
-        self.owed: dict[str, PublishBuffer] = {}
-        self.targets = {settings.mode: settings}  # the settings a lane is written with
-        self.retry_at: dict[str, float] = {}  # lane -> not before (a held lane's backoff)
+        self.retry_at: float | None = None  # not before (the backoff of a held slice)
         # The shard lease as last answered (None: no fleet, always publish).
         self.fence: Leadership | None = UNCONFIRMED if fenced else None
         self.held = StandbyHold(hold_s, settings.buffer)  # a standby's copy of the pushes
 
-    def __iter__(self) -> Iterator[tuple[str, PublishBuffer]]:
-        yield from self.owed.items()
-        yield self.settings.mode, self.buffer
-
-    def lane(self, mode: str) -> PublishBuffer:
-        if mode == self.settings.mode:
-            return self.buffer
-        lane = self.owed.get(mode)
-        if lane is None:
-            lane = self.owed[mode] = PublishBuffer(self.settings.buffer)
-            self.targets[mode] = dataclasses.replace(self.settings, mode=mode)
-        return lane
-
     def backlog(self) -> int:
-        """Events waiting in the lanes."""
-        return sum(len(lane.events) for _, lane in self)
+        """Events waiting to be sent."""
+        return len(self.buffer.events)
 
     def has_pending(self) -> bool:
-        return any(len(lane) for _, lane in self)
+        return bool(len(self.buffer))
 
     def standby(self) -> bool:
         return self.fence is not None and self.fence.role == "standby"
@@ -162,14 +142,13 @@ class Lanes:
         """A lease answer. A leader that becomes a standby keeps what it did not publish in
         the standby's hold (the new leader publishes those pushes, or if this replica leads
         again, Redis skips what went out meanwhile); a standby that becomes leader puts its
-        hold in front of its lanes. Returns how many events that drops (a hold beyond the
-        buffer's capacity keeps the newest per symbol)."""
+        hold in front of what is pending. Returns how many events that drops (a hold beyond
+        the buffer's capacity keeps the newest per symbol)."""
         was, self.fence = self.fence, fence
         if fence.role == "standby":
             if was is None or was.role != "standby":
-                moved = [event for _, lane in self for event in lane.take()[0]]
-                self.owed.clear()
-                self.retry_at.clear()
+                moved, _ = self.buffer.take()
+                self.retry_at = None
                 if moved:
                     self.held.add(now, moved)
             return 0
@@ -189,38 +168,20 @@ class Lanes:
             self.fence = fence._replace(valid_until=float("-inf"))
 
     def next_slice(self, now: float) -> Slice | None:
-        """The next slice of the first lane with something to send and no backoff to wait,
-        while the lease (if any) is valid at `now`."""
-        if not self.may_publish(now):
+        """The next slice, if something is pending, no held slice's backoff runs and the
+        lease (if any) is valid at `now`."""
+        if not self.may_publish(now) or not len(self.buffer):
             return None
-        for mode, lane in self:
-            if len(lane) and self.retry_at.get(mode, now) <= now:
-                self.retry_at.pop(mode, None)
-                events, ranking = lane.take(PIPELINE_EVENTS)
-                return Slice(mode, events, ranking)
-        return None
+        if self.retry_at is not None and now < self.retry_at:
+            return None
+        self.retry_at = None
+        return Slice(*self.buffer.take(PIPELINE_EVENTS))
 
     def slices(self) -> Iterator[Slice]:
-        """Every lane, slice after slice, whatever the backoff (the final flush)."""
-        for mode, lane in list(self):
-            while len(lane):
-                events, ranking = lane.take(PIPELINE_EVENTS)
-                yield Slice(mode, events, ranking)
+        """Everything pending, slice after slice, whatever the backoff (the final flush)."""
+        while len(self.buffer):
+            yield Slice(*self.buffer.take(PIPELINE_EVENTS))
 
     def put_back(self, sent: Slice) -> int:
-        return self.lane(sent.mode).put_back(sent.events, sent.ranking)
-
-    def hold(self, sent: Slice, group: Held) -> int:
-        """Keep what Redis held in the lane of the targets still owed: in front of that lane
-        when it came from there, else behind (a write of `buffer` under PUBLISH_MODE=both
-        whose XADDs were held: newer than what the stream lane already owes)."""
-        lane = self.lane(group.mode)
-        if group.mode == sent.mode:
-            return lane.put_back(group.events, group.ranking)
-        dropped = lane.add(group.events)
-        if group.ranking is not None:
-            lane.ranking = group.ranking
-        return dropped
-
-    def first_retry(self) -> float | None:
-        return min(self.retry_at.values()) if self.retry_at else None
+        """A slice that failed or was held goes back in front of what arrived meanwhile."""
+        return self.buffer.put_back(sent.events, sent.ranking)

@@ -127,7 +127,7 @@ async def test_content_refusals_drop_each_event_once_and_an_unencodable_one_shif
         sub.close()
     assert got == ["A_USDT", "B_USDT"]
     assert result.unencodable == 1
-    assert result.held == ()
+    assert result.held is None
     assert (result.refused, result.ranking_refused) == (2, False)
     assert result.refusal is not None
     assert result.refusal.startswith("WRONGTYPE ")

@@ -181,7 +181,7 @@ async def test_readonly_from_a_demoted_master_is_a_broken_link_and_the_retry_fin
         link = RedisLink.of(client)
         try:
             first = await _publish(link, settings, "A_USDT")
-            assert first.held == ()
+            assert first.held is None
             replica = new.client()
             try:  # replication is asynchronous: promoted too early, the replica would lack it
                 wait_for(lambda: replica.xlen("market_data") == 1, "A_USDT on the replica")
@@ -203,7 +203,7 @@ async def test_readonly_from_a_demoted_master_is_a_broken_link_and_the_retry_fin
             entries = reader.xrange("market_data")
         finally:
             reader.close()
-    assert (result.held, result.refused) == ((), 0)
+    assert (result.held, result.refused) == (None, 0)
     symbols = [orjson.loads(fields[b"data"])["symbol"] for _, fields in entries]
     assert symbols == ["A_USDT", "B_USDT"]  # each once: the first via replication
 
@@ -238,7 +238,7 @@ async def test_hung_sentinels_do_not_stop_writes_to_a_master_that_takes_them(
             entries = reader.xrange("market_data")
         finally:
             reader.close()
-    assert [result.held for result in results] == [(), ()]
+    assert [result.held for result in results] == [None, None]
     symbols = [orjson.loads(fields[b"data"])["symbol"] for _, fields in entries]
     assert symbols == ["A_USDT", "B_USDT", "C_USDT"]
     assert MASTER_CHECK_S < next_check_in <= MASTER_CHECK_FAILED_S
