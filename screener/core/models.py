@@ -169,15 +169,13 @@ class Fence(NamedTuple):
 
 class Leadership(NamedTuple):
     """The fence, sent to the publisher after every lease answer. It publishes while `role`
-    is leader and its clock is before `valid_until` (trio time), holds what arrives while
-    the lease is unconfirmed, and drops what it holds when `drop_held`: a standby's events
-    are its shard leader's to publish, and a new leader drops what it held from before,
-    when another replica led (those pushes went out from there)."""
+    is leader and its clock is before `valid_until` (trio time), and Redis checks `fence`
+    at every write (screener/redis/script.py). A standby keeps what it receives for a
+    takeover; Redis skips, at that takeover, what the last leader published."""
 
     role: Role
     valid_until: float
     term: int
-    drop_held: bool
     fence: Fence | None = None  # a leader's token, for Redis to check; None: a standby
 
 

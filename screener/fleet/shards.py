@@ -145,7 +145,7 @@ class Lease:
             self.role = "standby"
             self.valid_until = float("-inf")
             self.took_over = False
-            return Leadership("standby", self.valid_until, self.term, drop_held=True)
+            return Leadership("standby", self.valid_until, self.term)
         self.role = "leader"
         if grant.renewed:
             self.valid_until = sent_at + self.lease_s * (1 - FENCE_MARGIN)
@@ -155,7 +155,7 @@ class Lease:
         fresh = (grant.previous is None or grant.previous == self.token) and not skipped
         self.took_over = not was_leader and not fresh
         fence = Fence(*self.keys, token=self.token, term=self.term)
-        return Leadership("leader", self.valid_until, self.term, drop_held=not fresh, fence=fence)
+        return Leadership("leader", self.valid_until, self.term, fence=fence)
 
     def refused(self, refusal: Refusal) -> Leadership:
         """Redis refused this replica (its id, its configuration): a standby until an
@@ -166,7 +166,7 @@ class Lease:
         self.role = "standby"
         self.valid_until = float("-inf")
         self.took_over = False
-        return Leadership("standby", self.valid_until, self.term, drop_held=True)
+        return Leadership("standby", self.valid_until, self.term)
 
     def failed(self, reason: str, *, refused: bool, now: float, heard: bool = True) -> None:
         """No grant: nothing is known, the role stays and its validity keeps running out.

@@ -23,7 +23,7 @@ backlog at once raised RSS by two thirds after a 30 s outage at 1,000 pushes/s (
 10,000 events); slices of 2,000 cost 12 MB, of 500 3 MB, and their round trips still take
 a fraction of a second (normal batches, a few ms of pushes, are far smaller)."""
 
-UNCONFIRMED: Final = Leadership("leader", float("-inf"), 0, drop_held=False)
+UNCONFIRMED: Final = Leadership("leader", float("-inf"), 0)
 """A fenced publisher's start: nothing goes out before the first lease answer."""
 
 

@@ -24,7 +24,7 @@ from tests.actors.fakes import M, MemoryRedis, Write, market_data, threads_hold_
 from tests.helpers import sample
 
 SETTINGS = load_settings({}).redis
-STANDBY = Leadership("standby", -math.inf, 0, drop_held=True)
+STANDBY = Leadership("standby", -math.inf, 0)
 _PUSHES = itertools.count(1)
 
 
@@ -36,7 +36,7 @@ def push(symbol: str) -> MarketData:
 def lead(fake: MemoryRedis, token: str, term: int, until: float) -> Leadership:
     """A lease answer making `token` leader until `until`, and Redis's keys saying so."""
     fake.data[b"lease"], fake.data[b"term"] = token.encode(), b"%d" % term
-    return Leadership("leader", until, term, drop_held=False, fence=fence(token, term))
+    return Leadership("leader", until, term, fence=fence(token, term))
 
 
 def fence(token: str, term: int) -> Fence:
