@@ -172,10 +172,11 @@ def _redis_rows(port: int, event: MarketData) -> None:
     print("| --- | --- | ---: | ---: | ---: |")
     figures = _with_redis_cpu(client, lambda: trio.run(_measure_link, client, settings, batches))
     print(f"| publish {BATCH} events | publish script, fenced | {_cells(figures)} |")
+    figures = _with_redis_cpu(client, lambda: trio.run(_measure_bare, port, settings, batches))
+    print(f"| publish {BATCH} events | publish script on a bare stream | {_cells(figures)} |")
     figures = _with_redis_cpu(client, lambda: trio.run(_measure_pipeline, port, batches))
-    print(
-        f"| publish {BATCH} events | pipeline of PUBLISH (before the script) | {_cells(figures)} |"
-    )
+    before = "PUBLISH pipeline on a bare stream (before)"
+    print(f"| publish {BATCH} events | {before} | {_cells(figures)} |")
     client.close()
     print(_coredis_row(port, event))
 
