@@ -5,9 +5,6 @@ limit, refusals of single commands, NOSCRIPT. The last test holds the actor test
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
 import hiredis
 import pytest
 import trio
@@ -17,12 +14,11 @@ from devtools.devredis import RedisServer
 from screener.core.config import RedisSettings, load_settings
 from screener.core.models import Fence, MarketData, Ranking
 from screener.redis.batch import BatchResult, prepare_batch, send
-from screener.redis.client import make_client
-from screener.redis.link import RedisLink
 from screener.redis.script import PUBLISHED_TTL_S, read_answer
 from tests.actors.fakes import MemoryRedis, market_data
 from tests.system.service_harness import Subscriber, eventually
 from tests.system.test_redis_faults import OOM, memory_back, out_of_memory
+from tests.system.test_redis_socket import open_link
 
 RANK = Ranking(wall_ts=1000.0, lookback_min=15, gainers=(), losers=(), ranked=0)
 
@@ -34,17 +30,6 @@ def push(symbol: str, ts_ms: int) -> MarketData:
 def settings_for(server: RedisServer, mode: str = "pubsub") -> RedisSettings:
     env = {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(server.port), "PUBLISH_MODE": mode}
     return load_settings(env).redis
-
-
-@asynccontextmanager
-async def link_to(settings: RedisSettings) -> AsyncIterator[RedisLink]:
-    client = make_client(settings)
-    link = RedisLink.of(client)
-    try:
-        yield link
-    finally:
-        await link.close()
-        client.close()
 
 
 def keys(server: RedisServer, published: str) -> tuple[dict[bytes, bytes], int]:
@@ -62,7 +47,7 @@ async def test_a_push_is_published_once_however_often_its_slice_is_sent(
     a1, b1, a2, a3 = push("A", 1), push("B", 1), push("A", 2), push("A", 3)
     sub = Subscriber(redis_server.port, "market_data")
     try:
-        async with link_to(settings) as link:
+        async with open_link(redis_server, PUBLISH_MODE=settings.mode) as link:
             first = await send(link, prepare_batch(settings, [a1, b1, a2], None))
             again = await send(link, prepare_batch(settings, [a1, b1, a2], None))
             later = await send(link, prepare_batch(settings, [a2, a3], None))
@@ -89,7 +74,7 @@ async def test_a_write_whose_token_or_term_does_not_hold_the_lease_is_refused_wh
     sub = Subscriber(redis_server.port, "market_data")
     results: list[BatchResult] = []
     try:
-        async with link_to(settings) as link:
+        async with open_link(redis_server, PUBLISH_MODE=settings.mode) as link:
 
             async def write(ts: int, token: str, term: int) -> None:
                 fence = Fence("lease", "term", token, term)
@@ -127,7 +112,7 @@ async def test_under_redis_memory_limit_nothing_is_published_and_the_slice_is_he
     settings = settings_for(redis_server)
     sub = Subscriber(redis_server.port, "market_data", "top_movers")
     try:
-        async with link_to(settings) as link:
+        async with open_link(redis_server, PUBLISH_MODE=settings.mode) as link:
             out_of_memory(redis_server)
             held = await send(link, prepare_batch(settings, [push("A", 1), push("B", 1)], RANK))
             memory_back(redis_server)
@@ -154,7 +139,7 @@ async def test_a_stream_key_of_another_type_drops_those_entries_and_pubsub_gets_
     admin.close()
     sub = Subscriber(redis_server.port, "market_data")
     try:
-        async with link_to(settings) as link:
+        async with open_link(redis_server, PUBLISH_MODE=settings.mode) as link:
             result = await send(link, prepare_batch(settings, [push("A", 1), push("B", 1)], None))
         with trio.fail_after(10):
             await eventually(lambda: len(sub.get("market_data")) == 2, what="both PUBLISHes")
@@ -172,7 +157,7 @@ async def test_after_a_script_flush_the_slice_goes_with_the_source_once(
     admin = redis_server.client()
     sub = Subscriber(redis_server.port, "market_data", "top_movers")
     try:
-        async with link_to(settings) as link:
+        async with open_link(redis_server, PUBLISH_MODE=settings.mode) as link:
             await send(link, prepare_batch(settings, [push("A", 1)], RANK))
             admin.script_flush()
             after = await send(link, prepare_batch(settings, [push("A", 2)], RANK))
@@ -203,7 +188,7 @@ async def test_the_actor_tests_fake_answers_as_redis_does(
         ([push("A", 3), push("C", 2)], RANK._replace(wall_ts=2000.0), None, None),
     ]
     try:
-        async with link_to(settings) as link:
+        async with open_link(redis_server, PUBLISH_MODE=settings.mode) as link:
             for events, ranking, fence, holder in calls:
                 if holder is not None:
                     admin.set("lease", holder)
