@@ -221,6 +221,13 @@ class RedisSettings:
     top_movers_channel: str = env(
         "TOP_MOVERS_CHANNEL", "top_movers", "pub/sub channel of rankings", non_empty
     )
+    candles_channel: str = env(
+        "CANDLES_CHANNEL",
+        "candles",
+        "pub/sub channel (and, by PUBLISH_MODE, stream) of closed one-minute candles, each "
+        "(symbol, minute) published once",
+        non_empty,
+    )
     mode: str = env(
         "PUBLISH_MODE",
         "pubsub",
@@ -247,6 +254,12 @@ class RedisSettings:
         (screener/redis/script.py): named by the channel, so every writer to the channel in
         this database shares it, whatever its fleet settings."""
         return f"{self.market_data_channel}:published"
+
+    @property
+    def candle_key_prefix(self) -> str:
+        """Closed candles published on `candles_channel` are recorded under this prefix plus
+        `<symbol>:<open time>`, one key each (screener/redis/script.py)."""
+        return f"{self.candles_channel}:closed:"
 
     @property
     def to_pubsub(self) -> bool:
@@ -322,6 +335,13 @@ class Settings:
         "60",
         "/health turns 503 when no push arrived for this long",
         seconds(0.1, 3600),
+    )
+    candle_grace_s: float = env(
+        "CANDLE_GRACE_S",
+        "10",
+        "a minute of a symbol that stays silent closes when the exchange clock (the newest push "
+        "time) passes its end by this much",
+        seconds(0.5, 59),
     )
     rank_interval_s: float = env(
         "RANK_INTERVAL_S", "15", "seconds between rankings", seconds(0.1, 3600)

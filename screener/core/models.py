@@ -66,11 +66,82 @@ class MarketData(NamedTuple):
 
 
 class ConnStatus(NamedTuple):
-    """A connection actor's state change, sent to the window actor for /health."""
+    """A connection actor's state change, sent to the window actor for /health and for the
+    candle closer: a chunk that goes down may miss the last push of its symbols' open
+    minutes, so those minutes are repaired from REST instead of closed live."""
 
     conn_id: int
     up: bool
     retired: bool = False  # the chunk no longer exists; drop it from the totals
+    symbols: frozenset[str] = frozenset()  # the chunk's symbols (on a down status)
+
+
+CANDLE_REST_SOURCE = "mexc-rest-kline"
+"""`ClosedCandle.source` of a minute whose end the live feed did not see: the values are the
+REST kline endpoint's (a closed candle from the live feed has `LIVE_SOURCE`)."""
+
+
+class ClosedCandle(NamedTuple):
+    """A closed one-minute candle with the exchange's final values, published once per
+    (`symbol`, `t`) on CANDLES_CHANNEL (screener/core/closing.py closes them)."""
+
+    symbol: str
+    t: int  # open time, seconds
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float  # contracts (MEXC `q`)
+    amount: float  # USDT turnover (MEXC `a`)
+    source: str  # LIVE_SOURCE: the minute's last push; CANDLE_REST_SOURCE: the kline endpoint
+    closed_ms: int  # when it was closed (exchange ms; for a repair, the wall ms it was had)
+
+    @classmethod
+    def of(cls, k: Kline, source: str, closed_ms: int) -> ClosedCandle:
+        return cls(
+            k.symbol, k.t, k.open, k.high, k.low, k.close, k.volume, k.amount, source, closed_ms
+        )
+
+    def as_dict(self, published_ms: int) -> dict[str, object]:
+        """The `candle` document, published at `published_ms` (epoch ms)."""
+        return {
+            "type": "candle",
+            "source": self.source,
+            "symbol": self.symbol,
+            "interval": "Min1",
+            "candle_ts": self.t,
+            "open": self.open,
+            "high": self.high,
+            "low": self.low,
+            "close": self.close,
+            "volume": self.volume,
+            "amount": self.amount,
+            "published_ts": published_ms,
+        }
+
+
+class CandleBatch(NamedTuple):
+    """Closed candles for the publisher, from one window wakeup. Never coalesced: each is
+    held until Redis took it (at most LOOKBACK_MIN minutes old)."""
+
+    candles: list[ClosedCandle]
+
+
+class HistoryDone(NamedTuple):
+    """The backfill's last word on one fetch: `symbol`'s REST rows for open times
+    `start_s`..`end_s` were all sent before this. A minute owed in that range that had no
+    row is one the exchange has no candle for."""
+
+    symbol: str
+    start_s: int
+    end_s: int
+
+
+class CandleLag(NamedTuple):
+    """Closed minutes not yet published, for /health: how many and the oldest open time."""
+
+    minutes: int = 0
+    oldest_t: int | None = None
 
 
 class SymbolStat(NamedTuple):
@@ -243,16 +314,17 @@ class RestFeedStatus(NamedTuple):
 
 # --- channel item types (docs/architecture.md, "Channels") ---------------------------------
 
-WindowInbox: TypeAlias = Kline | ConnStatus | StatsRequest | CandlesRequest
-"""The window actor's inbox: pushes and history, connection states, stats and candles
-requests."""
+WindowInbox: TypeAlias = Kline | ConnStatus | StatsRequest | CandlesRequest | HistoryDone
+"""The window actor's inbox: pushes and history (each fetch ended by a `HistoryDone`),
+connection states, stats and candles requests."""
 
 Candles: TypeAlias = Mapping[str, tuple[Kline, ...]]
 """Each symbol's candles in the window, oldest first (symbols with none are left out)."""
 
-PublisherInbox: TypeAlias = list[MarketData] | Ranking | Leadership
-"""The publisher's inbox: one batch of events per window wakeup, each ranking to publish
-(the global one, on the top-movers replica), and the fence after every lease answer."""
+PublisherInbox: TypeAlias = list[MarketData] | CandleBatch | Ranking | Leadership
+"""The publisher's inbox: one batch of events (and one of closed candles) per window wakeup,
+each ranking to publish (the global one, on the top-movers replica), and the fence after
+every lease answer."""
 
 ChunkPlan: TypeAlias = Mapping[int, frozenset[str]]
 """The universe's chunk assignment: chunk id -> its symbols; an empty set retires the chunk."""

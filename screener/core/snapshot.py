@@ -13,6 +13,7 @@ import trio
 
 from screener.core.models import (
     BackfillProgress,
+    CandleLag,
     Charts,
     FeedStatus,
     FleetStatus,
@@ -59,6 +60,8 @@ class Views(NamedTuple):
     shard_ranking: Latest[Ranking | None]  # this shard's (the ranking actor's)
     fleet: Latest[FleetStatus | None]
     charts: Latest[Charts]  # the candles behind the latest ranking, for the live page
+    candles_owed: Latest[CandleLag]  # closed minutes awaiting REST repair (the window's)
+    candles_unpublished: Latest[CandleLag]  # closed candles Redis has not taken (the publisher's)
 
     @classmethod
     def empty(cls) -> Views:
@@ -72,6 +75,8 @@ class Views(NamedTuple):
             shard_ranking=Latest(None),
             fleet=Latest(None),
             charts=Latest(Charts(wall_ts=0.0, lookback_min=0, candles={})),
+            candles_owed=Latest(CandleLag()),
+            candles_unpublished=Latest(CandleLag()),
         )
 
     def push_age(self, now: float) -> float | None:
