@@ -261,6 +261,53 @@ METRICS: Final = (
         buckets=LATENCY_BUCKETS,
     ),
     Spec(
+        "candles_published",
+        Counter,
+        "screener_candles_published",
+        "Closed one-minute candles published, by where their values came from (mexc: the "
+        "minute's last push; mexc-rest-kline: the REST kline endpoint)",
+        ("source",),
+        _each("mexc", "mexc-rest-kline"),
+    ),
+    Spec(
+        "candles_repaired",
+        Counter,
+        "screener_candles_repaired",
+        "Closed minutes whose end the live feed did not see, made from the REST kline endpoint",
+    ),
+    Spec(
+        "candles_skipped",
+        Counter,
+        "screener_candles_skipped",
+        "Closed candles Redis did not publish again: that (symbol, minute) was published "
+        "already (by this replica, another, or a process before a restart)",
+    ),
+    Spec(
+        "candles_dropped",
+        Counter,
+        "screener_candles_dropped",
+        "Closed minutes never published, by reason (expired: held past LOOKBACK_MIN while "
+        "Redis did not take them; unrepaired: the REST kline endpoint did not answer within "
+        "LOOKBACK_MIN; absent: the endpoint has no row for it; refused: Redis refused it for "
+        "good)",
+        ("reason",),
+        _each("expired", "unrepaired", "absent", "refused"),
+    ),
+    Spec(
+        "candle_late_pushes",
+        Counter,
+        "screener_candle_late_pushes",
+        "Pushes for a minute already closed (they never make a second candle)",
+    ),
+    Spec(
+        "candle_delay",
+        Histogram,
+        "screener_candle_delay_seconds",
+        "From a live-closed minute's close (the exchange time of the push or clock that "
+        "closed it) to its candle written to Redis",
+        buckets=LATENCY_BUCKETS,
+    ),
+    Spec(
         "http_duration",
         Histogram,
         "screener_http_request_duration_seconds",
@@ -309,6 +356,12 @@ class Metrics:
     fleet_takeovers: Counter
     fleet_standby_events: Counter
     fleet_fenced_writes: Counter
+    candles_published: Counter
+    candles_repaired: Counter
+    candles_skipped: Counter
+    candles_dropped: Counter
+    candle_late_pushes: Counter
+    candle_delay: Histogram
     publish_latency: Histogram
     http_duration: Histogram
 
