@@ -3,7 +3,10 @@
 Input: `requests`, sets of symbols to fill (from the universe: every symbol at start, new
 ones after a refresh, every one per round in `screener rest`; from a connection back after an
 outage: its chunk). Output: history `Kline`s (source "mexc-rest-history") into the window
-inbox; the window merges them by candle `t`, never over a live candle, without events.
+inbox; the window merges them by candle `t`, never over a live candle, without events. Each
+fetch's rows are followed by a `HistoryDone`: the window's candle closer repairs owed minutes
+from the rows and learns which ones the endpoint has no row for. The closer asks for
+symbols here too (`requests`), when it owes them minutes.
 
 Requested symbols queue once each, in arrival order, and `workers` tasks fetch them through
 the shared, paced `RestClient`, so the live feed is never blocked and the venue's budget is
@@ -25,7 +28,7 @@ import trio
 from loguru import logger
 
 from screener.core.metrics import Metrics
-from screener.core.models import BackfillProgress, Kline, SymbolSet, WindowInbox
+from screener.core.models import BackfillProgress, HistoryDone, Kline, SymbolSet, WindowInbox
 from screener.core.names import INTERVAL_MINUTES, LIVE_INTERVAL
 from screener.core.periodic import Pulse
 from screener.core.snapshot import Latest
@@ -157,6 +160,8 @@ class Backfill:
                 else:
                     for row in rows:
                         await outbox.send(row)
+                    # The window's candle closer learns which owed minutes have no row.
+                    await outbox.send(HistoryDone(symbol, start_s, end_s))
                     ok = True
                 self.queue.finished(symbol, ok, trio.current_time())
                 self.metrics.backfill_symbols.labels("ok" if ok else "failed").inc()

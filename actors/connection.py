@@ -178,7 +178,9 @@ async def _connect_once(
             metrics.subscriptions.dec(link.acked)
             if link.up:
                 chunk.went_down()
-                await _send_status(outbox, ConnStatus(conn_id=conn_id, up=False))
+                # With the symbols: a push of their open minutes may be missed from now on.
+                down = ConnStatus(conn_id=conn_id, up=False, symbols=chunk.desired)
+                await _send_status(outbox, down)
             # Close with 1000 even when cancelled (shutdown, chunk retired), but never hang.
             with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_GRACE_S):
                 await ws.aclose(1000)

@@ -17,34 +17,124 @@ pushes refresh `last_push_at`, the feed's freshness.
 
 `ConnStatus` items keep the feed snapshot's connection counts and `down_since` (`Links`): since
 when the longest-down connection has been down, for /health's "degraded".
+
+Closed candles: with a `Candles` (the closer of screener/core/closing.py, its repair requests
+and its snapshot), every live push, history row, `HistoryDone` and connection break goes to
+the closer too; what it closes goes to the publisher as one `CandleBatch` per wakeup, the
+symbols it owes minutes to the backfill (never waiting: it asks again later), and while it
+has anything to close the window wakes at least every CLOSER_WAKE_S to let the clocks close
+it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 from bisect import bisect_left, bisect_right
-from collections.abc import Sequence
-from typing import TypeVar
+from collections.abc import AsyncIterator, Sequence
+from typing import Final, TypeVar
 
 import trio
 from loguru import logger
 
+from screener.core.closing import Closer, Dropped
 from screener.core.metrics import Metrics
 from screener.core.models import (
     HISTORY_SOURCE,
     LIVE_SOURCE,
+    CandleBatch,
+    CandleLag,
     Candles,
     CandlesRequest,
+    ClosedCandle,
     ConnStatus,
     FeedStatus,
+    HistoryDone,
     Kline,
     MarketData,
+    PublisherInbox,
     StatsRequest,
+    SymbolSet,
     SymbolStat,
     WindowInbox,
 )
 from screener.core.snapshot import Latest
 
 T = TypeVar("T")
+
+CLOSER_WAKE_S: Final = 1.0
+"""The longest the window sleeps while the closer may have something to close by the clock
+(a silent symbol's minute, a repair to ask for): an idle feed still closes its minutes."""
+
+
+class CandleDuty:
+    """The window's candle duty: the closer, where its repair requests go, and the snapshot
+    of the minutes it owes (for /health)."""
+
+    def __init__(
+        self,
+        closer: Closer,
+        repairs: trio.MemorySendChannel[SymbolSet] | None,
+        owed: Latest[CandleLag],
+        metrics: Metrics,
+    ) -> None:
+        self.closer = closer
+        self.repairs = repairs
+        self.owed = owed
+        self.metrics = metrics
+        self.housekept_at = float("-inf")
+
+    def take(self, item: Kline) -> ClosedCandle | None:
+        if item.source == LIVE_SOURCE:
+            return self.closer.push(item)
+        if item.source == HISTORY_SOURCE:
+            return self.closer.history(item)
+        return None  # the failover's REST prices never close a candle
+
+    def done(self, item: HistoryDone) -> None:
+        self._count(self.closer.history_done(item))
+
+    def wake(self, closed: list[ClosedCandle]) -> None:
+        """After each wakeup: what the clocks closed, the counts, and at most once a second
+        (trio time) the repair requests and the snapshot."""
+        closer, metrics = self.closer, self.metrics
+        by_clock, dropped = closer.tick()
+        closed.extend(by_clock)
+        self._count(dropped)
+        if closer.late:
+            metrics.candle_late_pushes.inc(closer.late)
+            closer.late = 0
+        if closer.repaired:
+            metrics.candles_repaired.inc(closer.repaired)
+            closer.repaired = 0
+        now = trio.current_time()
+        if now - self.housekept_at < CLOSER_WAKE_S:
+            return
+        self.housekept_at = now
+        self.owed.set(closer.lag())
+        symbols = closer.repairs()
+        if symbols and self.repairs is not None:
+            try:
+                self.repairs.send_nowait(symbols)
+            except trio.WouldBlock:  # the backfill is busy: asked again after the retry time
+                pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self.repairs = None
+
+    def close(self) -> None:
+        if self.repairs is not None:
+            self.repairs.close()
+
+    def _count(self, dropped: Dropped) -> None:
+        if dropped.absent:
+            self.metrics.candles_dropped.labels("absent").inc(dropped.absent)
+        if dropped.unrepaired:
+            self.metrics.candles_dropped.labels("unrepaired").inc(dropped.unrepaired)
+            logger.bind(actor="window").warning(
+                "{n} closed minutes given up: the REST kline endpoint did not answer for them "
+                "within the lookback",
+                n=dropped.unrepaired,
+            )
 
 
 def merged(held: Kline, k: Kline) -> Kline | None:
@@ -191,6 +281,16 @@ class Links:
         )
 
 
+@contextlib.asynccontextmanager
+async def _closing(candles: CandleDuty | None) -> AsyncIterator[None]:
+    """The duty's repair channel (an owned clone) closes with the window."""
+    try:
+        yield
+    finally:
+        if candles is not None:
+            candles.close()
+
+
 def _answer(reply: trio.MemorySendChannel[T], value: T, what: str) -> None:
     """Answer a one-shot request without ever waiting (the reply channel holds one item);
     a requester that went away is logged, never an error of the window's."""
@@ -203,12 +303,13 @@ def _answer(reply: trio.MemorySendChannel[T], value: T, what: str) -> None:
 
 async def run_window(
     inbox: trio.MemoryReceiveChannel[WindowInbox],
-    outbox: trio.MemorySendChannel[list[MarketData]],
+    outbox: trio.MemorySendChannel[PublisherInbox],
     *,
     lookback_min: int,
     feed: Latest[FeedStatus],
     metrics: Metrics,
     batch_wait_s: float = 0.0,
+    candles: CandleDuty | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """A batch is what is queued when the window wakes, plus what the other tasks ready in
@@ -217,18 +318,29 @@ async def run_window(
     load a push leaves at once, under heavy load the inbox fills while the window works and
     each wakeup takes more. The publisher does the same with the writes: what arrives while
     one is in flight goes in the next. `batch_wait_s` (BATCH_WAIT_MS, default 0) adds a
-    fixed wait after the first item, for a deployment that prefers fewer, larger batches."""
+    fixed wait after the first item, for a deployment that prefers fewer, larger batches.
+    `candles`: close candles too (None: `screener rest` at an interval other than Min1)."""
     windows = Windows(lookback_min)
     links = Links()
     peak = 0
     peak_gauge = metrics.queue_peak.labels("ingest")
     task_status.started()
-    async with inbox, outbox:
+    async with inbox, outbox, _closing(candles):
+        wake_s = CLOSER_WAKE_S if candles is not None else math.inf
         while True:
+            first: WindowInbox | None = None
             try:
-                first = await inbox.receive()
+                with trio.move_on_after(wake_s):
+                    first = await inbox.receive()
             except trio.EndOfChannel:
                 return
+            closed: list[ClosedCandle] = []
+            if first is None:  # only the clocks moved
+                if candles is not None:
+                    candles.wake(closed)
+                if closed:
+                    await outbox.send(CandleBatch(closed))
+                continue
             arrived_at = trio.current_time()
             if batch_wait_s > 0:
                 await trio.sleep(batch_wait_s)
@@ -249,10 +361,17 @@ async def run_window(
                         late += item.source != HISTORY_SOURCE
                     else:
                         batch.append(event)
+                    if candles is not None and (candle := candles.take(item)) is not None:
+                        closed.append(candle)
                 elif type(item) is ConnStatus:
                     links.apply(item, arrived_at)
                     feed.set(links.feed(feed.value))
                     metrics.connections_up.set(feed.value.conns_up)
+                    if candles is not None and not item.up:
+                        candles.closer.broke(item.symbols)
+                elif type(item) is HistoryDone:
+                    if candles is not None:
+                        candles.done(item)
                 elif type(item) is StatsRequest:
                     _answer(item.reply, windows.stats(), "stats")
                 elif type(item) is CandlesRequest:
@@ -268,3 +387,7 @@ async def run_window(
                 if any(event.kline.source == LIVE_SOURCE for event in batch):
                     feed.set(feed.value._replace(last_push_at=arrived_at))
                 await outbox.send(batch)
+            if candles is not None:
+                candles.wake(closed)
+            if closed:
+                await outbox.send(CandleBatch(closed))

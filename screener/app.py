@@ -39,10 +39,12 @@ from actors.fleet import run_fleet
 from actors.publisher import run_publisher
 from actors.ranking import run_ranking
 from actors.universe import run_universe
-from actors.window import run_window
+from actors.window import CandleDuty, run_window
+from screener.core.closing import Closer
 from screener.core.config import Settings
 from screener.core.metrics import Metrics
 from screener.core.models import ChunkPlan, PublisherInbox, Ranking, SymbolSet, WindowInbox
+from screener.core.names import LIVE_INTERVAL
 from screener.core.snapshot import Views
 from screener.core.supervise import Reachability, supervise_pool
 from screener.fleet.agreement import Agreement
@@ -119,6 +121,24 @@ def shape_of(settings: Settings, mode: Mode) -> Shape:
         stream=True,
         backfill=settings.rest.backfill,
     )
+
+
+def candle_duty(
+    settings: Settings,
+    shape: Shape,
+    fills: trio.MemorySendChannel[SymbolSet] | None,
+    views: Views,
+    metrics: Metrics,
+    wall: Callable[[], float],
+) -> CandleDuty | None:
+    """The window's candle closer, with a clone of the backfill's requests for its repairs
+    (none without the backfill: owed minutes are then given up after the lookback). Only for
+    one-minute candles: `screener rest` at another interval publishes none."""
+    if shape.interval != LIVE_INTERVAL:
+        return None
+    closer = Closer(lookback_min=settings.lookback_min, grace_s=settings.candle_grace_s, wall=wall)
+    repairs = fills.clone() if fills is not None else None
+    return CandleDuty(closer, repairs, views.candles_owed, metrics)
 
 
 async def run_service(
@@ -212,6 +232,7 @@ async def run_service(
                 feed=views.feed,
                 metrics=metrics,
                 batch_wait_s=shape.batch_wait_s,
+                candles=candle_duty(settings, shape, fills, views, metrics, wall),
             )
         )
         if shape.backfill:

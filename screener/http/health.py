@@ -13,15 +13,44 @@ is a line in `problems`."""
 
 from __future__ import annotations
 
+import time
 from typing import Any, Final
 
-from screener.core.models import FeedStatus, FleetStatus, RedisStatus
+from screener.core.models import CandleLag, FeedStatus, FleetStatus, RedisStatus
 from screener.core.snapshot import Views
 
 CONN_DOWN_GRACE_S: Final = 5.0
 """A connection down this long (or longer) makes /health "degraded". A healthy reconnect
 (first retry within 2 s, a handshake, the subscriptions) fits inside it, so a blip is not
 reported, while an outage of a chunk, whose symbols then go unwatched, is."""
+
+
+CANDLE_LAG_PROBLEM_S: Final = 120.0
+"""Closed minutes not published this long after their end are reported in `problems`: a
+live-closed minute is normally out within a second or two of its end (grace included for a
+silent symbol), a repaired one as soon as the REST kline endpoint answers."""
+
+
+def candles_report(
+    owed: CandleLag, unpublished: CandleLag, wall: float
+) -> tuple[dict[str, Any], str | None]:
+    """(the `candles` block, a problem line while the oldest closed minute not yet
+    published ended more than CANDLE_LAG_PROBLEM_S ago)."""
+    oldest = min((t for t in (owed.oldest_t, unpublished.oldest_t) if t is not None), default=None)
+    lag = None if oldest is None else max(0.0, wall - (oldest + 60))
+    block = {
+        "unpublished": unpublished.minutes,
+        "owed": owed.minutes,
+        "oldest": oldest,
+        "lag_s": None if lag is None else round(lag, 3),
+    }
+    if lag is None or lag <= CANDLE_LAG_PROBLEM_S:
+        return block, None
+    when = time.strftime("%H:%M", time.gmtime(oldest))
+    return block, (
+        f"candles: {unpublished.minutes} closed not published, {owed.minutes} owed to the REST "
+        f"kline endpoint; the oldest, of {when} UTC, ended {lag:.0f}s ago"
+    )
 
 
 def _age(at: float | None, now: float) -> float | None:
@@ -109,12 +138,19 @@ def fleet_report(fleet: FleetStatus, now: float) -> tuple[dict[str, Any], str | 
 
 
 def health_report(
-    views: Views, now: float, stale_after_s: float, *, rest_mode: bool = False
+    views: Views,
+    now: float,
+    stale_after_s: float,
+    *,
+    rest_mode: bool = False,
+    wall: float | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """503 "stale" while no feed is fresh or no symbol is tracked (`feed_state`); else 200,
     "degraded" while the REST failover serves, a connection has been down for
     `CONN_DOWN_GRACE_S` or Redis refuses writes, "ok" otherwise. Redis being down alone keeps
-    "ok" (the events wait in the publish buffer); it shows in `problems` like every reason."""
+    "ok" (the events wait in the publish buffer); it shows in `problems` like every reason.
+    The `candles` block counts closed minutes not published yet (`wall`: unix seconds, this
+    host's clock by default); a lag beyond CANDLE_LAG_PROBLEM_S is a problem line."""
     feed, universe = views.feed.value, views.universe.value
     fill, rest = views.backfill.value, views.rest.value
     source, fresh, age = _freshness(views, now, stale_after_s, rest_mode)
@@ -145,6 +181,13 @@ def health_report(
         problems.append("no symbols tracked")
     if redis_problem is not None:
         problems.append(redis_problem)
+    body["candles"], candles_problem = candles_report(
+        views.candles_owed.value,
+        views.candles_unpublished.value,
+        time.time() if wall is None else wall,
+    )
+    if candles_problem is not None:
+        problems.append(candles_problem)
     verdict = ""
     if (fleet := views.fleet.value) is not None:
         body["fleet"], fleet_problem, verdict = fleet_report(fleet, now)

@@ -18,6 +18,7 @@ from screener.core.models import (
     BackfillProgress,
     ConnStatus,
     FeedStatus,
+    HistoryDone,
     Kline,
     MarketData,
     WindowInbox,
@@ -28,6 +29,8 @@ from tests.actors.fakes import start_window
 from tests.actors.memory_exchange import MemoryExchange
 from tests.helpers import sample
 from tests.kline_builders import M, history, k
+
+AB = frozenset({"A_USDT", "B_USDT"})
 
 
 async def test_window_actor_sends_no_event_for_history_and_rest_prices_keep_it_stale(
@@ -112,7 +115,9 @@ async def test_backfill_fetches_each_symbol_once_and_reports_progress(
             rows.append(out_recv.receive_nowait())
         except trio.EndOfChannel:
             break
-    assert len(rows) == 3 * 4  # four candles each for A, B and C; nothing for BAD
+    ends = [row.symbol for row in rows if isinstance(row, HistoryDone)]
+    assert sorted(ends) == ["A_USDT", "B_USDT", "C_USDT"]  # each fetch's last word
+    assert len(rows) - len(ends) == 3 * 4  # four candles each for A, B and C; nothing for BAD
     assert sample(metrics, "screener_backfill_symbols_total", result="failed") == 1
 
 
@@ -127,7 +132,7 @@ async def test_connection_asks_for_a_refill_only_after_a_long_enough_outage(
             exchange = MemoryExchange(nursery)
             control_send, control_recv = trio.open_memory_channel[frozenset[str]](4)
             out_send, out = trio.open_memory_channel[WindowInbox](100)
-            control_send.send_nowait(frozenset({"A_USDT", "B_USDT"}))
+            control_send.send_nowait(AB)
             await nursery.start(
                 partial(
                     run_connection,
@@ -153,7 +158,7 @@ async def test_connection_asks_for_a_refill_only_after_a_long_enough_outage(
                 assert await out.receive() == ConnStatus(1, up=True)
                 await trio.testing.wait_all_tasks_blocked()
                 await exchange.server_sockets[-1].aclose(1001)
-                assert await out.receive() == ConnStatus(1, up=False)
+                assert await out.receive() == ConnStatus(1, up=False, symbols=AB)
             assert await out.receive() == ConnStatus(1, up=True)
             await trio.testing.wait_all_tasks_blocked()
             nursery.cancel_scope.cancel()

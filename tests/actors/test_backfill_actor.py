@@ -14,7 +14,14 @@ from loguru import logger
 
 from actors.backfill import BackfillQueue, run_backfill
 from screener.core.metrics import Metrics
-from screener.core.models import HISTORY_SOURCE, BackfillProgress, Kline, SymbolSet, WindowInbox
+from screener.core.models import (
+    HISTORY_SOURCE,
+    BackfillProgress,
+    HistoryDone,
+    Kline,
+    SymbolSet,
+    WindowInbox,
+)
 from screener.core.snapshot import Latest
 from screener.mexc.client import RestFailed
 from tests.helpers import sample
@@ -56,13 +63,19 @@ class Window:
 
     def __init__(self) -> None:
         self.rows: list[tuple[float, str]] = []
+        self.done: list[str] = []  # each fetch's end, after its rows
         self.closed_at: float | None = None
 
     async def run(self, inbox: trio.MemoryReceiveChannel[WindowInbox]) -> None:
         async for item in inbox:
+            if isinstance(item, HistoryDone):
+                assert item.symbol in {symbol for _, symbol in self.rows}  # the rows came first
+                self.done.append(item.symbol)
+                continue
             assert isinstance(item, Kline)
             self.rows.append((trio.current_time(), item.symbol))
         self.closed_at = trio.current_time()
+        assert sorted(self.done) == sorted(symbol for _, symbol in self.rows)
 
 
 async def start(

@@ -62,7 +62,7 @@ async def test_silence_for_twice_the_ping_interval_is_a_dead_connection(
             exchange.answer_pings = False
             _, out = await start_actor(nursery, exchange, frozenset({"A_USDT"}), rand=0.5)
             assert await out.receive() == ConnStatus(7, up=True)  # the sub ack arrived at 0
-            assert await out.receive() == ConnStatus(7, up=False)
+            assert await out.receive() == ConnStatus(7, up=False, symbols=frozenset({"A_USDT"}))
             # last frame (the ack) at t=0; dead at 0 + 2 * 15
             assert trio.current_time() == 30.0
             exchange.answer_pings = True
@@ -84,7 +84,7 @@ async def test_server_close_restarts_with_growing_backoff(
                 assert await out.receive() == ConnStatus(7, up=True)
                 await trio.testing.wait_all_tasks_blocked()
                 await exchange.server_sockets[-1].aclose(1001)
-                assert await out.receive() == ConnStatus(7, up=False)
+                assert await out.receive() == ConnStatus(7, up=False, symbols=frozenset({"A_USDT"}))
             assert await out.receive() == ConnStatus(7, up=True)
             nursery.cancel_scope.cancel()
     assert exchange.connects == [0.0, 2.0, 6.0, 14.0]
@@ -103,7 +103,8 @@ async def test_chunk_changes_subscribe_only_the_difference_and_close_retires(
             assert exchange.unsubs == ["A_USDT"]
             assert sorted(exchange.subs) == ["A_USDT", "B_USDT", "C_USDT"]
             await control.aclose()
-            assert await out.receive() == ConnStatus(7, up=False)
+            bc = frozenset({"B_USDT", "C_USDT"})  # the chunk's symbols when it went down
+            assert await out.receive() == ConnStatus(7, up=False, symbols=bc)
             assert await out.receive() == ConnStatus(7, up=False, retired=True)
             with pytest.raises(trio.EndOfChannel):
                 await out.receive()
