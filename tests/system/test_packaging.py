@@ -519,7 +519,16 @@ def test_runtime_wheel_carries_no_development_tools(tmp_path: Path) -> None:
     assert {f"screener/{room}/__init__.py" for room in rooms} <= set(modules)
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
-    schemas = {"market_data", "top_movers", "top5", "health", "error", "live_ranking", "symbol"}
+    schemas = {
+        "market_data",
+        "candle",
+        "top_movers",
+        "top5",
+        "health",
+        "error",
+        "live_ranking",
+        "symbol",
+    }
     assert {f"screener/schemas/{name}.schema.json" for name in schemas} <= names
     assert {"screener/schemas/openapi.json", "screener/py.typed"} <= names
     assert "screener/http/page/index.html" in names  # the live page

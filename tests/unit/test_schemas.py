@@ -14,7 +14,10 @@ from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
 from screener.core.models import (
+    CANDLE_REST_SOURCE,
+    LIVE_SOURCE,
     Charts,
+    ClosedCandle,
     FeedStatus,
     Kline,
     MarketData,
@@ -54,6 +57,22 @@ def market_data(source: str = "mexc") -> dict[str, Any]:
         source=source,
     )
     return orjson.loads(encode_event(MarketData(kline=kline, change_pct=-0.15, window_min=15)))
+
+
+def candle(source: str = LIVE_SOURCE) -> dict[str, Any]:
+    closed = ClosedCandle(
+        symbol="BTC_USDT",
+        t=M,
+        open=6.86769e-6,
+        high=6.86769e-6,
+        low=6.8528e-6,
+        close=6.85735e-6,
+        volume=187.0,
+        amount=0.1283,
+        source=source,
+        closed_ms=(M + 60) * 1000 + 12,
+    )
+    return orjson.loads(orjson.dumps(closed.as_dict((M + 60) * 1000 + 15)))
 
 
 def top_movers() -> dict[str, Any]:
@@ -100,6 +119,8 @@ REAL = [
     pytest.param("symbol", symbol(), id="symbol"),
     pytest.param("market_data", market_data(), id="market_data"),
     pytest.param("market_data", market_data("mexc-rest"), id="market_data-rest"),
+    pytest.param("candle", candle(), id="candle"),
+    pytest.param("candle", candle(CANDLE_REST_SOURCE), id="candle-rest-kline"),
     pytest.param("top_movers", top_movers(), id="top_movers"),
     pytest.param("top5", {**top_movers(), "stale": False}, id="top5"),
     pytest.param(TOP5_RANKING, {**top_movers(), "stale": True}, id="top5-ranking"),
@@ -154,6 +175,17 @@ BROKEN = [
     ("market_data", _set(market_data(), ("interval",), "Min5"), "other interval"),
     ("market_data", _set(market_data(), ("volume",), -1.0), "negative volume"),
     ("market_data", _set(market_data(), ("symbol",), "btc usdt"), "bad symbol"),
+    ("candle", _drop(candle(), "published_ts"), "missing published_ts"),
+    ("candle", _set(candle(), ("candle_ts",), M + 30), "not a whole minute"),
+    ("candle", _set(candle(), ("published_ts",), 1.5), "fractional milliseconds"),
+    ("candle", _set(candle(), ("source",), "mexc-rest"), "the ticker approximation"),
+    ("candle", _set(candle(), ("type",), "market_data"), "wrong type"),
+    ("candle", _set(candle(), ("ts",), M * 1000), "a market_data field"),
+    ("candle", _set(candle(), ("interval",), "Min5"), "other interval"),
+    ("candle", _set(candle(), ("close",), 0.0), "zero price"),
+    ("candle", _set(candle(), ("amount",), -1.0), "negative amount"),
+    ("candle", _set(candle(), ("symbol",), "btc usdt"), "bad symbol"),
+    ("market_data", candle(), "a candle is not a market_data event"),
     ("top_movers", _drop(top_movers(), "ts_ms"), "missing ts_ms"),
     ("top_movers", _set(top_movers(), ("type",), "market_data"), "wrong type"),
     ("top_movers", _set(top_movers(), ("stale",), False), "stale belongs to /top5 only"),
@@ -184,7 +216,7 @@ def test_broken_documents_do_not_match() -> None:
     """Each broken document is refused: the list names any the schemas let through."""
     accepted = [what for ref, document, what in BROKEN if not schema_errors(ref, document)]
     assert accepted == []
-    assert len(BROKEN) == 31
+    assert len(BROKEN) == 42
 
 
 def openapi() -> dict[str, Any]:
