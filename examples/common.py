@@ -1,4 +1,4 @@
-"""What both example consumers share: the Redis options, one printed line per event and the
+"""What the example consumers share: the Redis options, one printed line per event and the
 optional check against the JSON Schemas the screener ships (screener/schemas/)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 
 import redis
 
-SCHEMAS = ("market_data", "top_movers", "top5", "health", "error")
+SCHEMAS = ("market_data", "candle", "top_movers", "top5", "health", "error")
 
 
 def redis_options(parser: argparse.ArgumentParser) -> None:
@@ -51,7 +51,7 @@ class Checker:
 
     def errors(self, document: Any) -> list[str]:
         kind = document.get("type") if isinstance(document, dict) else None
-        if kind not in ("market_data", "top_movers"):
+        if kind not in ("market_data", "candle", "top_movers"):
             return [f"unknown document type {kind!r}"]
         return [e.message for e in self.validators[kind].iter_errors(document)]
 
@@ -63,6 +63,11 @@ def summary(document: dict[str, Any]) -> str:
             f"market_data {document['symbol']} candle_ts={document['candle_ts']} "
             f"ts={document['ts']} close={document['close']!r} "
             f"change_pct={document['change_pct']:.4f} source={document['source']}"
+        )
+    if document.get("type") == "candle":
+        return (
+            f"candle {document['symbol']} candle_ts={document['candle_ts']} "
+            f"close={document['close']!r} source={document['source']}"
         )
     if document.get("type") == "top_movers":
         gainers = ",".join(m["symbol"] for m in document["top5_gainers"])

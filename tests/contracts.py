@@ -14,6 +14,7 @@ from referencing import Registry, Resource
 SCHEMA_BASE = "https://screener.example/schemas/"
 SCHEMA_NAMES = (
     "market_data",
+    "candle",
     "top_movers",
     "top5",
     "health",

@@ -91,7 +91,9 @@ class Subscriber:
         channel = message["channel"].decode()
         document = orjson.loads(message["data"])
         # Raising here would only end the reader thread; the test's own thread raises instead.
-        errors = schema_errors(channel, document) if channel in SCHEMA_NAMES else []
+        # By the document's type, not the channel's name: `candle` documents go to `candles`.
+        kind = document.get("type") if isinstance(document, dict) else None
+        errors = schema_errors(kind, document) if kind in SCHEMA_NAMES else []
         with self._lock:
             self.messages[channel].append(document)
             self.invalid.extend(f"{channel}: {e}: {document!r}" for e in errors)

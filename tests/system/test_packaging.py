@@ -102,7 +102,7 @@ def test_operations_doc_tables_every_variable_as_declared() -> None:
 
 def test_api_doc_names_every_metric_and_event_field() -> None:
     from screener.core.metrics import Metrics
-    from screener.core.models import Kline, MarketData, Ranking
+    from screener.core.models import ClosedCandle, Kline, MarketData, Ranking
 
     text = (ROOT / "docs" / "api.md").read_text()
     for metric in Metrics().registry.collect():
@@ -114,7 +114,9 @@ def test_api_doc_names_every_metric_and_event_field() -> None:
         assert f"`{sample}`" in text, sample
     assert "`process_*`" in text
     event = MarketData(Kline("BTC_USDT", 60, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 60_000), 0.0, 1)
-    for field in [*event.as_dict(), *Ranking(0.0, 15, (), (), 0).as_dict()]:
+    candle = ClosedCandle("BTC_USDT", 60, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, "mexc", 120_000)
+    documents = [event.as_dict(), candle.as_dict(120_001), Ranking(0.0, 15, (), (), 0).as_dict()]
+    for field in [name for document in documents for name in document]:
         assert f"`{field}`" in text, field
 
 
@@ -519,7 +521,16 @@ def test_runtime_wheel_carries_no_development_tools(tmp_path: Path) -> None:
     assert {f"screener/{room}/__init__.py" for room in rooms} <= set(modules)
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
-    schemas = {"market_data", "top_movers", "top5", "health", "error", "live_ranking", "symbol"}
+    schemas = {
+        "market_data",
+        "candle",
+        "top_movers",
+        "top5",
+        "health",
+        "error",
+        "live_ranking",
+        "symbol",
+    }
     assert {f"screener/schemas/{name}.schema.json" for name in schemas} <= names
     assert {"screener/schemas/openapi.json", "screener/py.typed"} <= names
     assert "screener/http/page/index.html" in names  # the live page
