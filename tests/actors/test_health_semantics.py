@@ -38,6 +38,7 @@ M = 1_770_330_480  # a minute boundary (seconds)
 W0 = 1_770_000_000.0  # the wall clock at virtual time 0
 CONTRACTS_DOWN = "contract list unavailable: contract_detail: server: HTTP 502"
 OOM = "OOM command not allowed when used memory > 'maxmemory'."
+NO_CANDLES_LAG = {"unpublished": 0, "owed": 0, "oldest": None, "lag_s": None}
 
 
 def pushed(views: Views, *, up: int = 1, total: int = 1, down_since: float | None = None) -> None:
@@ -88,6 +89,7 @@ async def test_no_symbols_is_503_although_the_ticker_failover_polls_successfully
                 "connections": {"up": 0, "total": 0},
                 "backfill": {"done": 0, "total": 0},
                 "redis": "up",
+                "candles": NO_CANDLES_LAG,
                 "problems": ["no push received yet", reason],
             },
         )
@@ -168,6 +170,7 @@ async def test_a_connection_down_for_the_grace_period_is_degraded_then_stale_the
                 "connections": {"up": 4, "total": 4},
                 "backfill": {"done": 0, "total": 0},
                 "redis": "up",
+                "candles": NO_CANDLES_LAG,
             },
         )
 
