@@ -65,6 +65,9 @@ ROUTES: Final = (
 )
 LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 """Seconds; a push normally reaches Redis within a few ms, an outage shows in the top ones."""
+CANDLE_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 30, 60, 300)
+"""Seconds from a minute's close to its candle in Redis: well under a second normally, the
+2 s mark is the promise, the top ones an outage."""
 HTTP_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 
 
@@ -305,7 +308,7 @@ METRICS: Final = (
         "screener_candle_delay_seconds",
         "From a live-closed minute's close (the exchange time of the push or clock that "
         "closed it) to its candle written to Redis",
-        buckets=LATENCY_BUCKETS,
+        buckets=CANDLE_BUCKETS,
     ),
     Spec(
         "http_duration",

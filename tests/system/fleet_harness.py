@@ -186,7 +186,7 @@ def replica_env(
 async def open_fleet(redis_port: int, tmp: Path, shape: Shape) -> AsyncIterator[Fleet]:
     """The fleet of `shape`, every replica ok and one leader per shard, for the block."""
     config = SimConfig(symbols=shape.symbols, rate_per_s=shape.rate_per_s, extra_contracts=False)
-    sub = Subscriber(redis_port, "market_data", "top_movers")
+    sub = Subscriber(redis_port, "market_data", "top_movers", "candles")
     async with (
         simulator(config) as (ex, sim),
         httpx.AsyncClient() as http,
