@@ -131,3 +131,44 @@ def accounting(
         "dropped": final.get(DROPPED, 0.0),
         "late": final.get(LATE, 0.0),
     }
+
+
+CANDLE_DELAY = "screener_candle_delay_seconds"
+
+
+class CandleFigures(dict[str, float]):
+    """The service's closed candles over a run, from its /metrics: counts by outcome and
+    the delay histogram's cumulative buckets (`le` seconds -> count)."""
+
+    @classmethod
+    def of(cls, metrics: dict[str, float]) -> CandleFigures:
+        figures = cls(
+            live=metrics.get('screener_candles_published_total{source="mexc"}', 0.0),
+            rest=metrics.get('screener_candles_published_total{source="mexc-rest-kline"}', 0.0),
+            skipped=metrics.get("screener_candles_skipped_total", 0.0),
+            dropped=sum(v for k, v in metrics.items() if k.startswith("screener_candles_dropped")),
+            late=metrics.get("screener_candle_late_pushes_total", 0.0),
+        )
+        prefix = CANDLE_DELAY + '_bucket{le="'
+        for name, value in metrics.items():
+            if name.startswith(prefix):
+                figures[f"le {name[len(prefix) : -2]}"] = value
+        return figures
+
+    def delay_quantile(self, q: float) -> float | None:
+        """The q-quantile of the delay in seconds, interpolated within its bucket as
+        Prometheus's histogram_quantile does; None without samples."""
+        buckets = sorted(
+            (float(k[3:]), v) for k, v in self.items() if k.startswith("le ") and k != "le +Inf"
+        )
+        total = self.get("le +Inf", 0.0)
+        if not total:
+            return None
+        rank = q * total
+        lower, below = 0.0, 0.0
+        for upper, count in buckets:
+            if count >= rank:
+                share = (rank - below) / (count - below) if count > below else 1.0
+                return lower + (upper - lower) * share
+            lower, below = upper, count
+        return buckets[-1][0] if buckets else None

@@ -72,6 +72,17 @@ def table_rows(res: Results) -> list[tuple[str, str, str, str, str]]:
                 else f"≤ {target:g} ms" + _verdict(None if svc is None else svc <= target),
             )
         )
+    delay = res.candles.delay_quantile(0.99) if res.candles else None
+    rows.append(
+        (
+            "closed candle delay p99, from the minute's close (the next minute's first push) "
+            "to Redis",
+            _fmt(None if delay is None else delay * 1000, " ms"),
+            "—",
+            "—",
+            "≤ 2000 ms" + _verdict(None if delay is None else delay <= 2.0),
+        )
+    )
     if p.quick:
         label = f"resident memory ({p.symbols} symbols, windows not full: quick mode)"
     else:
@@ -217,6 +228,17 @@ def details(res: Results) -> list[str]:
             f"pushes, the subscriber received {res.loss['delivered']:,.0f} events, the service "
             f"counted {res.loss['dropped']:,.0f} dropped and {res.loss['late']:,.0f} late: "
             f"{unaccounted:,.0f} unaccounted for."
+        )
+    if res.candles:
+        c = res.candles
+        p50, p99 = c.delay_quantile(0.5), c.delay_quantile(0.99)
+        lines.append(
+            f"- Closed candles over the whole service run: {c['live']:,.0f} closed live and "
+            f"{c['rest']:,.0f} from the REST kline endpoint (the lookback before start), "
+            f"{c['skipped']:,.0f} skipped as published already, {c['dropped']:,.0f} dropped, "
+            f"{c['late']:,.0f} late pushes; delay from the close to Redis p50 "
+            f"{(p50 or 0) * 1000:.0f} ms, p99 {(p99 or 0) * 1000:.0f} ms (interpolated in the "
+            "histogram's buckets)."
         )
     for label, w, child in (
         ("push-to-Redis latency", res.svc_fixed, "sub"),

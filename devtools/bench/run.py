@@ -23,7 +23,14 @@ from devtools.bench.lab import (
     rss_mb,
     start_service,
 )
-from devtools.bench.measure import MeasureWindow, accounting, counters, measure, snap
+from devtools.bench.measure import (
+    CandleFigures,
+    MeasureWindow,
+    accounting,
+    counters,
+    measure,
+    snap,
+)
 from devtools.bench.plan import LOOKBACK_MIN, BenchError, Plan, connections, say
 from devtools.bench.profile import run_profile
 from devtools.bench.side_env import CCXT_VERSION, ensure_ccxt, env_dir
@@ -58,6 +65,7 @@ class Results:
     top5_errors: int = 0
     top5_idle_ms: list[float] = field(default_factory=list)
     loss: dict[str, float] = field(default_factory=dict)
+    candles: CandleFigures | None = None  # the whole service run's closed candles
     backfill_s: float = 0.0
     during_backfill: MeasureWindow | None = None
     rss_start_mb: float | None = None
@@ -261,6 +269,7 @@ def service_phases(
     svc.drain(sim)
     lab.sleep(1.0)  # the subscriber reads what was published last
     res.loss = accounting(sim, sub, svc, start)
+    res.candles = CandleFigures.of(svc.metrics())
     if not plan.quick:
         say("service: /top5 with the feed idle, for reference")
         res.top5_idle_ms, _ = top5_load(lab, svc, plan, plan.top5_s / 2)
