@@ -1,22 +1,26 @@
 """Publisher actor: the one place that writes to Redis.
 
-Input: batches of `MarketData` (from the window actor), `Ranking`s (from the ranking actor)
-and, in a fleet, the shard lease's `Leadership`, fanned in on one channel. The collector
-moves them at once into the lanes (screener/redis/lanes.py), so ingest never waits for
-Redis; the flusher sends what is pending in slices of at most PIPELINE_EVENTS events, each
-encoded once and written in one round trip over the `RedisLink` (screener/redis/link.py),
-the lease checked once more right before the send. One write is in flight: what arrives
-meanwhile goes in the next. What Redis did with a write sets the status
-(screener/redis/status.py): a failed slice goes back in front and is retried with backoff
-(in a fleet cut short by the next lease answer: Redis answers again); what Redis refuses for
-now (OOM, READONLY, ...) is kept and retried; what it refuses for its own content (WRONGTYPE)
-is dropped and counted. It closes nothing but its inbox.
+Input: batches of `MarketData` and `CandleBatch`es of closed candles (from the window
+actor), `Ranking`s (from the ranking actor) and, in a fleet, the shard lease's `Leadership`,
+fanned in on one channel. The collector moves them at once into the lanes
+(screener/redis/lanes.py), so ingest never waits for Redis; the flusher sends what is
+pending in slices of at most PIPELINE_EVENTS events and as many candles, each encoded once
+and written in one round trip over the `RedisLink` (screener/redis/link.py), the lease
+checked once more right before the send. One write is in flight: what arrives meanwhile
+goes in the next. What Redis did with a write sets the status (screener/redis/status.py): a
+failed slice goes back in front and is retried with backoff (in a fleet cut short by the
+next lease answer: Redis answers again); what Redis refuses for now (OOM, READONLY, ...) is
+kept and retried; what it refuses for its own content (WRONGTYPE) is dropped and counted.
+Closed candles are never coalesced: each waits, in either role, until Redis took it (the
+script publishes each (symbol, minute) once, whoever sends it) or until it is `candle_hold_s`
+older than the newest (dropped, counted as expired); a standby sends none until it leads.
+`candle_lag` shows how many wait. It closes nothing but its inbox.
 
 On cancel, under one shielded deadline (FINAL_FLUSH_S): the write in flight is finished first
 (the link shields it until answered), so it is neither lost nor sent twice (a write that got
-no answer is counted as not published, never sent again); then what is pending goes in
-slices; the log says `flushed N pending events` or `final flush failed, N events not
-published (REASON)`.
+no answer is counted as not published, never sent again); then what is pending, candles
+included, goes in slices; the log says `flushed N pending events` or `final flush failed, N
+events not published (REASON)` (with `and M candles` when there are any).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import functools
 import random
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Final
 
@@ -35,15 +40,23 @@ from screener.core.compat import observe_many
 from screener.core.config import RedisSettings
 from screener.core.logs import RateLimited
 from screener.core.metrics import Metrics
-from screener.core.models import Leadership, PublisherInbox, Ranking, RedisStatus
+from screener.core.models import (
+    LIVE_SOURCE,
+    CandleBatch,
+    CandleLag,
+    Leadership,
+    PublisherInbox,
+    Ranking,
+    RedisStatus,
+)
 from screener.core.periodic import Pulse
 from screener.core.snapshot import Latest
 from screener.core.supervise import failure_text
 from screener.redis.batch import BatchResult, prepare_batch, send
 from screener.redis.client import REDIS_ERRORS, REDIS_TIMEOUT_S, make_client
-from screener.redis.lanes import PIPELINE_EVENTS, Lanes, PublishBuffer, Slice
+from screener.redis.lanes import CANDLE_HOLD_S, PIPELINE_EVENTS, Lanes, PublishBuffer, Slice
 from screener.redis.link import RedisLink
-from screener.redis.script import Answer
+from screener.redis.script import CANDLE_TTL_S, Answer
 from screener.redis.status import RedisHealth
 
 __all__ = ("FINAL_FLUSH_S", "PIPELINE_EVENTS", "PublishBuffer", "Publisher", "run_publisher")
@@ -71,10 +84,16 @@ class Publisher:
         rand: Callable[[], float] = random.random,
         fenced: bool = False,
         hold_s: float = 0.0,
+        candle_ttl_s: float = CANDLE_TTL_S,
+        candle_hold_s: float = CANDLE_HOLD_S,
+        candle_lag: Latest[CandleLag] | None = None,
     ) -> None:
         self.settings = settings
         self.link = link
-        self.lanes = Lanes(settings, fenced=fenced, hold_s=hold_s)
+        self.lanes = Lanes(settings, fenced=fenced, hold_s=hold_s, candle_hold_s=candle_hold_s)
+        self.candle_ttl_ms = round(candle_ttl_s * 1000)
+        self.candle_lag = candle_lag
+        self.flying = CandleLag()  # the candles of the write in flight
         self.health = RedisHealth(settings, status, metrics, rand)
         self.status = status
         self.metrics = metrics
@@ -101,6 +120,8 @@ class Publisher:
     def _add(self, item: PublisherInbox) -> None:
         if isinstance(item, Leadership):
             self._refence(item)
+        elif isinstance(item, CandleBatch):  # in both roles: a standby's wait for a takeover
+            self._expired(self.lanes.add_candles(item.candles))
         elif self.lanes.standby():
             if not isinstance(item, Ranking):
                 self.metrics.fleet_standby_events.inc(len(item))
@@ -190,43 +211,61 @@ class Publisher:
         token = fence.fence if fence is not None else None
         if fence is not None and token is None:
             raise FencedOut()  # no lease answer made this replica a leader yet
-        batch = prepare_batch(self.settings, sent.events, sent.ranking, token)
+        batch = prepare_batch(
+            self.settings, sent.events, sent.ranking, token, sent.candles, self.candle_ttl_ms
+        )
         if check and not self.may_publish_now():
             raise FencedOut()
         if not batch.messages:
             return batch.result(Answer("OK"))
+        if sent.candles:
+            self.flying = CandleLag(len(sent.candles), min(c.t for c in sent.candles))
         try:
             return await send(self.link, batch)
         except trio.Cancelled:
+            self.flying = CandleLag()
             self._put_back(sent)
             raise
+        finally:
+            self.flying = CandleLag()
 
     async def finish(self) -> None:
         """On shutdown: account for everything pending in one line, within FINAL_FLUSH_S
         whatever Redis does."""
         unsure, self.unsure = self.unsure, None
         lost = len(unsure[0].events) if unsure is not None else 0
+        lost_candles = len(unsure[0].candles) if unsure is not None else 0
         if not self.lanes.has_pending() and unsure is None:
             return
-        pending = self.lanes.backlog()
+        pending, candles = self.lanes.backlog(), self._pending_candles()
         if unsure is not None and isinstance(unsure[1], redis.TimeoutError):
             # Redis did not answer the write in flight: trying more only costs the deadline.
-            self.report_unflushed(pending + lost, f"no answer within {REDIS_TIMEOUT_S:g}s")
+            self.report_unflushed(
+                pending + lost,
+                f"no answer within {REDIS_TIMEOUT_S:g}s",
+                candles + lost_candles,
+            )
             return
         reason = failure_text(unsure[1]) if unsure is not None else None
         fence = self.lanes.fence
         if fence is not None and fence.fence is None:  # never led: nothing to write with
             why = self.status.value.error or "redis has not confirmed this replica's lease"
-            self.report_unflushed(pending + lost, why)
+            self.report_unflushed(pending + lost, why, candles + lost_candles)
             return
         with trio.CancelScope(shield=True, deadline=trio.current_time() + FINAL_FLUSH_S) as final:
             reason = await self.final_flush() or reason
         if final.cancelled_caught:  # Redis hangs: say what is lost, never wait longer
             reason = f"no answer within {FINAL_FLUSH_S:g}s"
         if reason is None:
-            self.log.info("flushed {n} pending events", n=pending)
+            self.log.info("flushed {n} pending events{c}", n=pending, c=_and_candles(candles))
         else:
-            self.report_unflushed(self.lanes.backlog() + lost, reason)
+            self.report_unflushed(
+                self.lanes.backlog() + lost, reason, self._pending_candles() + lost_candles
+            )
+
+    def _pending_candles(self) -> int:
+        """Candles this replica owes Redis (a standby's are its leader's)."""
+        return 0 if self.lanes.standby() else len(self.lanes.candles)
 
     async def final_flush(self) -> str | None:
         """Send each lane slice by slice until Redis fails or holds it. Returns why
@@ -252,9 +291,12 @@ class Publisher:
                 return f"redis says {result.holder or 'nobody'} leads this shard now"
         return None
 
-    def report_unflushed(self, n: int, reason: str) -> None:
+    def report_unflushed(self, n: int, reason: str, candles: int = 0) -> None:
         self.log.warning(
-            "final flush failed, {n} events not published ({reason})", n=n, reason=reason
+            "final flush failed, {n} events{c} not published ({reason})",
+            n=n,
+            c=_and_candles(candles),
+            reason=reason,
         )
 
     def _settle(self, sent: Slice, result: BatchResult, *, final: bool = False) -> None:
@@ -271,15 +313,19 @@ class Publisher:
             self.log.error("{n} events could not be serialized; skipped", n=result.unencodable)
         if result.refused:
             metrics.dropped.inc(result.refused)
-            if (n := self.quiet.allow("refused")) is not None:
-                self.log.error(
-                    "redis refused {r} commands: {why} (+{n} similar suppressed)",
-                    r=result.refused,
-                    why=result.refusal,
-                    n=n,
-                )
+        refused = result.refused + result.candles_refused
+        if refused and (n := self.quiet.allow("refused")) is not None:
+            self.log.error(
+                "redis refused {r} commands: {why} (+{n} similar suppressed)",
+                r=refused,
+                why=result.refusal or "could not be serialized",
+                n=n,
+            )
+        if sent.candles or result.candles_refused:
+            self._settle_candles(result)
         if result.held is not None:  # in front again, without what could not be encoded
-            self._dropped(self.lanes.put_back(Slice(result.held.events, result.held.ranking)))
+            held = result.held
+            self._put_back(Slice(held.events, held.ranking, held.candles))
             if self.lanes.retry_at is None:
                 delay = self.health.held_backoff.next_delay()
                 self.lanes.retry_at = trio.current_time() + delay
@@ -308,6 +354,29 @@ class Publisher:
             self.lanes.retry_at = None  # what was held goes now, not after its backoff
         self._gauge_backlog()
 
+    def _settle_candles(self, result: BatchResult) -> None:
+        """Count the candles of a write Redis answered: published (by source; the delay of
+        live-closed ones from their close), skipped (published before), dropped (refused
+        for good). Held ones went back (`_settle`)."""
+        metrics = self.metrics
+        published = result.candles_published
+        if published:
+            for source, n in Counter(c.source for c in published).items():
+                metrics.candles_published.labels(source).inc(n)
+            written_ms = time.time() * 1000
+            observe_many(
+                metrics.candle_delay,
+                [
+                    max(0.0, written_ms - c.closed_ms) / 1000
+                    for c in published
+                    if c.source == LIVE_SOURCE
+                ],
+            )
+        if result.candles_skipped:
+            metrics.candles_skipped.inc(result.candles_skipped)
+        if result.candles_refused:
+            metrics.candles_dropped.labels("refused").inc(result.candles_refused)
+
     def _fenced(self, sent: Slice, holder: str | None) -> None:
         """Redis refused the slice: this writer's token does not hold the shard's lease
         there (it ran out, or another replica took over). Nothing was published; the slice
@@ -326,7 +395,21 @@ class Publisher:
 
     def _put_back(self, sent: Slice) -> None:
         self._dropped(self.lanes.put_back(sent))
+        self._expired(self.lanes.put_back_candles(sent.candles))
         self._gauge_backlog()
+
+    def _expired(self, n: int) -> None:
+        """Candles dropped for their age: Redis did not take them within the hold."""
+        if n:
+            self.metrics.candles_dropped.labels("expired").inc(n)
+            if (k := self.quiet.allow("expired")) is not None:
+                self.log.warning(
+                    "{n} closed candles dropped: not taken by redis within {hold:g}s "
+                    "(+{k} similar suppressed)",
+                    n=n,
+                    hold=self.lanes.candles.hold_s,
+                    k=k,
+                )
 
     def _dropped(self, n: int) -> None:
         if n:
@@ -338,6 +421,14 @@ class Publisher:
         if backlog > self.peak:
             self.peak = backlog
             self.metrics.queue_peak.labels("publish_buffer").set(backlog)
+        if self.candle_lag is not None:
+            lag = self.lanes.candle_lag(self.flying)
+            if lag != self.candle_lag.value:
+                self.candle_lag.set(lag)
+
+
+def _and_candles(n: int) -> str:
+    return f" and {n} candles" if n else ""
 
 
 def _drained(inbox: trio.MemoryReceiveChannel[PublisherInbox]) -> list[PublisherInbox]:
@@ -361,21 +452,36 @@ async def run_publisher(
     ping: Ping | None = None,
     fenced: bool = False,
     hold_s: float = 0.0,
+    candle_ttl_s: float = CANDLE_TTL_S,
+    candle_hold_s: float = CANDLE_HOLD_S,
+    candle_lag: Latest[CandleLag] | None = None,
     flushed: trio.Event | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Writes go over `link` (by default the service's own link to the Redis of `settings`),
     PINGs through redis-py (`ping`: tests pass their own). `fenced`: a fleet replica,
     publishing only while its shard lease says so (the `Leadership` items of the inbox);
-    as a standby it keeps what it receives for `hold_s` seconds, for a takeover. `flushed`
-    is set once the final flush ended (the fleet actor releases the lease only then)."""
+    as a standby it keeps what it receives for `hold_s` seconds, for a takeover. Closed
+    candles wait until Redis takes them or are `candle_hold_s` older than the newest; each
+    candle's key in Redis lives `candle_ttl_s` (longer than any writer holds a candle);
+    `candle_lag` (if given) shows how many wait. `flushed` is set once the final flush ended
+    (the fleet actor releases the lease only then)."""
     client = make_client(settings)
     if link is None:
         link = RedisLink.of(client)
     if ping is None:
         ping = functools.partial(trio.to_thread.run_sync, client.ping, abandon_on_cancel=True)
     publisher = Publisher(
-        settings, link, status=status, metrics=metrics, rand=rand, fenced=fenced, hold_s=hold_s
+        settings,
+        link,
+        status=status,
+        metrics=metrics,
+        rand=rand,
+        fenced=fenced,
+        hold_s=hold_s,
+        candle_ttl_s=candle_ttl_s,
+        candle_hold_s=candle_hold_s,
+        candle_lag=candle_lag,
     )
     task_status.started()
     try:

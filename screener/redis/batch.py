@@ -1,4 +1,4 @@
-"""One slice of events (and the ranking) written to Redis in one round trip.
+"""One slice of events, closed candles and the ranking written to Redis in one round trip.
 
 A resource of the publisher actor, not an actor. `prepare_batch` encodes a slice once, as one
 call of the publish script (screener/redis/script.py); `send` writes it over the publisher's
@@ -8,6 +8,8 @@ link (screener/redis/link.py), and `Prepared.result` sorts the answer: published
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
 from typing import Final, NamedTuple
 
 import hiredis
@@ -16,7 +18,7 @@ import orjson
 import redis
 
 from screener.core.config import RedisSettings
-from screener.core.models import Fence, MarketData, Ranking
+from screener.core.models import ClosedCandle, Fence, MarketData, Ranking
 from screener.redis import script
 from screener.redis.link import RedisLink
 
@@ -39,6 +41,22 @@ class _MarketDataDoc(msgspec.Struct, tag_field="type", tag="market_data", gc=Fal
     amount: float
     change_pct: float
     window_min: int
+
+
+class _CandleDoc(msgspec.Struct, tag_field="type", tag="candle", gc=False):
+    """`ClosedCandle.as_dict(published_ms)` as msgspec encodes it, as `_MarketDataDoc`."""
+
+    source: str
+    symbol: str
+    interval: str
+    candle_ts: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    amount: float
+    published_ts: int
 
 
 _encoder: Final = msgspec.json.Encoder()
@@ -77,6 +95,29 @@ def encode_event(event: MarketData) -> bytes:
     )
 
 
+def encode_candle(candle: ClosedCandle, published_ms: int) -> bytes:
+    """The `candle` document of `candle` published at `published_ms`, byte for byte
+    `orjson.dumps(candle.as_dict(published_ms))` (as `encode_event`)."""
+    t = candle.t
+    if not (-_INT64 <= t < _INT64 and -_INT64 <= published_ms < _INT64):
+        raise Unencodable("integer beyond 64 bits")
+    return _encoder.encode(
+        _CandleDoc(
+            candle.source,
+            candle.symbol,
+            "Min1",
+            t,
+            candle.open,
+            candle.high,
+            candle.low,
+            candle.close,
+            candle.volume,
+            candle.amount,
+            published_ms,
+        )
+    )
+
+
 HELD_CODES: Final = frozenset(
     (
         "OOM",
@@ -98,16 +139,20 @@ the same command forever, so it is dropped."""
 
 class Held(NamedTuple):
     """What Redis refused for now, to send again: always a whole slice, as the publish
-    script publishes nothing once its first write (the record) is refused."""
+    script publishes nothing once its first write (the record, or a candle's key) is
+    refused."""
 
     events: list[MarketData]
     ranking: Ranking | None
     reason: str  # Redis's words for the first of them, e.g. "OOM command not allowed ..."
+    candles: Sequence[ClosedCandle] = ()
 
 
 class BatchResult(NamedTuple):
-    """How one write went, message by message (a message: an event or the ranking, sent
-    to one or both targets). A message is published when every target accepted it."""
+    """How one write went, message by message (a message: an event, a candle or the
+    ranking, sent to one or both targets). A message is published when every target
+    accepted it. Candles are counted apart from `unencodable`, `refused` and `skipped`
+    (events and ranking)."""
 
     unencodable: int
     refused: int  # messages refused for their own content (e.g. WRONGTYPE): dropped
@@ -118,10 +163,17 @@ class BatchResult(NamedTuple):
     ranking_skipped: bool = False
     fenced: bool = False  # Redis refused the whole slice: the writer does not lead
     holder: str | None = None  # ... and who does (None: nobody)
+    candles_skipped: int = 0  # candles Redis had published already (by any writer)
+    candles_refused: int = 0  # candles dropped: unencodable, or refused for their content
+    candles_published: Sequence[ClosedCandle] = ()  # the candles Redis took, in order
 
     @property
     def held_events(self) -> int:
         return len(self.held.events) if self.held is not None else 0
+
+    @property
+    def held_candles(self) -> int:
+        return len(self.held.candles) if self.held is not None else 0
 
     @property
     def hold(self) -> str | None:
@@ -144,10 +196,12 @@ class Prepared(NamedTuple):
     settings: RedisSettings
     head: bytes  # the call up to its script: `*N` and the command's name
     args: bytes  # the keys and arguments, after the script's SHA or source
-    messages: int  # events and ranking in `args`; 0: nothing to send
+    messages: int  # events, candles and ranking in `args`; 0: nothing to send
     events: list[MarketData]
     ranking: Ranking | None
     skipped: list[MarketData]  # events that could not be encoded: not in `args`
+    candles: Sequence[ClosedCandle] = ()  # the candles in `args`, in order
+    bad_candles: int = 0  # candles that could not be encoded: not in `args`
 
     @property
     def payload(self) -> bytes:
@@ -168,14 +222,23 @@ class Prepared(NamedTuple):
         if answer.status == "HELD":
             return self._held(answer.why or "")
         messages = {m: why for m, _, why in reversed(answer.refusals)}  # the first words win
-        ranking_index = self.messages - 1 if self.ranking is not None else None
+        n = len(self.events) - unencodable  # candles are messages n.., the ranking the last
+        m = len(self.candles)
+        refused_candles = [k for k in messages if n <= k < n + m]
+        candles: Sequence[ClosedCandle] = self.candles
+        if answer.candles_skipped or refused_candles:  # not the usual case: pick those out
+            gone = {*answer.candles_skipped, *refused_candles}
+            candles = [c for k, c in enumerate(self.candles, n) if k not in gone]
         return BatchResult(
             unencodable,
-            len(messages),
+            len(messages) - len(refused_candles),
             answer.refusals[0][2] if answer.refusals else None,
-            ranking_refused=ranking_index in messages,
+            ranking_refused=n + m in messages,
             skipped=answer.skipped,
             ranking_skipped=answer.ranking_skipped,
+            candles_skipped=len(answer.candles_skipped),
+            candles_refused=self.bad_candles + len(refused_candles),
+            candles_published=candles,
         )
 
     def refused_whole(self, why: str) -> BatchResult:
@@ -183,14 +246,25 @@ class Prepared(NamedTuple):
         (NOPERM, ...: every message dropped)."""
         if is_held(why):
             return self._held(why)
+        m = len(self.candles)
         return BatchResult(
-            len(self.skipped), self.messages, why, ranking_refused=self.ranking is not None
+            len(self.skipped),
+            self.messages - m,
+            why,
+            ranking_refused=self.ranking is not None,
+            candles_refused=self.bad_candles + m,
         )
 
     def _held(self, why: str) -> BatchResult:
         gone = {id(event) for event in self.skipped}
         events = [e for e in self.events if id(e) not in gone]
-        return BatchResult(len(self.skipped), 0, None, held=Held(events, self.ranking, why))
+        return BatchResult(
+            len(self.skipped),
+            0,
+            None,
+            held=Held(events, self.ranking, why, self.candles),
+            candles_refused=self.bad_candles,
+        )
 
 
 def prepare_batch(
@@ -198,11 +272,14 @@ def prepare_batch(
     events: list[MarketData],
     ranking: Ranking | None,
     fence: Fence | None = None,
+    candles: Sequence[ClosedCandle] = (),
+    candle_ttl_ms: int = script.CANDLE_TTL_S * 1000,
 ) -> Prepared:
     """Encode a slice as one call of the publish script, fenced by `fence` (None: no lease
-    to check). Events that cannot be serialized are counted and skipped: one bad record
-    must not block, or crash, the rest. The caller keeps slices bounded, so this never
-    holds a whole backlog encoded at once."""
+    to check). Events and candles that cannot be serialized are counted and skipped: one
+    bad record must not block, or crash, the rest. Each candle's document says it was
+    published now (wall time, ms). The caller keeps slices bounded, so this never holds a
+    whole backlog encoded at once."""
     skipped: list[MarketData] = []
     parts: list[bytes] = []
     for event in events:
@@ -219,6 +296,25 @@ def prepare_batch(
             % (len(symbol), symbol, len(ts), ts, len(document), document)
         )
     n = len(parts)
+    sent_candles: Sequence[ClosedCandle] = candles
+    if candles:
+        published_ms = time.time_ns() // 1_000_000
+        kept: list[ClosedCandle] = []
+        for candle in candles:
+            try:
+                document = encode_candle(candle, published_ms)
+            except (TypeError, ValueError, OverflowError):
+                continue
+            kept.append(candle)
+            symbol = candle.symbol.encode()
+            t = b"%d" % candle.t
+            parts.append(
+                b"$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n"
+                % (len(symbol), symbol, len(t), t, len(document), document)
+            )
+        if len(kept) < len(candles):
+            sent_candles = kept
+    m = len(parts) - n
     lease_key, term_key, token, term = fence if fence is not None else ("", "", "", 0)
     fixed = [
         lease_key.encode(),
@@ -232,7 +328,14 @@ def prepare_batch(
         settings.market_data_channel.encode(),
         b"%d" % n,
     ]
-    argc = 2 + 1 + len(fixed) + 3 * n  # command, script, numkeys, the fixed, the events
+    candle_head = (
+        settings.candles_channel.encode(),
+        settings.candle_key_prefix.encode(),
+        b"%d" % candle_ttl_ms,
+        b"%d" % m,
+    )
+    # command, script, numkeys, the fixed, the candles' head, the events and candles
+    argc = 2 + 1 + len(fixed) + len(candle_head) + 3 * (n + m)
     tail = b""
     if ranking is not None:
         document = orjson.dumps(ranking.as_dict())
@@ -246,9 +349,28 @@ def prepare_batch(
             )
         )
         argc += 4
-    args = _bulk(b"3") + b"".join(map(_bulk, fixed)) + b"".join(parts) + tail
-    messages = n + (ranking is not None)
-    return Prepared(settings, b"*%d\r\n" % argc, args, messages, events, ranking, skipped)
+    args = b"".join(
+        (
+            _bulk(b"3"),
+            *map(_bulk, fixed),
+            *parts[:n],
+            *map(_bulk, candle_head),
+            *parts[n:],
+            tail,
+        )
+    )
+    messages = n + m + (ranking is not None)
+    return Prepared(
+        settings,
+        b"*%d\r\n" % argc,
+        args,
+        messages,
+        events,
+        ranking,
+        skipped,
+        sent_candles,
+        len(candles) - m,
+    )
 
 
 TARGETS: Final = {"pubsub": b"p", "stream": b"s", "both": b"ps"}

@@ -22,7 +22,7 @@ processes, no sockets."""
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from functools import partial
 from typing import Any, NamedTuple
@@ -167,12 +167,14 @@ def market_data(
 
 class Write(NamedTuple):
     """One write as Redis received it: when, to which targets (`mode`), the events (decoded
-    back from their JSON) and the ranking's document."""
+    back from their JSON), the ranking's document and the closed candles' documents (those
+    whose keys were new: the ones published)."""
 
     at: float
     mode: str
     events: list[MarketData]
     ranking: dict[str, Any] | None
+    candles: tuple[dict[str, Any], ...] = ()
 
 
 def doc(ranking: Ranking) -> dict[str, Any]:
@@ -220,6 +222,7 @@ class MemoryRedis:
         self.scripts_loaded = True  # False: EVALSHA answers NOSCRIPT until an EVAL
         self.data: dict[bytes, bytes] = {}  # plain keys: the lease and term a fence names
         self.published: dict[bytes, dict[bytes, int]] = {}  # the newest push time per symbol
+        self.candle_keys: dict[bytes, float] = {}  # a published candle's key -> its expiry
         self.fenced: list[float] = []  # writes refused for their fence
         self.held_writes: list[float] = []  # writes refused for now (OOM, READONLY, ...)
 
@@ -274,14 +277,15 @@ class MemoryRedis:
             self.writes.append(write)
         if self.state != "paused" and not reply.startswith(b"*2\r\n$4\r\nHELD"):
             # A paused Redis never answers; what it held never reaches `sent`.
-            self.answers.append((write, reply.startswith(b"*4\r\n$2\r\nOK\r\n")))
+            self.answers.append((write, reply.startswith(b"*6\r\n$2\r\nOK\r\n")))
         return reply
 
     def run_script(
         self, at: float, keys: list[bytes], argv: list[bytes], *, apply: bool = True
     ) -> tuple[Write | None, bytes]:
         """The script's answer, and the write as Redis received it (None: refused for its
-        fence). `apply`: False for a Redis that receives without running (paused)."""
+        fence). `apply`: False for a Redis that receives without running (paused). Candle
+        keys expire by `at`, the fake's clock."""
         lease_key, term_key, published_key = keys
         token, term, _ttl, targets, _maxlen, channel, count = argv[:7]
         if token and (self.data.get(lease_key) != token or self.data.get(term_key) != term):
@@ -290,35 +294,62 @@ class MemoryRedis:
             return None, _resp([b"FENCED"] + ([holder] if holder else []))
         n = int(count)
         items = [(channel, *argv[7 + 3 * k : 10 + 3 * k]) for k in range(n)]
-        if len(argv) > 7 + 3 * n:
-            items.append(tuple(argv[7 + 3 * n : 11 + 3 * n]))
+        c = 7 + 3 * n
+        candles_channel, prefix, candle_ttl, candle_count = argv[c : c + 4]
+        m = int(candle_count)
+        candles = [argv[c + 4 + 3 * k : c + 7 + 3 * k] for k in range(m)]
+        items += [(candles_channel, symbol, t, document) for symbol, t, document in candles]
+        r = c + 4 + 3 * m
+        if len(argv) > r:
+            items.append(tuple(argv[r : r + 4]))
         seen = self.published.setdefault(published_key, {})
         newest: dict[bytes, int] = {}
         passed: list[int] = []  # message indexes, in order
         for index, (_, field, ts, _) in enumerate(items):
+            if n <= index < n + m:
+                continue
             if int(ts) > newest.get(field, seen.get(field, -1)):
                 newest[field] = int(ts)
                 passed.append(index)
+        set_refusals: list[str] = []
+        new_keys: list[bytes] = []
+        candles_skipped: list[int] = []
+        for k, (symbol, t, _) in enumerate(candles):
+            key = prefix + symbol + b":" + t
+            if (why := self.refuse([b"SET", key])) is not None:
+                set_refusals.append(why)
+            if self.candle_keys.get(key, -math.inf) > at or key in new_keys:
+                candles_skipped.append(n + k)
+            else:
+                new_keys.append(key)
+                passed.append(n + k)
+        passed.sort()
         names = [name for t, name in ((b"p", b"PUBLISH"), (b"s", b"XADD")) if t in targets]
         mode = {b"p": "pubsub", b"s": "stream", b"ps": "both"}[targets]
         events = [event_of(items[i][3]) for i in passed if i < n]
-        ranking = orjson.loads(items[n][3]) if n in passed else None
-        write = Write(at, mode, events, ranking)
+        published_candles = tuple(orjson.loads(items[i][3]) for i in passed if n <= i < n + m)
+        ranking = orjson.loads(items[n + m][3]) if n + m in passed else None
+        write = Write(at, mode, events, ranking, published_candles)
         refusals = [
             (i, name, why)
             for i in passed
             for name in names
             if (why := self.refuse([name, items[i][0], items[i][3]])) is not None
         ]
-        held = next((why for _, _, why in refusals if is_held(why)), None)
-        if held is not None:  # Redis's memory limit (or a replica): the record fails first
+        held = next(
+            (why for why in [*set_refusals, *(w for _, _, w in refusals)] if is_held(why)), None
+        )
+        if held is not None:  # Redis's memory limit (or a replica): the first write fails
             self.held_writes.append(at)
             return write, _resp([b"HELD", held.encode()])
         if apply:
             seen.update(newest)
-        ranking_state = 0 if len(items) == n else 1 if n in passed else 2
-        answer: list[bytes | int] = [b"OK", len(passed), n - len([i for i in passed if i < n])]
-        answer.append(ranking_state)
+            expiry = at + int(candle_ttl) / 1000
+            self.candle_keys.update(dict.fromkeys(new_keys, expiry))
+        ranking_state = 0 if len(items) == n + m else 1 if n + m in passed else 2
+        published = len([i for i in passed if not n <= i < n + m])
+        answer: list[bytes | int | list[int]] = [b"OK", published, n - len(events)]
+        answer += [ranking_state, len(new_keys), candles_skipped]
         for i, name, why in refusals:
             answer += [i, b"p" if name == b"PUBLISH" else b"s", why.encode()]
         return write, _resp(answer)
@@ -334,11 +365,16 @@ class MemoryRedis:
         self.answers.clear()
 
 
-def _resp(values: list[bytes | int]) -> bytes:
-    """A RESP array of bulk strings and integers."""
+def _resp(values: Sequence[bytes | int | Sequence[int]]) -> bytes:
+    """A RESP array of bulk strings, integers and arrays of integers."""
     parts = [b"*%d\r\n" % len(values)]
     for v in values:
-        parts.append(b":%d\r\n" % v if isinstance(v, int) else b"$%d\r\n%s\r\n" % (len(v), v))
+        if isinstance(v, int):
+            parts.append(b":%d\r\n" % v)
+        elif isinstance(v, bytes):
+            parts.append(b"$%d\r\n%s\r\n" % (len(v), v))
+        else:
+            parts.append(_resp(v))
     return b"".join(parts)
 
 
