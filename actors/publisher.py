@@ -313,15 +313,19 @@ class Publisher:
             self.log.error("{n} events could not be serialized; skipped", n=result.unencodable)
         if result.refused:
             metrics.dropped.inc(result.refused)
+        if result.candles_unencodable:
+            self.log.error(
+                "{n} candles could not be serialized; dropped", n=result.candles_unencodable
+            )
         refused = result.refused + result.candles_refused
         if refused and (n := self.quiet.allow("refused")) is not None:
             self.log.error(
                 "redis refused {r} commands: {why} (+{n} similar suppressed)",
                 r=refused,
-                why=result.refusal or "could not be serialized",
+                why=result.refusal,
                 n=n,
             )
-        if sent.candles or result.candles_refused:
+        if sent.candles:
             self._settle_candles(result)
         if result.held is not None:  # in front again, without what could not be encoded
             held = result.held
@@ -357,7 +361,7 @@ class Publisher:
     def _settle_candles(self, result: BatchResult) -> None:
         """Count the candles of a write Redis answered: published (by source; the delay of
         live-closed ones from their close), skipped (published before), dropped (refused
-        for good). Held ones went back (`_settle`)."""
+        for good, or unencodable: nothing would ever take them). Held ones went back (`_settle`)."""
         metrics = self.metrics
         published = result.candles_published
         if published:
@@ -374,8 +378,8 @@ class Publisher:
             )
         if result.candles_skipped:
             metrics.candles_skipped.inc(result.candles_skipped)
-        if result.candles_refused:
-            metrics.candles_dropped.labels("refused").inc(result.candles_refused)
+        if dropped := result.candles_refused + result.candles_unencodable:
+            metrics.candles_dropped.labels("refused").inc(dropped)
 
     def _fenced(self, sent: Slice, holder: str | None) -> None:
         """Redis refused the slice: this writer's token does not hold the shard's lease

@@ -164,7 +164,8 @@ class BatchResult(NamedTuple):
     fenced: bool = False  # Redis refused the whole slice: the writer does not lead
     holder: str | None = None  # ... and who does (None: nobody)
     candles_skipped: int = 0  # candles Redis had published already (by any writer)
-    candles_refused: int = 0  # candles dropped: unencodable, or refused for their content
+    candles_refused: int = 0  # candles refused for their content (WRONGTYPE): dropped
+    candles_unencodable: int = 0  # candles that could not be serialized: dropped
     candles_published: Sequence[ClosedCandle] = ()  # the candles Redis took, in order
 
     @property
@@ -237,7 +238,8 @@ class Prepared(NamedTuple):
             skipped=answer.skipped,
             ranking_skipped=answer.ranking_skipped,
             candles_skipped=len(answer.candles_skipped),
-            candles_refused=self.bad_candles + len(refused_candles),
+            candles_refused=len(refused_candles),
+            candles_unencodable=self.bad_candles,
             candles_published=candles,
         )
 
@@ -252,7 +254,8 @@ class Prepared(NamedTuple):
             self.messages - m,
             why,
             ranking_refused=self.ranking is not None,
-            candles_refused=self.bad_candles + m,
+            candles_refused=m,
+            candles_unencodable=self.bad_candles,
         )
 
     def _held(self, why: str) -> BatchResult:
@@ -263,7 +266,7 @@ class Prepared(NamedTuple):
             0,
             None,
             held=Held(events, self.ranking, why, self.candles),
-            candles_refused=self.bad_candles,
+            candles_unencodable=self.bad_candles,
         )
 
 

@@ -59,13 +59,18 @@ def check_documents(
         assert document == sent.as_dict(document["published_ts"])
 
 
-def candle_keys(server: RedisServer, prefix: str) -> dict[bytes, int]:
+def candle_keys(server: RedisServer, prefix: str) -> dict[Any, int]:
     """Every candle key and its remaining lifetime in ms."""
     admin = server.client()
     try:
         return {key: admin.pttl(key) for key in admin.keys(prefix + "*")}
     finally:
         admin.close()
+
+
+def stream_documents(admin: Any) -> list[dict[str, Any]]:
+    """The documents of the candles' stream, oldest first."""
+    return [orjson.loads(data[b"data"]) for _, data in admin.xrange("candles")]
 
 
 def settings_for(server: RedisServer, mode: str = "pubsub") -> RedisSettings:
@@ -286,7 +291,7 @@ async def test_a_candle_is_published_once_whichever_writer_sends_it_however_ofte
         with trio.fail_after(10):
             await eventually(lambda: len(sub.get("candles")) >= 3, what="three candles")
         documents = sub.get("candles")
-        streamed = [orjson.loads(data[b"data"]) for _, data in admin.xrange("candles")]
+        streamed = stream_documents(admin)
     finally:
         sub.close()
         admin.close()
@@ -401,7 +406,7 @@ async def test_candles_go_to_the_candles_stream_by_publish_mode(
         result = await send(link, prepare_batch(settings, [push("A", 1)], RANK, None, candles))
     admin = redis_server.client()
     try:
-        streamed = [orjson.loads(data[b"data"]) for _, data in admin.xrange("candles")]
+        streamed = stream_documents(admin)
         events = admin.xlen("market_data")
     finally:
         admin.close()
