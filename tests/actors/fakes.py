@@ -13,11 +13,12 @@ test_connection_recovery.py): `start_connection`, one connection actor started o
 `MemoryExchange`.
 
 The publisher tests (tests/actors/test_publisher.py,
-tests/actors/test_publisher_faults.py, test_fleet.py, tests/system/test_redis_faults.py): an
-in-memory Redis behind the real link (`MemoryRedis`), the MockClock jumper that waits for
-worker threads (`threads_hold_clock`), the publisher's log lines (`publisher_lines`), a
-`MarketData` builder and `run_publisher` in its own cancel scope (`PublisherActor`). No
-processes, no sockets."""
+tests/actors/test_publisher_faults.py, test_publisher_candles.py, test_fleet.py,
+tests/system/test_redis_faults.py): an in-memory Redis behind the real link (`MemoryRedis`,
+the publish script's events, candles and ranking in Python), the MockClock jumper that
+waits for worker threads (`threads_hold_clock`), the publisher's log lines
+(`publisher_lines`), a `MarketData` builder and `run_publisher` in its own cancel scope
+(`PublisherActor`). No processes, no sockets."""
 
 from __future__ import annotations
 
