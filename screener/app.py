@@ -71,6 +71,10 @@ TAKEOVER_HOLD_LEASES: Final = 3
 one lease plus a renewal period of the leader's last publish, so what the leader did not
 publish is still here when this replica takes over (screener/redis/lanes.py)."""
 HTTP_RESERVED: Final = 4
+CANDLE_KEY_MARGIN_S: Final = 600
+"""A published candle's record outlives LOOKBACK_MIN by this much: every candle a replica can
+still send (held at most LOOKBACK_MIN, repaired within it) finds its record, clock skew
+between replicas included."""
 
 
 class Service:
@@ -192,6 +196,9 @@ async def run_service(
                 fenced=True,
                 hold_s=TAKEOVER_HOLD_LEASES * settings.fleet.lease_s,
                 flushed=flushed,
+                candle_ttl_s=settings.lookback_min * 60 + CANDLE_KEY_MARGIN_S,
+                candle_hold_s=settings.lookback_min * 60,
+                candle_lag=views.candles_unpublished,
             )
         )
         await nursery.start(

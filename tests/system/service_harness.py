@@ -85,7 +85,15 @@ class Subscriber:
         self.invalid: list[str] = []
         self._lock = threading.Lock()
         self.pubsub.subscribe(**dict.fromkeys(channels, self._handle))
-        self._thread = self.pubsub.run_in_thread(sleep_time=0.01, daemon=True)
+        self.lost: Exception | None = None  # why the connection ended (Redis stopped under it)
+        self._thread = self.pubsub.run_in_thread(
+            sleep_time=0.01, daemon=True, exception_handler=self._lose
+        )
+
+    def _lose(self, exc: Exception, pubsub: object, thread: Any) -> None:
+        """Redis went away (a test stops it): keep what was received, stop reading."""
+        self.lost = exc
+        thread.stop()
 
     def _handle(self, message: dict[str, Any]) -> None:
         channel = message["channel"].decode()
