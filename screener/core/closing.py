@@ -15,8 +15,9 @@ of that minute can have been missed after it. Within one WebSocket session nothi
 (TCP keeps order, the exchange pushes each update), so a minute closes live only while its
 symbol is *sure*: a push of that minute arrived since its connection last went down. A minute
 that closes while its symbol is unsure (the connection dropped after its last push: a
-reconnect, an exchange outage, the REST failover), a minute a symbol skipped (no push at all:
-no trades, or a connection down over it) and the minutes of the lookback before a symbol's
+reconnect, an exchange outage, the REST failover), each minute that ends while the symbol's
+connection is down (for a lookback at most: a symbol gone for good stops costing requests),
+a minute a symbol skipped (no push at all: no trades) and the minutes of the lookback before a symbol's
 first push (a restart, a takeover by a fresh process) are *owed*: they are published with the
 REST kline endpoint's values when its rows arrive (the backfill fetches them: `repairs()` says
 which symbols to ask for, again every `retry_s` while the endpoint fails). A row is taken only
@@ -71,6 +72,7 @@ class _Symbol:
         "rest_through",
         "sure",
         "t",
+        "unsure_since",
     )
 
     def __init__(self) -> None:
@@ -82,6 +84,7 @@ class _Symbol:
         self.rest_through = -1  # the newest minute sent from rows nobody owed
         self.owed: set[int] = set()
         self.asked_at = float("-inf")  # wall time of the last repair request
+        self.unsure_since = float("inf")  # wall time its connection went down (inf: sure)
 
 
 class Closer:
@@ -117,6 +120,7 @@ class Closer:
         t = k.t
         if st.t == t:
             st.last, st.sure = k, True
+            st.unsure_since = float("inf")
             return None
         if (st.t is not None and t < st.t) or t <= st.closed_through or t <= st.rest_through:
             self.late += 1
@@ -131,14 +135,18 @@ class Closer:
             self._owe(st, st.closed_through + 60, t)
         st.closed_through = t - 60
         st.t, st.last, st.sure = t, k, True
+        st.unsure_since = float("inf")
         return closed
 
     def broke(self, symbols: Iterable[str]) -> None:
-        """These symbols' connection went down: a push of their open minutes may be missed."""
+        """These symbols' connection went down: a push of their open minutes may be missed,
+        and until a push comes again every minute that ends is owed (`tick`)."""
+        wall = self.wall()
         for symbol in symbols:
             st = self.symbols.get(symbol)
             if st is not None:
                 st.sure = False
+                st.unsure_since = min(st.unsure_since, wall)
 
     def history(self, k: Kline) -> ClosedCandle | None:
         """A REST kline row: a candle if its minute is owed, or nobody owes it but it ended
@@ -198,6 +206,14 @@ class Closer:
                 if candle is not None:
                     closed.append(candle)
                 st.t = st.last = None
+            unsure_for = wall - st.unsure_since  # -inf while sure
+            if st.t is None and st.first_t is not None and 0 <= unsure_for <= self.lookback_s:
+                # Its connection is down: each minute that ends is owed now (the endpoint
+                # may answer during the outage), not when a push comes back. For a lookback
+                # at most: a symbol gone for good stops costing requests.
+                ended = int(any_due // 60 * 60)
+                self._owe(st, st.closed_through + 60, ended + 60)
+                st.closed_through = max(st.closed_through, ended)
             if st.owed:
                 expired = {t for t in st.owed if t < oldest_kept}
                 if expired:

@@ -219,3 +219,35 @@ def test_the_rest_failover_feeds_nothing_here_and_a_quiet_symbol_is_forgotten() 
     wall.now = M + 20 * 60
     c.tick()
     assert "A_USDT" not in c.symbols
+
+
+def test_while_a_connection_is_down_each_minute_that_ends_is_owed_at_once() -> None:
+    wall = Wall(M + 30)
+    c = started(wall)
+    c.push(push(0, 101.0))
+    c.broke({"A_USDT"})  # the exchange is gone for three minute ends; its REST still answers
+    wall.now = M + 3 * 60 + GRACE
+    c.tick()
+    assert c.lag() == CandleLag(3, M)  # not only the open minute: each one that ended
+    assert c.repairs() == frozenset({"A_USDT"})
+    for m in range(3):
+        assert c.history(row(m, 100.0 + m)) is not None
+    assert c.lag() == CandleLag()
+    wall.now = M + 3 * 60 + 30
+    assert c.push(push(3, 104.0)) is None  # back: nothing more owed, nothing twice
+    assert c.lag() == CandleLag()
+
+
+def test_a_symbol_unsure_for_a_whole_lookback_stops_owing_by_the_clock() -> None:
+    wall = Wall(M + 30)
+    c = closer(wall, lookback_min=2)
+    c.push(push(0, 101.0))
+    c.lag()
+    c.broke({"A_USDT"})  # delisted while its connection was down: no push ever again
+    for minute in range(1, 10):
+        wall.now = M + minute * 60 + GRACE
+        c.tick()
+    assert c.lag().minutes <= 2  # what is left is given up with the lookback, not renewed
+    wall.now = M + 12 * 60
+    c.tick()
+    assert c.lag() == CandleLag()
