@@ -10,20 +10,20 @@ stays silent, once the exchange clock (the newest push time seen) passes the min
 `grace_s`; its values are the last push's. A push for a minute already closed is late: counted,
 never a second candle.
 
-Sure or owed. The last push received of a minute carries its final values only if no push
-of that minute can have been missed after it. Within one WebSocket session nothing is missed
-(TCP keeps order, the exchange pushes each update), so a minute closes live only while its
-symbol is *sure*: a push of that minute arrived since its connection last went down. A minute
-that closes while its symbol is unsure (the connection dropped after its last push: a
-reconnect, an exchange outage, the REST failover), each minute that ends while the symbol's
-connection is down (for a lookback at most: a symbol gone for good stops costing requests),
-a minute a symbol skipped (no push at all: no trades) and the minutes of the lookback before a symbol's
+Sure or owed. The last push received of a minute carries its final values only if no push of
+that minute can have been missed after it. Within one WebSocket session nothing is missed (TCP
+keeps order, the exchange pushes each update), so a minute closes live only while its symbol
+is *sure*: a push of that minute arrived since its connection last went down. A minute that
+closes while its symbol is unsure (the connection dropped after its last push: a reconnect, an
+exchange outage, the REST failover), each minute that ends while the symbol's connection is
+down (for a lookback at most: a symbol gone for good stops costing requests), a minute a
+symbol skipped (no push at all: no trades) and the minutes of the lookback before a symbol's
 first push (a restart, a takeover by a fresh process) are *owed*: they are published with the
 REST kline endpoint's values when its rows arrive (the backfill fetches them: `repairs()` says
 which symbols to ask for, again every `retry_s` while the endpoint fails). A row is taken only
 for a minute that ended `grace_s` ago (its values are settled there too). An owed minute the
-endpoint answered without a row for is dropped as absent; one still owed after the lookback
-as unrepaired. The REST ticker prices of the failover never reach this class.
+endpoint answered without a row for is dropped as absent; one still owed after the lookback as
+unrepaired. The REST ticker prices of the failover never reach this class.
 
 History rows nobody owes (`screener rest`, or rows of minutes before a symbol's first push)
 are candles too, once each: Redis publishes a (symbol, minute) once whoever sends it
