@@ -29,6 +29,7 @@ from screener.core.models import (
 )
 from screener.core.snapshot import Latest
 from tests.actors.fakes import M, MemoryRedis, market_data, threads_hold_clock
+from tests.contracts import schema_errors
 from tests.helpers import sample
 
 SETTINGS: RedisSettings = load_settings({}).redis
@@ -76,12 +77,17 @@ def lead(fake: MemoryRedis, token: str, term: int, until: float) -> Leadership:
 
 
 def delivered(fake: MemoryRedis) -> list[tuple[float, str, int]]:
-    """Every candle Redis published: (time, symbol, open time)."""
+    """Every candle Redis published: (time, symbol, open time), each document checked
+    against the packaged schema."""
+    documents(fake)
     return [(w.at, d["symbol"], d["candle_ts"]) for w in fake.delivered for d in w.candles]
 
 
 def documents(fake: MemoryRedis) -> list[dict[str, Any]]:
-    return [d for w in fake.delivered for d in w.candles]
+    """Every candle document Redis published, each one valid against candle.schema.json."""
+    docs = [d for w in fake.delivered for d in w.candles]
+    assert [e for d in docs for e in schema_errors("candle", d)] == []
+    return docs
 
 
 def lag(pub: Publisher) -> CandleLag:
