@@ -136,11 +136,17 @@ def candle_duty(
     wall: Callable[[], float],
 ) -> CandleDuty | None:
     """The window's candle closer, with a clone of the backfill's requests for its repairs
-    (none without the backfill: owed minutes are then given up after the lookback). Only for
+    (none without the backfill: a minute the live feed did not see end is then given up at
+    once, counted). Only for
     one-minute candles: `screener rest` at another interval publishes none."""
     if shape.interval != LIVE_INTERVAL:
         return None
-    closer = Closer(lookback_min=settings.lookback_min, grace_s=settings.candle_grace_s, wall=wall)
+    closer = Closer(
+        lookback_min=settings.lookback_min,
+        grace_s=settings.candle_grace_s,
+        wall=wall,
+        repairable=fills is not None,
+    )
     repairs = fills.clone() if fills is not None else None
     return CandleDuty(closer, repairs, views.candles_owed, metrics)
 

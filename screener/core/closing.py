@@ -97,11 +97,17 @@ class Closer:
         grace_s: float,
         wall: Callable[[], float],
         retry_s: float = RETRY_S,
+        repairable: bool = True,
     ) -> None:
+        """`repairable`: owed minutes can be had from REST (the backfill runs). Without it a
+        minute the live feed did not see end is given up at once, and the lookback before a
+        symbol's first push is not owed at all: nothing could repair it."""
         self.lookback_s = lookback_min * 60
         self.grace_s = grace_s
         self.wall = wall
         self.retry_s = retry_s
+        self.repairable = repairable
+        self.given_up = 0  # minutes not owed for want of a repair, since the last tick
         self.clock_ms = 0  # the exchange clock: the newest push time seen
         self.symbols: dict[str, _Symbol] = {}
         self.late = 0  # pushes for closed minutes, since the caller last took the count
@@ -130,7 +136,8 @@ class Closer:
             closed = self._close(st, k.ts_ms)
         if st.first_t is None:  # the first push: the lookback before it is owed
             st.first_t = t
-            self._owe(st, max(st.rest_through + 60, t - self.lookback_s + 60), t)
+            if self.repairable:
+                self._owe(st, max(st.rest_through + 60, t - self.lookback_s + 60), t)
         else:  # minutes skipped: no push at all (no trades, or a connection down over them)
             self._owe(st, st.closed_through + 60, t)
         st.closed_through = t - 60
@@ -221,6 +228,8 @@ class Closer:
                     unrepaired += len(expired)
             elif st.t is None and st.closed_through < oldest_kept and st.rest_through < oldest_kept:
                 del self.symbols[symbol]  # gone quiet for a whole lookback: forget it
+        unrepaired += self.given_up
+        self.given_up = 0
         return closed, Dropped(unrepaired=unrepaired)
 
     # --- outputs ------------------------------------------------------------------------
@@ -251,20 +260,23 @@ class Closer:
 
     # --- helpers ------------------------------------------------------------------------
 
-    @staticmethod
-    def _close(st: _Symbol, closed_ms: int) -> ClosedCandle | None:
+    def _close(self, st: _Symbol, closed_ms: int) -> ClosedCandle | None:
         """Close the open minute: live from its last push while sure, else owed (None)."""
         t, last = st.t, st.last
         assert t is not None
         assert last is not None
         st.closed_through = t
         if not st.sure:
-            st.owed.add(t)
+            self._owe(st, t, t + 60)
             return None
         return ClosedCandle.of(last, LIVE_SOURCE, closed_ms)
 
-    @staticmethod
-    def _owe(st: _Symbol, first: int, end: int) -> None:
-        """Owe the minutes `first`..`end` (exclusive)."""
-        if first < end:
+    def _owe(self, st: _Symbol, first: int, end: int) -> None:
+        """Owe the minutes `first`..`end` (exclusive), or give them up if nothing can
+        repair them."""
+        if first >= end:
+            return
+        if self.repairable:
             st.owed.update(range(first, end, 60))
+        else:
+            self.given_up += (end - first) // 60

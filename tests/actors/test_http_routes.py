@@ -89,6 +89,7 @@ async def test_health_before_any_push_is_stale_with_the_reason(
                 "connections": {"up": 0, "total": 0},
                 "backfill": {"done": 0, "total": 0},
                 "redis": "down",
+                "candles": {"unpublished": 0, "owed": 0, "oldest": None, "lag_s": None},
                 "problems": ["no push received yet", "no symbols tracked"],
             },
         )
@@ -226,6 +227,7 @@ async def test_health_body_carries_connection_and_backfill_counters(
                 "connections": {"up": 3, "total": 4},
                 "backfill": {"done": 7, "total": 250},
                 "redis": "up",
+                "candles": {"unpublished": 0, "owed": 0, "oldest": None, "lag_s": None},
             },
         )
         # Each request reads the latest snapshots.

@@ -251,3 +251,16 @@ def test_a_symbol_unsure_for_a_whole_lookback_stops_owing_by_the_clock() -> None
     wall.now = M + 12 * 60
     c.tick()
     assert c.lag() == CandleLag()
+
+
+def test_without_repairs_nothing_is_owed_and_unseen_minute_ends_are_given_up_at_once() -> None:
+    wall = Wall(M + 30)
+    c = Closer(lookback_min=15, grace_s=GRACE, wall=wall, repairable=False)
+    c.push(push(0, 101.0))
+    assert c.lag() == CandleLag()  # the lookback before the first push: nobody can repair it
+    c.broke({"A_USDT"})
+    wall.now = M + 3 * 60 + 5
+    assert c.push(push(3, 104.0, at_s=5)) is None  # minutes 0 (cut), 1 and 2 (down) unseen
+    assert c.lag() == CandleLag()
+    assert c.tick()[1] == Dropped(unrepaired=3)
+    assert c.repairs() == frozenset()
