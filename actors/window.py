@@ -29,7 +29,6 @@ it.
 from __future__ import annotations
 
 import contextlib
-import math
 from bisect import bisect_left, bisect_right
 from collections.abc import AsyncIterator, Sequence
 from typing import Final, TypeVar
@@ -281,6 +280,20 @@ class Links:
         )
 
 
+async def _close_by_the_clock(
+    candles: CandleDuty, outbox: trio.MemorySendChannel[PublisherInbox]
+) -> None:
+    """Every CLOSER_WAKE_S, what the clocks closed: an idle or dead feed wakes the window
+    for nothing else. A task of its own rather than a deadline on every receive of the
+    window, which cost 24 us per wakeup (three times the receive itself)."""
+    while True:
+        await trio.sleep(CLOSER_WAKE_S)
+        closed: list[ClosedCandle] = []
+        candles.wake(closed)
+        if closed:
+            await outbox.send(CandleBatch(closed))
+
+
 @contextlib.asynccontextmanager
 async def _closing(candles: CandleDuty | None) -> AsyncIterator[None]:
     """The duty's repair channel (an owned clone) closes with the window."""
@@ -325,22 +338,16 @@ async def run_window(
     peak = 0
     peak_gauge = metrics.queue_peak.labels("ingest")
     task_status.started()
-    async with inbox, outbox, _closing(candles):
-        wake_s = CLOSER_WAKE_S if candles is not None else math.inf
+    async with inbox, outbox, _closing(candles), trio.open_nursery() as nursery:
+        if candles is not None:
+            nursery.start_soon(_close_by_the_clock, candles, outbox)
         while True:
-            first: WindowInbox | None = None
             try:
-                with trio.move_on_after(wake_s):
-                    first = await inbox.receive()
+                first = await inbox.receive()
             except trio.EndOfChannel:
+                nursery.cancel_scope.cancel()
                 return
             closed: list[ClosedCandle] = []
-            if first is None:  # only the clocks moved
-                if candles is not None:
-                    candles.wake(closed)
-                if closed:
-                    await outbox.send(CandleBatch(closed))
-                continue
             arrived_at = trio.current_time()
             if batch_wait_s > 0:
                 await trio.sleep(batch_wait_s)

@@ -155,6 +155,10 @@ class CandleFigures(dict[str, float]):
                 figures[f"le {name[len(prefix) : -2]}"] = value
         return figures
 
+    def since(self, before: CandleFigures) -> CandleFigures:
+        """What happened between `before` and this reading (counts and buckets alike)."""
+        return CandleFigures({k: v - before.get(k, 0.0) for k, v in self.items()})
+
     def delay_quantile(self, q: float) -> float | None:
         """The q-quantile of the delay in seconds, interpolated within its bucket as
         Prometheus's histogram_quantile does; None without samples."""

@@ -72,11 +72,11 @@ def table_rows(res: Results) -> list[tuple[str, str, str, str, str]]:
                 else f"≤ {target:g} ms" + _verdict(None if svc is None else svc <= target),
             )
         )
-    delay = res.candles.delay_quantile(0.99) if res.candles else None
+    delay = res.candles_fixed.delay_quantile(0.99) if res.candles_fixed else None
     rows.append(
         (
-            "closed candle delay p99, from the minute's close (the next minute's first push) "
-            "to Redis",
+            f"closed candle delay p99 at {rate}, from the minute's close (the next minute's "
+            "first push) to Redis",
             _fmt(None if delay is None else delay * 1000, " ms"),
             "—",
             "—",
@@ -229,11 +229,15 @@ def details(res: Results) -> list[str]:
             f"counted {res.loss['dropped']:,.0f} dropped and {res.loss['late']:,.0f} late: "
             f"{unaccounted:,.0f} unaccounted for."
         )
-    if res.candles:
-        c = res.candles
+    for label, c in (
+        (f"at {res.plan.fixed_rate:g} msg/s (the figure above)", res.candles_fixed),
+        ("over the whole service run, saturation included", res.candles),
+    ):
+        if not c:
+            continue
         p50, p99 = c.delay_quantile(0.5), c.delay_quantile(0.99)
         lines.append(
-            f"- Closed candles over the whole service run: {c['live']:,.0f} closed live and "
+            f"- Closed candles {label}: {c['live']:,.0f} closed live and "
             f"{c['rest']:,.0f} from the REST kline endpoint (the lookback before start), "
             f"{c['skipped']:,.0f} skipped as published already, {c['dropped']:,.0f} dropped, "
             f"{c['late']:,.0f} late pushes; delay from the close to Redis p50 "

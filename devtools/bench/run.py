@@ -66,6 +66,7 @@ class Results:
     top5_idle_ms: list[float] = field(default_factory=list)
     loss: dict[str, float] = field(default_factory=dict)
     candles: CandleFigures | None = None  # the whole service run's closed candles
+    candles_fixed: CandleFigures | None = None  # those closed at the fixed rate
     backfill_s: float = 0.0
     during_backfill: MeasureWindow | None = None
     rss_start_mb: float | None = None
@@ -258,9 +259,13 @@ def service_phases(
     sim.set_rate(plan.fixed_rate)
     lab.sleep(plan.warmup_s)
     say(f"service: CPU and push-to-Redis latency at {plan.fixed_rate:g} msg/s")
+    candles_before, fixed_since = CandleFigures.of(svc.metrics()), time.time()
     res.svc_fixed = measure(lab, sim, watch, plan.cpu_s, svc)
     say(f"service: /top5 at {plan.top5_rps:g} requests/s for {plan.top5_s:g} s")
     res.top5_ms, res.top5_errors = top5_load(lab, svc, plan, plan.top5_s)
+    res.candles_fixed = candles_at_fixed_rate(
+        lab, svc, candles_before, fixed_since, wait=not plan.quick
+    )
     if plan.quick:
         res.rss_start_mb = rss_mb(svc.child.pid)
     if profile and plan.profile_s > 0:
@@ -274,6 +279,19 @@ def service_phases(
         say("service: /top5 with the feed idle, for reference")
         res.top5_idle_ms, _ = top5_load(lab, svc, plan, plan.top5_s / 2)
     lab.stop(svc.child)
+
+
+def candles_at_fixed_rate(
+    lab: Lab, svc: ServiceProcess, before: CandleFigures, since: float, *, wait: bool
+) -> CandleFigures:
+    """The closed candles of the fixed-rate phases: at least one minute's end must fall in
+    them (and its candles be out), so the feed goes on at the fixed rate until it has
+    (`wait`; the quick smoke run takes what it got)."""
+    boundary = (since // 60 + 1) * 60
+    if wait and time.time() < boundary + 5:
+        say("service: at the fixed rate until a minute ends, for the closed candles' delay")
+        lab.sleep(boundary + 5 - time.time())
+    return CandleFigures.of(svc.metrics()).since(before)
 
 
 def top5_load(lab: Lab, svc: ServiceProcess, plan: Plan, seconds: float) -> tuple[list[float], int]:
