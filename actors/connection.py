@@ -3,7 +3,9 @@
 Inputs: `control`, the chunk's desired symbol set (a new set whenever the universe changes;
 closing it retires the chunk). Output: decoded `Kline`s and `ConnStatus` changes into the
 window actor's inbox (an owned clone, closed on exit): down at start, up once subscribed,
-down when an attempt fails, retired when the control channel closes. Optionally `gaps`, a clone of
+down (with the chunk's symbols) when an attempt fails, retired when the control channel
+closes; and `Unwatched` with the symbols a new set drops, or every symbol at retirement (the
+candle closer stops owing their minutes). Optionally `gaps`, a clone of
 the backfill channel (owned, closed on exit): when the connection is up again after at least
 `gap_after_s` down (or not yet up since start), it asks for the chunk's history once, without
 waiting.
@@ -38,7 +40,7 @@ from screener.core.compat import pending_messages
 from screener.core.config import ExchangeSettings
 from screener.core.logs import RateLimited
 from screener.core.metrics import Metrics
-from screener.core.models import ConnStatus, Kline, SymbolSet, WindowInbox
+from screener.core.models import ConnStatus, Kline, SymbolSet, Unwatched, WindowInbox
 from screener.core.periodic import Pulse, Ticker, wait_quiet
 from screener.core.supervise import Backoff, Reachability, Spell, run_supervised
 from screener.mexc.frames import PING, ErrorReply, SubAck, UnsubAck, decode, sub_kline, unsub_kline
@@ -119,8 +121,11 @@ async def run_connection(
 
         async def follow_control(cancel: trio.CancelScope) -> None:
             async for symbols in control:
+                if removed := chunk.desired - symbols:  # moved elsewhere or gone
+                    await _send_status(outbox, Unwatched(removed))
                 chunk.update(symbols)
             chunk.retired = True  # the chunk no longer exists
+            await _send_status(outbox, Unwatched(chunk.desired))
             cancel.cancel()
 
         async def attempt(spell: Spell) -> None:
@@ -186,7 +191,9 @@ async def _connect_once(
                 await ws.aclose(1000)
 
 
-async def _send_status(outbox: trio.MemorySendChannel[WindowInbox], status: ConnStatus) -> None:
+async def _send_status(
+    outbox: trio.MemorySendChannel[WindowInbox], status: ConnStatus | Unwatched
+) -> None:
     """Status changes matter for /health, so they wait for room, but never for long."""
     with (
         trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_GRACE_S),

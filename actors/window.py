@@ -55,6 +55,7 @@ from screener.core.models import (
     StatsRequest,
     SymbolSet,
     SymbolStat,
+    Unwatched,
     WindowInbox,
 )
 from screener.core.snapshot import Latest
@@ -376,6 +377,9 @@ async def run_window(
                     metrics.connections_up.set(feed.value.conns_up)
                     if candles is not None and not item.up:
                         candles.closer.broke(item.symbols)
+                elif type(item) is Unwatched:
+                    if candles is not None:
+                        candles.closer.unwatch(item.symbols)
                 elif type(item) is HistoryDone:
                     if candles is not None:
                         candles.done(item)

@@ -73,6 +73,7 @@ class _Symbol:
         "sure",
         "t",
         "unsure_since",
+        "watched",
     )
 
     def __init__(self) -> None:
@@ -85,6 +86,7 @@ class _Symbol:
         self.owed: set[int] = set()
         self.asked_at = float("-inf")  # wall time of the last repair request
         self.unsure_since = float("inf")  # wall time its connection went down (inf: sure)
+        self.watched = True  # a connection follows it (False: unsubscribed, moved, delisted)
 
 
 class Closer:
@@ -142,7 +144,7 @@ class Closer:
             self._owe(st, st.closed_through + 60, t)
         st.closed_through = t - 60
         st.t, st.last, st.sure = t, k, True
-        st.unsure_since = float("inf")
+        st.unsure_since, st.watched = float("inf"), True
         return closed
 
     def broke(self, symbols: Iterable[str]) -> None:
@@ -151,9 +153,18 @@ class Closer:
         wall = self.wall()
         for symbol in symbols:
             st = self.symbols.get(symbol)
-            if st is not None:
+            if st is not None and st.watched:
                 st.sure = False
                 st.unsure_since = min(st.unsure_since, wall)
+
+    def unwatch(self, symbols: Iterable[str]) -> None:
+        """No connection follows these symbols any more (the universe moved them to another
+        chunk or shard, or they left it): their open minute is owed, as after a break, but
+        the minutes after are nobody's here: not owed by the clock."""
+        for symbol in symbols:
+            st = self.symbols.get(symbol)
+            if st is not None:
+                st.sure = st.watched = False
 
     def history(self, k: Kline) -> ClosedCandle | None:
         """A REST kline row: a candle if its minute is owed, or nobody owes it but it ended
@@ -214,7 +225,12 @@ class Closer:
                     closed.append(candle)
                 st.t = st.last = None
             unsure_for = wall - st.unsure_since  # -inf while sure
-            if st.t is None and st.first_t is not None and 0 <= unsure_for <= self.lookback_s:
+            if (
+                st.t is None
+                and st.watched
+                and st.first_t is not None
+                and 0 <= unsure_for <= self.lookback_s
+            ):
                 # Its connection is down: each minute that ends is owed now (the endpoint
                 # may answer during the outage), not when a push comes back. For a lookback
                 # at most: a symbol gone for good stops costing requests.

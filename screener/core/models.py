@@ -127,6 +127,14 @@ class CandleBatch(NamedTuple):
     candles: list[ClosedCandle]
 
 
+class Unwatched(NamedTuple):
+    """A connection no longer follows these symbols (its chunk changed or was retired: the
+    universe moved them elsewhere or they left it): a push of their open minutes may be
+    missed, but nothing after is this connection's to owe."""
+
+    symbols: frozenset[str]
+
+
 class HistoryDone(NamedTuple):
     """The backfill's last word on one fetch: `symbol`'s REST rows for open times
     `start_s`..`end_s` were all sent before this. A minute owed in that range that had no
@@ -314,7 +322,9 @@ class RestFeedStatus(NamedTuple):
 
 # --- channel item types (docs/architecture.md, "Channels") ---------------------------------
 
-WindowInbox: TypeAlias = Kline | ConnStatus | StatsRequest | CandlesRequest | HistoryDone
+WindowInbox: TypeAlias = (
+    Kline | ConnStatus | Unwatched | StatsRequest | CandlesRequest | HistoryDone
+)
 """The window actor's inbox: pushes and history (each fetch ended by a `HistoryDone`),
 connection states, stats and candles requests."""
 

@@ -8,7 +8,7 @@ import trio.testing
 
 from screener.core.config import load_settings
 from screener.core.metrics import Metrics
-from screener.core.models import ConnStatus, WindowInbox
+from screener.core.models import ConnStatus, Unwatched, WindowInbox
 from tests.actors.fakes import start_connection
 from tests.actors.memory_exchange import MemoryExchange
 
@@ -99,11 +99,13 @@ async def test_chunk_changes_subscribe_only_the_difference_and_close_retires(
             control, out = await start_actor(nursery, exchange, frozenset({"A_USDT", "B_USDT"}))
             assert await out.receive() == ConnStatus(7, up=True)
             await control.send(frozenset({"B_USDT", "C_USDT"}))
+            assert await out.receive() == Unwatched(frozenset({"A_USDT"}))
             await trio.testing.wait_all_tasks_blocked()
             assert exchange.unsubs == ["A_USDT"]
             assert sorted(exchange.subs) == ["A_USDT", "B_USDT", "C_USDT"]
             await control.aclose()
             bc = frozenset({"B_USDT", "C_USDT"})  # the chunk's symbols when it went down
+            assert await out.receive() == Unwatched(bc)
             assert await out.receive() == ConnStatus(7, up=False, symbols=bc)
             assert await out.receive() == ConnStatus(7, up=False, retired=True)
             with pytest.raises(trio.EndOfChannel):

@@ -16,7 +16,7 @@ from loguru import logger
 
 from screener.core.config import ExchangeSettings, load_settings
 from screener.core.metrics import REJECT_REASONS, Metrics
-from screener.core.models import ConnStatus, Kline, WindowInbox
+from screener.core.models import ConnStatus, Kline, Unwatched, WindowInbox
 from tests.actors.fakes import start_connection
 from tests.actors.memory_exchange import MemoryExchange
 
@@ -358,6 +358,7 @@ async def test_unsubscribe_ack_decrements_the_subscriptions_gauge(
             await trio.testing.wait_all_tasks_blocked()
             assert subscriptions() == 2.0
             await control.send(frozenset({"ETH_USDT"}))
+            assert await out.receive() == Unwatched(frozenset({"BTC_USDT"}))
             await trio.testing.wait_all_tasks_blocked()
             assert exchange.unsubs == ["BTC_USDT"]
             assert subscriptions() == 1.0
@@ -366,6 +367,7 @@ async def test_unsubscribe_ack_decrements_the_subscriptions_gauge(
             await exchange.send(eth)
             assert await out.receive() == KLINE_2026._replace(symbol="ETH_USDT")
             await control.aclose()
+            assert await out.receive() == Unwatched(frozenset({"ETH_USDT"}))
             assert status(await out.receive()) == ConnStatus(7, up=False)
             assert status(await out.receive()) == ConnStatus(7, up=False, retired=True)
     assert subscriptions() == 0.0

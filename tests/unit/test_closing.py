@@ -264,3 +264,19 @@ def test_without_repairs_nothing_is_owed_and_unseen_minute_ends_are_given_up_at_
     assert c.lag() == CandleLag()
     assert c.tick()[1] == Dropped(unrepaired=3)
     assert c.repairs() == frozenset()
+
+
+def test_a_symbol_no_connection_follows_owes_its_open_minute_and_nothing_after() -> None:
+    wall = Wall(M + 30)
+    c = started(wall)
+    c.push(push(0, 101.0))
+    c.unwatch({"A_USDT"})  # moved to another shard, or delisted
+    c.broke({"A_USDT"})  # its old connection then goes down: nothing more to owe
+    wall.now = M + 5 * 60
+    c.tick()
+    assert c.lag() == CandleLag(1, M)  # the open minute's last push may not be its final one
+    c.history(row(0, 101.5))
+    assert c.lag() == CandleLag()
+    wall.now = M + 8 * 60
+    c.tick()
+    assert c.lag() == CandleLag()
