@@ -42,10 +42,13 @@ BEAT_PERIOD_S: Final = 1.0
 LIVENESS_LIMIT_S: Final = 10.0
 """/livez fails once the loop has not run the heartbeat for this long: ten missed beats.
 Nothing the service does holds the loop near that (a ranking round, a batch encoded for
-Redis, a contract list decoded take milliseconds), so it means a task that blocks the loop
-(CPU-bound work without a checkpoint, a blocking call) or a loop starved of CPU, not a slow
-moment. A process frozen longer (SIGSTOP, a paused VM) may answer one 503 when it wakes,
-before the beat runs again; probes fail only after several failures in a row."""
+Redis, a contract list decoded take milliseconds), so it means a loop held again and again
+(CPU-bound work without a checkpoint, blocking calls) or starved of CPU, not a slow moment.
+A loop blocked outright answers nothing at all: there the probe's own timeout is the
+failure (3 s in the image's probe), and once the loop runs again the beat, due long ago,
+usually runs before the request does (an 11 s block: 200 after 10.3 s). A process frozen
+longer (SIGSTOP, a paused VM) may answer one 503 when it wakes; probes fail only after
+several failures in a row."""
 
 
 async def run_heartbeat(

@@ -5,6 +5,8 @@ redis-server stopped): /livez keeps answering 200 while /health and /readyz answ
 
 from __future__ import annotations
 
+import threading
+import time
 from functools import partial
 
 import httpx
@@ -14,6 +16,7 @@ from devtools.devredis import RedisServer
 from devtools.simulator import SimConfig
 from screener.core.metrics import Metrics
 from screener.core.snapshot import Views
+from screener.healthcheck import TIMEOUT_S, probe
 from screener.http.probes import LIVENESS_LIMIT_S, run_heartbeat
 from screener.http.routes import create_app, serve_http
 from tests.contracts import check_document
@@ -87,3 +90,32 @@ async def test_livez_answers_200_while_the_exchange_and_redis_are_unreachable(
             assert await answer("/readyz") == (503, "stale")
             livez.append(await answer("/livez"))
             assert set(livez) == {(200, "alive")}, livez
+
+
+async def test_a_blocked_loop_fails_the_image_probe_by_its_timeout() -> None:
+    """A task that blocks the event loop (no checkpoint) leaves /livez unanswered: the image's
+    probe, issued while the loop is blocked, gives up after its timeout, then the service
+    answers again."""
+    views = Views.empty()
+    app = create_app(views, Metrics(), stale_after_s=60.0)
+    asking = threading.Event()
+    result: list[tuple[bool, str]] = []
+
+    def ask(port: int) -> None:
+        asking.set()
+        result.append(probe({"WS_SCREENER_PORT": str(port)}))
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run_heartbeat, views.heartbeat)
+            port = await nursery.start(partial(serve_http, app, "127.0.0.1", 0))
+            assert (await trio.to_thread.run_sync(probe, {"WS_SCREENER_PORT": str(port)}))[0]
+            thread = threading.Thread(target=ask, args=(port,))
+            thread.start()
+            asking.wait(10)  # the probe is sending as the loop blocks
+            # Blocks the loop on purpose: the bug this probe exists for.
+            time.sleep(TIMEOUT_S + 3)  # noqa: ASYNC251
+            thread.join(10)
+            assert (await trio.to_thread.run_sync(probe, {"WS_SCREENER_PORT": str(port)}))[0]
+            nursery.cancel_scope.cancel()
+    assert result == [(False, f"http://127.0.0.1:{port}/livez: timed out")]
