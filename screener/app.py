@@ -13,7 +13,8 @@ the pool, the connections and the failover: its universe hands every symbol to t
 each `REST_POLL_S`. The fleet actor holds this replica's shard lease and fences the publisher
 with it, and merges the shards' rankings into the one /top5 serves. Every channel is bounded;
 each sender is a clone owned by one actor, so closing cascades. The universe, backfill and
-failover share one paced REST client, owned here.
+failover share one paced REST client, owned here. A heartbeat task stamps the time every
+second for /livez, so liveness speaks of the event loop alone.
 
 Shutdown: SIGTERM or SIGINT sets `stop`; hypercorn stops accepting and drains the requests in
 flight (`graceful_timeout`); then the root scope is cancelled, connections close with 1000
@@ -48,6 +49,7 @@ from screener.core.names import LIVE_INTERVAL
 from screener.core.snapshot import Views
 from screener.core.supervise import Reachability, supervise_pool
 from screener.fleet.agreement import Agreement
+from screener.http.probes import run_heartbeat
 from screener.http.routes import create_app, serve_http
 from screener.http.stream import Streams
 from screener.mexc.client import fetch_contracts, fetch_klines, fetch_tickers, open_rest_client
@@ -191,6 +193,8 @@ async def run_service(
         ) as rest,
         trio.open_nursery() as nursery,
     ):
+        # /livez's beat: it runs as long as the loop does, whatever the actors meet.
+        await nursery.start(run_heartbeat, views.heartbeat)
         await nursery.start(
             partial(
                 run_publisher,

@@ -1,4 +1,13 @@
-"""`python -m screener.healthcheck`: the container's HEALTHCHECK, exit 0 when /health is 200.
+"""`python -m screener.healthcheck`: the container's HEALTHCHECK, exit 0 when /livez is 200.
+
+It probes liveness, not /health or /readyz, because "unhealthy" is a restart signal in many
+setups (Swarm, Nomad, ECS, autoheal beside compose): a probe that failed during an exchange or
+Redis outage would restart every replica at once, losing every window and warm start exactly
+when the feed is needed back, and a restart cures neither. /livez fails only when the
+process's event loop no longer runs its heartbeat, which a restart does cure. Whether the
+replica serves what it should is /readyz's business (an orchestrator's readiness probe) and
+/health's (alerts); `--ready` probes /readyz instead, for setups that route traffic by the
+container's health status and never restart on it.
 
 Standard library only, so the image needs no curl. The port comes from the same settings the
 service reads, so the probe and the server cannot disagree. Any failure is one short line on
@@ -21,14 +30,15 @@ from screener.core.config import ConfigError, load_settings
 TIMEOUT_S = 3.0
 
 
-def probe(env: Mapping[str, str], *, rest: bool = False) -> tuple[bool, str]:
-    """GET /health on loopback (`screener rest`'s port with `rest`); (healthy, reason)."""
+def probe(env: Mapping[str, str], *, rest: bool = False, ready: bool = False) -> tuple[bool, str]:
+    """GET /livez (/readyz with `ready`) on loopback (`screener rest`'s port with `rest`);
+    (healthy, reason)."""
     try:
         settings = load_settings(env)
         port = settings.rest.port if rest else settings.http_port
     except ConfigError as exc:
         return False, f"config error: {exc.problems[0]}"
-    url = f"http://127.0.0.1:{port}/health"
+    url = f"http://127.0.0.1:{port}/{'readyz' if ready else 'livez'}"
     try:
         with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
             status = response.status
@@ -43,7 +53,8 @@ def probe(env: Mapping[str, str], *, rest: bool = False) -> tuple[bool, str]:
 
 
 def main() -> int:
-    healthy, line = probe(os.environ, rest="--rest" in sys.argv[1:])
+    args = sys.argv[1:]
+    healthy, line = probe(os.environ, rest="--rest" in args, ready="--ready" in args)
     print(line)  # Docker keeps a probe's stdout in the health log; no logging set-up here
     return 0 if healthy else 1
 

@@ -18,6 +18,8 @@ SCHEMA_NAMES = (
     "top_movers",
     "top5",
     "health",
+    "livez",
+    "readyz",
     "error",
     "live_ranking",
     "symbol",

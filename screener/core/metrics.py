@@ -55,6 +55,8 @@ REST_REASONS: Final = (
 )
 ROUTES: Final = (
     "/health",
+    "/livez",
+    "/readyz",
     "/top5",
     "/metrics",
     "/openapi.json",

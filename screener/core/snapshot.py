@@ -62,6 +62,7 @@ class Views(NamedTuple):
     charts: Latest[Charts]  # the candles behind the latest ranking, for the live page
     candles_owed: Latest[CandleLag]  # closed minutes awaiting REST repair (the window's)
     candles_unpublished: Latest[CandleLag]  # closed candles Redis has not taken (the publisher's)
+    heartbeat: Latest[float | None]  # trio time of the app's last beat, for /livez
 
     @classmethod
     def empty(cls) -> Views:
@@ -77,6 +78,7 @@ class Views(NamedTuple):
             charts=Latest(Charts(wall_ts=0.0, lookback_min=0, candles={})),
             candles_owed=Latest(CandleLag()),
             candles_unpublished=Latest(CandleLag()),
+            heartbeat=Latest(None),
         )
 
     def push_age(self, now: float) -> float | None:

@@ -1,5 +1,6 @@
-"""HTTP face: /health, /top5, /metrics, /openapi.json, and the live page (`/`, its event
-stream `/stream`, `/symbol/<SYMBOL>`) on quart-trio, served by hypercorn.
+"""HTTP face: /health, the probes /livez and /readyz, /top5, /metrics, /openapi.json, and the
+live page (`/`, its event stream `/stream`, `/symbol/<SYMBOL>`) on quart-trio, served by
+hypercorn.
 
 Handlers only read the latest immutable snapshots the actors publish (`Views`); they never
 reach into an actor. Unknown routes and methods answer JSON, never a stack trace; only GET is
@@ -31,6 +32,7 @@ from screener.core.snapshot import Views
 from screener.core.supervise import split_retryable
 from screener.http.charts import symbol_report
 from screener.http.health import health_report, top5_report
+from screener.http.probes import livez_report, readyz_report
 from screener.http.server import serve_hypercorn
 from screener.http.stream import Streams
 
@@ -107,6 +109,16 @@ def create_app(
     @app.get("/health", provide_automatic_options=False)
     async def health() -> Response:
         status, body = health_report(views, trio.current_time(), stale_after_s, rest_mode=rest_mode)
+        return _json(body, status)
+
+    @app.get("/livez", provide_automatic_options=False)
+    async def livez() -> Response:
+        status, body = livez_report(views.heartbeat.value, trio.current_time())
+        return _json(body, status)
+
+    @app.get("/readyz", provide_automatic_options=False)
+    async def readyz() -> Response:
+        status, body = readyz_report(views, trio.current_time(), stale_after_s, rest_mode=rest_mode)
         return _json(body, status)
 
     @app.get("/top5", provide_automatic_options=False)

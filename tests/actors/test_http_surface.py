@@ -37,7 +37,9 @@ def app() -> QuartTrio:
     return create_app(Views.empty(), Metrics(), stale_after_s=60)
 
 
-@pytest.mark.parametrize("path", ["/health", "/top5", "/metrics", "/", "/stream", "/symbol/A_USDT"])
+@pytest.mark.parametrize(
+    "path", ["/health", "/livez", "/readyz", "/top5", "/metrics", "/", "/stream", "/symbol/A_USDT"]
+)
 @pytest.mark.parametrize("method", ["HEAD", "POST", "PUT", "DELETE", "PATCH", "TRACE"])
 async def test_only_get_on_known_routes(app: QuartTrio, method: str, path: str) -> None:
     response = await app.test_client().open(path, method=method)

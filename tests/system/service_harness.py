@@ -3,8 +3,9 @@ redis-server, the service in-process (or as a subprocess), a Redis subscriber.
 
 Every document these helpers receive is checked against the packaged JSON Schemas
 (screener/schemas/): each `market_data`/`top_movers` message the `Subscriber` collects and
-each GET /health and /top5 answer fetched through `running(...)`'s client. A document that
-does not match fails the test, so every system test also checks the published contract."""
+each GET /health, /livez, /readyz and /top5 answer fetched through `running(...)`'s client.
+A document that does not match fails the test, so every system test also checks the
+published contract."""
 
 from __future__ import annotations
 
@@ -54,15 +55,20 @@ def service_settings(sim: SimAddress, redis_port: int, **overrides: str) -> Sett
 HTTP_SCHEMAS = {
     ("/health", 200): "health",
     ("/health", 503): "health",
+    ("/livez", 200): "livez",
+    ("/livez", 503): "livez",
+    ("/readyz", 200): "readyz",
+    ("/readyz", 503): "readyz",
     ("/top5", 200): TOP5_RANKING,
     ("/top5", 503): "error",
 }
-"""The document each answer of GET /health and /top5 must be, by path and status; other
-statuses and methods (404, 405, HEAD) are the error tests' own business."""
+"""The document each answer of GET /health, /livez, /readyz and /top5 must be, by path and
+status; other statuses and methods (404, 405, HEAD) are the error tests' own business."""
 
 
 async def check_http_answer(response: httpx.Response) -> None:
-    """httpx response hook: validate GET /health and /top5 bodies against the schemas."""
+    """httpx response hook: validate GET /health, /livez, /readyz and /top5 bodies against
+    the schemas."""
     ref = HTTP_SCHEMAS.get((response.request.url.path, response.status_code))
     if response.request.method != "GET" or ref is None:
         return

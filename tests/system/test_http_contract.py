@@ -27,6 +27,7 @@ from screener.core.models import (
     UniverseStatus,
 )
 from screener.core.snapshot import Views
+from screener.http.probes import run_heartbeat
 from screener.http.routes import create_app, serve_http
 from screener.http.stream import Streams
 from tests.helpers import ranked
@@ -74,6 +75,7 @@ async def test_schemathesis_finds_nothing_against_the_served_openapi(tmp_path: P
     with trio.fail_after(120):
         async with trio.open_nursery() as nursery:
             await nursery.start(streams.run)
+            await nursery.start(run_heartbeat, views.heartbeat)  # /livez 200, as served
             port = await nursery.start(partial(serve_http, app, "127.0.0.1", 0))
             result = await trio.run_process(
                 [

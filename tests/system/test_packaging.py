@@ -417,11 +417,13 @@ def test_dockerignore_keeps_secrets_and_venv_out() -> None:
 # --- the HEALTHCHECK command -------------------------------------------------------------------
 
 
-class _Health(BaseHTTPRequestHandler):
-    status = 200  # set per test through the server's handler class
+class _Probes(BaseHTTPRequestHandler):
+    """A stand-in for the service's probes; the test sets each path's status code."""
+
+    statuses: dict[str, int]  # set per test on the server's handler class
 
     def do_GET(self) -> None:
-        code = self.status if self.path == "/health" else 404
+        code = self.statuses.get(self.path, 404)
         body = b'{"status":"ok"}' if code == 200 else b'{"status":"stale"}'
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
@@ -434,9 +436,9 @@ class _Health(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def health_server() -> Iterator[tuple[int, type[_Health]]]:
-    """A stand-in /health on a free loopback port; the test flips its status code."""
-    handler = type("Handler", (_Health,), {})
+def probe_server() -> Iterator[tuple[int, type[_Probes]]]:
+    """Stand-in /livez, /readyz and /health on a free loopback port."""
+    handler = type("Handler", (_Probes,), {"statuses": {}})
     server = HTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
@@ -448,11 +450,11 @@ def health_server() -> Iterator[tuple[int, type[_Health]]]:
         server.server_close()
 
 
-def run_healthcheck(port: int | str) -> subprocess.CompletedProcess[str]:
+def run_healthcheck(port: int | str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in NAMES}
     env["WS_SCREENER_PORT"] = str(port)
     return subprocess.run(
-        [sys.executable, "-m", "screener.healthcheck"],
+        [sys.executable, "-m", "screener.healthcheck", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -462,16 +464,28 @@ def run_healthcheck(port: int | str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_healthcheck_follows_health_status(health_server: tuple[int, type[_Health]]) -> None:
-    port, handler = health_server
-    handler.status = 200
+def test_healthcheck_follows_livez_alone(probe_server: tuple[int, type[_Probes]]) -> None:
+    """An exchange outage (/health and /readyz 503) keeps the container healthy; a stalled
+    event loop (/livez 503) does not."""
+    port, handler = probe_server
+    handler.statuses = {"/livez": 200, "/readyz": 503, "/health": 503}
     ok = run_healthcheck(port)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    handler.status = 503
-    stale = run_healthcheck(port)
-    assert stale.returncode == 1
-    assert "503" in stale.stdout
-    assert len(stale.stdout.strip().splitlines()) == 1
+    assert ok.stdout.strip().endswith("/livez: HTTP 200")
+    handler.statuses = {"/livez": 503, "/readyz": 200, "/health": 200}
+    stalled = run_healthcheck(port)
+    assert stalled.returncode == 1
+    assert stalled.stdout.strip().endswith("/livez: HTTP 503")
+    assert len(stalled.stdout.strip().splitlines()) == 1
+
+
+def test_healthcheck_ready_follows_readyz(probe_server: tuple[int, type[_Probes]]) -> None:
+    port, handler = probe_server
+    handler.statuses = {"/livez": 200, "/readyz": 503}
+    assert run_healthcheck(port, "--ready").stdout.strip().endswith("/readyz: HTTP 503")
+    assert run_healthcheck(port, "--ready").returncode == 1
+    handler.statuses = {"/livez": 200, "/readyz": 200}
+    assert run_healthcheck(port, "--ready").returncode == 0
 
 
 def test_healthcheck_fails_when_nothing_listens() -> None:

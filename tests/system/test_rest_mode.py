@@ -152,12 +152,14 @@ async def test_rest_screener_health_is_stale_without_rest_data(redis_server: Red
             assert (body["status"], body["feed"]) == ("stale", "rest")
             assert "no REST data yet" in body["problems"]
             env = {"REST_SCREENER_PORT": str(http.base_url.port), "WS_SCREENER_PORT": "1"}
-            probe_rest = partial(probe, env, rest=True)
-            healthy, line = await trio.to_thread.run_sync(probe_rest)
-            assert (healthy, line.endswith("HTTP 503")) == (False, True)
+            live_rest = partial(probe, env, rest=True)  # the image's probe: liveness
+            ready_rest = partial(probe, env, rest=True, ready=True)
+            assert (await trio.to_thread.run_sync(live_rest))[0] is True
+            ready, line = await trio.to_thread.run_sync(ready_rest)
+            assert (ready, line.endswith("/readyz: HTTP 503")) == (False, True)
             ex.rest_fault = None
             await eventually(lambda: health_ok(http))
-            assert (await trio.to_thread.run_sync(probe_rest))[0] is True  # the image's probe
+            assert (await trio.to_thread.run_sync(ready_rest))[0] is True
 
 
 def test_cli_has_the_rest_subcommand() -> None:

@@ -199,13 +199,14 @@ def test_free_port_helper() -> None:
 
 async def test_image_healthcheck_against_the_running_service(redis_server: RedisServer) -> None:
     """The Dockerfile's HEALTHCHECK command, as the container runs it, against this service:
-    unhealthy before any push and after STALE_AFTER_S of silence with REST down too,
-    healthy in between."""
+    healthy throughout (it probes liveness), before any push and after STALE_AFTER_S of
+    silence with REST down too; with `--ready` it follows readiness: unhealthy before any push
+    and once stale, healthy in between."""
 
-    async def healthcheck(port: int) -> int:
+    async def healthcheck(port: int, *args: str) -> int:
         env = dict(os.environ) | {"WS_SCREENER_PORT": str(port)}
         done = await trio.run_process(
-            [sys.executable, "-m", "screener.healthcheck"],
+            [sys.executable, "-m", "screener.healthcheck", *args],
             env=env,
             capture_stdout=True,
             check=False,
@@ -220,11 +221,13 @@ async def test_image_healthcheck_against_the_running_service(redis_server: Redis
                 sim, redis_server.port, STALE_AFTER_S="1.5", BACKFILL="off", FALLBACK_POLL_S="60"
             ) as (svc, _),
         ):
-            assert await healthcheck(svc.http_port) == 1  # no push yet: 503
+            port = svc.http_port
+            assert (await healthcheck(port), await healthcheck(port, "--ready")) == (0, 1)
             await eventually(lambda: counter(svc, "screener_subscriptions") == 3)
             await ex.push(ex.live_symbols[0])
             await eventually(lambda: svc.views.feed.value.last_push_at is not None)
-            assert await healthcheck(svc.http_port) == 0
+            # readiness first: it holds only for STALE_AFTER_S after that push
+            assert (await healthcheck(port, "--ready"), await healthcheck(port)) == (0, 0)
             ex.rest_fault = "500"  # and no REST failover to fall back on
             await eventually(lambda: svc.views.push_age(trio.current_time()) >= 1.5)
-            assert await healthcheck(svc.http_port) == 1
+            assert (await healthcheck(port), await healthcheck(port, "--ready")) == (0, 1)

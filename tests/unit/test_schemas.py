@@ -29,6 +29,7 @@ from screener.core.models import (
 from screener.core.snapshot import Views
 from screener.http.charts import symbol_report
 from screener.http.health import health_report
+from screener.http.probes import livez_report, readyz_report
 from screener.http.routes import openapi_document
 from screener.redis.batch import encode_event
 from tests.contracts import (
@@ -104,6 +105,20 @@ def health_behind() -> dict[str, Any]:
     return {**health(stale=False), "candles": candles, "problems": ["closed candles behind"]}
 
 
+def livez(beat: float | None) -> dict[str, Any]:
+    """A /livez document at trio time 100 after a beat at `beat`."""
+    return orjson.loads(orjson.dumps(livez_report(beat, 100.0)[1]))
+
+
+def readyz(*, stale: bool) -> dict[str, Any]:
+    views = Views.empty()
+    if not stale:
+        views.universe.set(UniverseStatus(symbols=3, chunks=1, error=None))
+        views.feed.set(FeedStatus(last_push_at=99.0, conns_up=1, conns_total=1))
+    _, body = readyz_report(views, 100.0, 60.0)
+    return orjson.loads(orjson.dumps(body))
+
+
 def live_ranking() -> dict[str, Any]:
     return {
         **top_movers(),
@@ -135,6 +150,11 @@ REAL = [
     pytest.param("health", health(stale=False), id="health-ok"),
     pytest.param("health", health(stale=True), id="health-stale"),
     pytest.param("health", health_behind(), id="health-candles-behind"),
+    pytest.param("livez", livez(99.5), id="livez-alive"),
+    pytest.param("livez", livez(80.0), id="livez-stalled"),
+    pytest.param("livez", livez(None), id="livez-no-beat"),
+    pytest.param("readyz", readyz(stale=False), id="readyz-ready"),
+    pytest.param("readyz", readyz(stale=True), id="readyz-not-ready"),
 ]
 
 
@@ -142,6 +162,11 @@ def test_real_health_documents_are_the_expected_kinds() -> None:
     assert health(stale=False)["status"] == "ok"
     assert "problems" not in health(stale=False)
     assert health(stale=True)["problems"]
+    assert [livez(b)["status"] for b in (99.5, 80.0, None)] == ["alive", "stalled", "stalled"]
+    assert readyz(stale=False) == {"ready": True, "status": "ok"}
+    not_ready = readyz(stale=True)
+    assert (not_ready["ready"], not_ready["status"]) == (False, "stale")
+    assert not_ready["problems"]
 
 
 @pytest.mark.parametrize("name", SCHEMA_NAMES)
@@ -217,6 +242,15 @@ BROKEN = [
     ("health", _set(health_behind(), ("candles", "owed"), -1), "negative owed"),
     ("health", _set(health_behind(), ("candles", "late"), 0), "extra candles field"),
     ("health", _set(health_behind(), ("candles",), {"owed": 0}), "candles keys missing"),
+    ("livez", _set(livez(99.5), ("status",), "ok"), "a /health status"),
+    ("livez", _drop(livez(99.5), "limit_s"), "missing limit_s"),
+    ("livez", _set(livez(99.5), ("beat_age_s",), -1.0), "negative age"),
+    ("livez", _set(livez(99.5), ("redis",), "up"), "a dependency's state"),
+    ("readyz", _set(readyz(stale=False), ("status",), "ready"), "unknown status"),
+    ("readyz", _set(readyz(stale=False), ("ready",), "yes"), "ready not a boolean"),
+    ("readyz", _set(readyz(stale=True), ("problems",), []), "empty problems"),
+    ("readyz", _drop(readyz(stale=False), "ready"), "missing ready"),
+    ("readyz", health(stale=False), "the whole /health document"),
     ("error", {"error": ""}, "empty error"),
     ("live_ranking", _drop(live_ranking(), "sparklines"), "no sparklines"),
     ("live_ranking", _set(live_ranking(), ("sparklines", "a b"), []), "bad sparkline name"),
@@ -230,7 +264,7 @@ def test_broken_documents_do_not_match() -> None:
     """Each broken document is refused: the list names any the schemas let through."""
     accepted = [what for ref, document, what in BROKEN if not schema_errors(ref, document)]
     assert accepted == []
-    assert len(BROKEN) == 48
+    assert len(BROKEN) == 57
 
 
 def openapi() -> dict[str, Any]:
@@ -243,6 +277,8 @@ def test_openapi_describes_every_route() -> None:
     assert doc["openapi"].startswith("3.1.")
     assert set(doc["paths"]) == {
         "/health",
+        "/livez",
+        "/readyz",
         "/top5",
         "/metrics",
         "/openapi.json",
@@ -254,7 +290,7 @@ def test_openapi_describes_every_route() -> None:
         assert set(item) == {"get"}, path
         assert {"200", "404", "405", "500"} <= set(item["get"]["responses"]), path
         assert item["get"]["responses"]["405"]["headers"]["Allow"]["required"], path
-    for path in ("/health", "/top5", "/stream"):
+    for path in ("/health", "/livez", "/readyz", "/top5", "/stream"):
         assert set(doc["paths"][path]["get"]["responses"]) >= {"503"}, path
 
 
