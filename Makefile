@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml devtools/pyproject.toml uv.lock | $(UV)
 	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync -q --locked --extra dev --python $(PYTHON)
 	touch $(STAMP)
 
-.PHONY: install upgrade test test-fast test-latest test-floors image-check lint config-docs run demo simulate bench
+.PHONY: install upgrade test test-fast test-latest test-floors image-check lint config-docs kubernetes-rules run demo simulate bench
 install: $(STAMP)
 
 ## refresh uv.lock to the newest releases pyproject.toml allows, install them, run the suite;
@@ -38,6 +38,11 @@ lint: $(STAMP)
 ## settings declaration (screener/core/config.py); the packaging tests fail until they agree
 config-docs: $(STAMP)
 	$(BIN)/python -m devtools.config_docs
+
+## rewrite the Kubernetes PrometheusRule (docker/kubernetes/base/prometheusrule.yaml) from
+## docker/monitoring/alerts.yml; tests/system/test_kubernetes.py fails until they agree
+kubernetes-rules: $(STAMP)
+	$(BIN)/python -m devtools.kubernetes_rules
 
 ## the test command: lint, then every test (starts its own redis-server and simulator)
 test: lint

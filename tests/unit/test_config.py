@@ -12,6 +12,7 @@ from screener.core.config import (
     Settings,
     load_settings,
     redact_url,
+    resolved_variables,
 )
 
 
@@ -185,6 +186,86 @@ def test_bad_fleet_values_are_one_line_each(env: dict[str, str], problem: str) -
     with pytest.raises(ConfigError) as info:
         load_settings(env)
     assert info.value.problems == [problem]
+
+
+# --- shard and replica id from a StatefulSet pod's name ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pod", "shard", "shards"),
+    [("screener-0-0", 0, 2), ("screener-1-1", 1, 2), ("feed-eu-2-0", 2, 3), ("s-0-12", 0, 1)],
+)
+def test_the_shard_and_replica_id_come_from_the_pod_name(pod: str, shard: int, shards: int) -> None:
+    fleet = load_settings({"FLEET_POD_NAME": pod, "FLEET_SHARDS": str(shards)}).fleet
+    assert (fleet.shard, fleet.replica_id) == (shard, pod)
+    assert fleet.pod is not None
+    assert (fleet.pod.name, fleet.pod.shard) == (pod, shard)
+
+
+def test_a_replica_id_given_beside_the_pod_name_is_kept() -> None:
+    env = {"FLEET_POD_NAME": "screener-1-0", "FLEET_SHARDS": "2", "FLEET_REPLICA_ID": "eu-a"}
+    fleet = load_settings(env).fleet
+    assert (fleet.shard, fleet.replica_id) == (1, "eu-a")
+
+
+def test_a_fleet_shard_that_agrees_with_the_pod_name_is_accepted() -> None:
+    env = {"FLEET_POD_NAME": "screener-1-0", "FLEET_SHARDS": "2", "FLEET_SHARD": "1"}
+    assert load_settings(env).fleet.shard == 1
+
+
+def test_without_a_pod_name_nothing_changes() -> None:
+    assert load_settings({}).fleet.pod is None
+    assert load_settings({"FLEET_POD_NAME": ""}) == load_settings({})
+
+
+@pytest.mark.parametrize(
+    ("env", "problem"),
+    [
+        (
+            {"FLEET_POD_NAME": "screener-0", "FLEET_SHARDS": "2"},
+            "FLEET_POD_NAME='screener-0': must be a StatefulSet pod name "
+            "<name>-<shard>-<ordinal> (lower-case letters, digits and '-', at most 63), "
+            "e.g. screener-0-1",
+        ),
+        (
+            {"FLEET_POD_NAME": "Screener-0-1"},
+            "FLEET_POD_NAME='Screener-0-1': must be a StatefulSet pod name "
+            "<name>-<shard>-<ordinal> (lower-case letters, digits and '-', at most 63), "
+            "e.g. screener-0-1",
+        ),
+        (
+            {"FLEET_POD_NAME": "screener-2-0", "FLEET_SHARDS": "2"},
+            "FLEET_POD_NAME='screener-2-0': names shard 2, which must be below FLEET_SHARDS=2",
+        ),
+        (
+            {"FLEET_POD_NAME": "screener-1-0", "FLEET_SHARDS": "2", "FLEET_SHARD": "0"},
+            "FLEET_POD_NAME='screener-1-0': names shard 1, but FLEET_SHARD='0' (unset "
+            "FLEET_SHARD, or name the StatefulSet for its shard)",
+        ),
+    ],
+)
+def test_a_pod_name_that_cannot_name_the_shard_is_one_line(
+    env: dict[str, str], problem: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    assert info.value.problems == [problem]
+
+
+def test_a_pod_name_longer_than_a_hostname_is_refused() -> None:
+    pod = "s" * 60 + "-0-0"
+    with pytest.raises(ConfigError) as info:
+        load_settings({"FLEET_POD_NAME": pod})
+    [problem] = info.value.problems
+    assert problem.startswith(f"FLEET_POD_NAME={pod!r}: must be a StatefulSet pod name")
+
+
+def test_check_config_shows_what_the_pod_name_set() -> None:
+    env = {"FLEET_POD_NAME": "screener-1-0", "FLEET_SHARDS": "2"}
+    shown = {name: (value, source) for name, value, source in resolved_variables(env)}
+    assert shown["FLEET_SHARD"] == ("1", "FLEET_POD_NAME")
+    assert shown["FLEET_REPLICA_ID"] == ("screener-1-0", "FLEET_POD_NAME")
+    assert shown["FLEET_POD_NAME"] == ("screener-1-0", "env")
 
 
 # --- Redis Sentinel -------------------------------------------------------------------------
