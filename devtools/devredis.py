@@ -1,6 +1,10 @@
 """A private redis-server process on a free loopback port: for tests, the benchmark and the
 demo, never for production (compose runs the real one). `SentinelGroup` adds a replica and
-`redis-server --sentinel` processes watching them, for the Sentinel tests and demos."""
+`redis-server --sentinel` processes watching them, for the Sentinel tests and demos.
+
+A server may also listen on another address and start through a launcher (a command prefix
+such as `ip netns exec NS`): the rehearsal across hosts runs it in a network namespace of
+its own (tests/system/netns.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,20 +61,25 @@ class RedisServer:
         port: int = 0,
         *,
         replica_of: int | None = None,
+        host: str = "127.0.0.1",
+        launcher: Sequence[str] = (),
     ) -> None:
         self.workdir = workdir
         self.password = password
         self.port = port or free_port()
         self.replica_of = replica_of  # the master's port on 127.0.0.1
+        self.host = host  # the one address it listens on
+        self.launcher = list(launcher)  # a command prefix: where it runs (a namespace)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         args = [
+            *self.launcher,
             find_redis_server(),
             "--port",
             str(self.port),
             "--bind",
-            "127.0.0.1",
+            self.host,
             "--save",
             "",
             "--appendonly",
@@ -104,7 +113,7 @@ class RedisServer:
             self.proc = None
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, password=self.password, socket_timeout=5)
+        return redis.Redis(host=self.host, port=self.port, password=self.password, socket_timeout=5)
 
     def role(self) -> str:
         """The role this server reports: master or slave."""

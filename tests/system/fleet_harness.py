@@ -51,9 +51,10 @@ class Shape:
 
 
 class Replica:
-    def __init__(self, shard: int, index: int, log: Path) -> None:
+    def __init__(self, shard: int, index: int, log: Path, host: str = "127.0.0.1") -> None:
         self.shard = shard
         self.name = f"s{shard}r{index}"
+        self.host = host  # where its HTTP listens (its namespace's address, across hosts)
         self.port = free_port()
         self.log = log
         self.proc: trio.Process | None = None
@@ -61,7 +62,7 @@ class Replica:
 
     async def health(self, http: httpx.AsyncClient) -> dict[str, Any] | None:
         try:
-            r = await http.get(f"http://127.0.0.1:{self.port}/health", timeout=2)
+            r = await http.get(f"http://{self.host}:{self.port}/health", timeout=2)
         except httpx.TransportError:
             return None
         doc: dict[str, Any] = r.json()
@@ -72,13 +73,13 @@ class Replica:
         return None if doc is None else doc["fleet"]["role"]
 
     async def top5(self, http: httpx.AsyncClient) -> dict[str, Any]:
-        r = await http.get(f"http://127.0.0.1:{self.port}/top5", timeout=2)
+        r = await http.get(f"http://{self.host}:{self.port}/top5", timeout=2)
         doc: dict[str, Any] = r.json()
         return doc
 
     async def metric(self, http: httpx.AsyncClient, name: str) -> float:
         """One sample of /metrics by its full name with labels (0 when absent)."""
-        text = (await http.get(f"http://127.0.0.1:{self.port}/metrics", timeout=2)).text
+        text = (await http.get(f"http://{self.host}:{self.port}/metrics", timeout=2)).text
         for line in text.splitlines():
             if line.startswith(name + " "):
                 return float(line.rpartition(" ")[2])

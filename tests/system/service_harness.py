@@ -84,8 +84,10 @@ class Subscriber:
     does not match makes `get` and `close` raise, so the test fails.
     """
 
-    def __init__(self, port: int, *channels: str, password: str | None = None) -> None:
-        self.client = redis.Redis(port=port, password=password)
+    def __init__(
+        self, port: int, *channels: str, password: str | None = None, host: str = "127.0.0.1"
+    ) -> None:
+        self.client = redis.Redis(host=host, port=port, password=password)
         self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
         self.messages: dict[str, list[dict[str, Any]]] = {c: [] for c in channels}
         self.invalid: list[str] = []
