@@ -118,6 +118,17 @@ class Fleet:
                     return leaders[0]
                 await trio.sleep(0.1)
 
+    async def formed(self, shards: int) -> None:
+        """Until every replica answers ok and each of `shards` has one leader."""
+
+        async def all_ok() -> bool:
+            docs = [await r.health(self.http) for r in self.replicas]
+            return all(d is not None and d["status"] == "ok" for d in docs)
+
+        await eventually(all_ok, within_s=START_S, what="every replica ok")
+        for shard in range(shards):
+            await self.leader_of(shard)
+
     def events(self) -> list[Key]:
         return [(e["symbol"], e["ts"]) for e in self.sub.get("market_data")]
 
@@ -214,31 +225,32 @@ async def open_fleet(redis_port: int, tmp: Path, shape: Shape) -> AsyncIterator[
                     stderr=log,
                     stdout=subprocess.DEVNULL,
                 )
-        try:
+        async with reporting(f):
             for r in f.replicas:
                 await eventually(
                     lambda r=r: r.proc is not None and r.proc.returncode is None,
                     what=f"{r.name} running",
                 )
-
-            async def all_ok() -> bool:
-                docs = [await r.health(http) for r in f.replicas]
-                return all(d is not None and d["status"] == "ok" for d in docs)
-
-            await eventually(all_ok, within_s=START_S, what="every replica ok")
-            for shard in range(shape.shards):
-                await f.leader_of(shard)
+            await f.formed(shape.shards)
             yield f
-        except BaseException:
-            for r in f.started:  # what each replica logged, for the failure report
-                print(f"--- {r.name}\n{r.log.read_text(errors='replace')[-3000:]}")
-            raise
-        finally:
-            # Shielded (with a deadline): a failure may have cancelled the test already.
-            with trio.CancelScope(shield=True, deadline=trio.current_time() + 20):
-                await stop_all(f)
-            f.sub.close()
-            nursery.cancel_scope.cancel()
+        nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def reporting(f: Fleet) -> AsyncIterator[None]:
+    """The block's failure prints what each replica logged; after it, every replica is
+    stopped (shielded, with a deadline: a failure may have cancelled the test already) and
+    the subscriber closed."""
+    try:
+        yield
+    except BaseException:
+        for r in f.started:  # what each replica logged, for the failure report
+            print(f"--- {r.name}\n{r.log.read_text(errors='replace')[-3000:]}")
+        raise
+    finally:
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + 20):
+            await stop_all(f)
+        f.sub.close()
 
 
 async def stop_all(f: Fleet) -> None:

@@ -35,15 +35,14 @@ from devtools.devredis import RedisServer
 from devtools.simulator import SimConfig
 from tests.system.fleet_harness import (
     SETTLE_S,
-    START_S,
     Fleet,
     Replica,
     Shape,
     replica_env,
-    stop_all,
+    reporting,
 )
 from tests.system.netns import Net, leftovers, open_hosts, run, unavailable
-from tests.system.service_harness import Subscriber, eventually, simulator
+from tests.system.service_harness import Subscriber, simulator
 from tests.system.test_fleet_faults import (
     assert_exact,
     back_as_standby,
@@ -94,7 +93,7 @@ async def open_fleet_across(net: Net, redis: RedisServer, tmp: Path) -> AsyncIte
     sub = Subscriber(redis.port, "market_data", host=redis.host)
     async with simulator(config) as (ex, sim), httpx.AsyncClient() as http:
         f = Fleet(ex, sub, http)
-        try:
+        async with reporting(f):
             for i in range(SHAPE.replicas):
                 name = f"s0r{i}"
                 r = Replica(0, i, tmp / f"{name}.log", host=net.hosts[name].ip)
@@ -110,22 +109,8 @@ async def open_fleet_across(net: Net, redis: RedisServer, tmp: Path) -> AsyncIte
                     )
                 f.started.append(r)
             f.replicas = list(f.started)
-
-            async def all_ok() -> bool:
-                docs = [await r.health(http) for r in f.replicas]
-                return all(d is not None and d["status"] == "ok" for d in docs)
-
-            await eventually(all_ok, within_s=START_S, what="every replica ok")
-            await f.leader_of(0)
+            await f.formed(1)
             yield f
-        except BaseException:
-            for r in f.started:  # what each replica logged, for the failure report
-                print(f"--- {r.name}\n{r.log.read_text(errors='replace')[-3000:]}")
-            raise
-        finally:
-            with trio.CancelScope(shield=True, deadline=trio.current_time() + 20):
-                await stop_all(f)
-            f.sub.close()
 
 
 def client_hosts(redis: RedisServer) -> set[str]:
